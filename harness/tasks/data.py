@@ -1,0 +1,190 @@
+"""Load a GLUE-style task into canonical columns: the task's text fields plus `label`.
+
+Local files are described in the task's YAML (`local:`), read exactly as shipped (parquet; GLUE TSVs with a
+UTF-8 BOM; headerless TSVs), and checked row by row: a malformed row is an error naming the file and line.
+Where no data directory holds the task, the split is loaded from the Hub by name (`hub_id`, `hub_config`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+ENV_VAR = "HARNESS_DATA_DIR"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+class DataError(ValueError):
+    """Data is missing or malformed; the message names the file (and line) and what to do."""
+
+
+@dataclass
+class TaskData:
+    train: pd.DataFrame
+    evals: dict[str, pd.DataFrame]  # split name -> frame
+    source: dict[str, str]  # split name -> where it was read from
+
+
+def find_data_dir(configured: Optional[str]) -> Optional[Path]:
+    """paths.data_dir, else $HARNESS_DATA_DIR, else ../shared/data beside the repo; None means the Hub."""
+    for cand in (configured, os.environ.get(ENV_VAR)):
+        if cand:
+            if cand == "hub":
+                return None
+            p = Path(cand).expanduser()
+            if not p.is_dir():
+                raise DataError(
+                    f"data directory {str(p)!r} does not exist (from paths.data_dir or ${ENV_VAR}); "
+                    f"point paths.data_dir=... or ${ENV_VAR} at a folder holding the task files, "
+                    "or use paths.data_dir=hub to load from the Hugging Face Hub"
+                )
+            return p
+    return DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else None
+
+
+def _label_to_id(value, labels: list[str], where: str) -> int:
+    s = str(value).strip()
+    if s in labels:
+        return labels.index(s)
+    try:
+        i = int(float(s))
+    except ValueError:
+        i = None
+    if i is not None and float(s) == i and 0 <= i < len(labels):
+        return i
+    raise DataError(f"{where}: label {value!r} is not one of {labels} nor a class id 0..{len(labels) - 1}")
+
+
+def _read_table(path: Path, spec: dict) -> tuple[pd.DataFrame, int]:
+    """Returns the frame and the file line number of its first data row."""
+    fmt = spec.get("format", "tsv")
+    if fmt == "parquet":
+        return pd.read_parquet(path), 1
+    if fmt not in ("tsv", "csv"):
+        raise DataError(f"{path}: unknown format {fmt!r}; valid: parquet, tsv, csv")
+    header = spec.get("header", True)
+    names = spec.get("columns")
+    sep = "\t" if fmt == "tsv" else ","
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            header=0 if header else None,
+            names=None if header else list(names),
+            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+            encoding=spec.get("encoding", "utf-8-sig"),
+            dtype=str,
+            keep_default_na=False,
+            on_bad_lines="error",
+            engine="c",
+        )
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: malformed row: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid {spec.get('encoding', 'utf-8-sig')} text ({e})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    return df, 2 if header else 1
+
+
+def _canonical(df: pd.DataFrame, first_line: int, path: Path, spec: dict, task) -> pd.DataFrame:
+    rename = dict(spec.get("rename", {}) or {})
+    missing = [c for c in rename if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {list(df.columns)}")
+    df = df.rename(columns=rename)
+    need = list(task.text_fields) + ["label"]
+    absent = [c for c in need if c not in df.columns]
+    if absent:
+        raise DataError(f"{path}: missing column(s) {absent} for task {task.name!r}; the file has {list(df.columns)}")
+    df = df[need].copy()
+    if len(df) == 0:
+        raise DataError(f"{path}: no data rows")
+    for c in task.text_fields:
+        bad = df[c].isna()
+        if bad.any():
+            line = first_line + int(bad.to_numpy().nonzero()[0][0])
+            raise DataError(f"{path}:{line}: empty text in column {c!r}")
+        df[c] = df[c].astype(str)
+    labels = df["label"].tolist()
+    regression = str(getattr(task.kind, "value", task.kind)) == "regression"
+    out = []
+    for i, v in enumerate(labels):
+        where = f"{path}:{first_line + i}"
+        if regression:
+            try:
+                out.append(float(v))
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: label {v!r} is not a number (task {task.name!r} is a regression)") from None
+        else:
+            out.append(_label_to_id(v, list(task.labels), where))
+    df["label"] = out
+    return df.reset_index(drop=True)
+
+
+def _load_local(data_dir: Path, split: str, task) -> Optional[tuple[pd.DataFrame, str]]:
+    specs = (task.get("local") or {}).get(split)
+    if not specs:
+        return None
+    frames, paths = [], []
+    for spec in specs:
+        path = data_dir / spec["path"]
+        if not path.is_file():
+            return None
+        df, first = _read_table(path, spec)
+        frames.append(_canonical(df, first, path, spec, task))
+        paths.append(str(path))
+    return pd.concat(frames, ignore_index=True), " + ".join(paths)
+
+
+def _load_hub(split: str, task) -> tuple[pd.DataFrame, str]:
+    import datasets
+
+    ds = datasets.load_dataset(task.hub_id, task.hub_config or task.name, split=split)
+    df = ds.to_pandas()
+    rename = dict(task.get("hub_rename") or {})
+    spec = {"rename": rename}
+    return _canonical(df, 1, Path(f"hub:{task.hub_id}/{task.hub_config or task.name}:{split}"), spec, task), (
+        f"hub:{task.hub_id}/{task.hub_config or task.name}:{split}"
+    )
+
+
+def load_split(task, split: str, data_dir: Optional[Path]) -> tuple[pd.DataFrame, str]:
+    looked = []
+    if data_dir is not None:
+        got = _load_local(data_dir, split, task)
+        if got is not None:
+            return got
+        specs = (task.get("local") or {}).get(split) or []
+        looked = [str(data_dir / s["path"]) for s in specs] or [f"{data_dir} (no local files declared for this split)"]
+    try:
+        return _load_hub(split, task)
+    except Exception as e:  # offline, unknown dataset, ...: say where we looked and how to fix it
+        raise DataError(
+            f"task {task.name!r}, split {split!r}: not found locally (looked for {looked or 'no data directory'}) "
+            f"and loading {task.hub_id}/{task.hub_config or task.name} from the Hub failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"Set paths.data_dir=/path/to/data or ${ENV_VAR} to a folder holding the task files."
+        ) from None
+
+
+def _subset(df: pd.DataFrame, n: Optional[int], seed: int) -> pd.DataFrame:
+    if n is None or n >= len(df):
+        return df
+    return df.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+def load_task(task, data_dir: Optional[Path], seed: int) -> TaskData:
+    train, src_train = load_split(task, task.train_split, data_dir)
+    evals, source = {}, {task.train_split: src_train}
+    for split in task.eval_splits:
+        df, src = load_split(task, split, data_dir)
+        evals[split] = _subset(df, task.eval_size, seed)
+        source[split] = src
+    return TaskData(train=_subset(train, task.train_size, seed), evals=evals, source=source)

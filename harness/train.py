@@ -1,0 +1,270 @@
+"""Training and evaluation with the Hugging Face Trainer (so `accelerate launch` gives multi-GPU, FSDP and
+DeepSpeed without code of ours), plus callbacks that time steps, count real tokens and keep the eval history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness import metrics as metric_fns
+from harness.profile import Throughput
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw": "paged_adamw_32bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+}
+
+
+class DivergedError(RuntimeError):
+    pass
+
+
+def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, regression: bool):
+    """DataFrame -> datasets.Dataset with input_ids, attention_mask (token_type_ids), labels, length."""
+    import datasets
+
+    ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+
+    def enc(batch):
+        texts = [batch[f] for f in text_fields]
+        out = tokenizer(*texts, truncation=True, max_length=max_len)
+        out["labels"] = [float(x) for x in batch["label"]] if regression else [int(x) for x in batch["label"]]
+        out["length"] = [len(x) for x in out["input_ids"]]
+        return out
+
+    return ds.map(enc, batched=True, remove_columns=list(df.columns), desc="tokenize", keep_in_memory=True)
+
+
+def _trainer_class():
+    from transformers import Trainer, TrainerCallback
+
+    class TimingCallback(TrainerCallback):
+        def __init__(self, meter: Throughput, history: list, diverge_on_nan: bool = True):
+            self.meter, self.history, self.diverge_on_nan = meter, history, diverge_on_nan
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.meter.step_begin()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.meter.step_end()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and self.diverge_on_nan and not math.isfinite(loss):
+                raise DivergedError(f"training loss became {loss} at step {state.global_step}")
+
+    class HarnessTrainer(Trainer):
+        """Counts non-pad tokens without a host sync per step; times evaluation separately."""
+
+        def __init__(self, *a, meter: Throughput, **kw):
+            super().__init__(*a, **kw)
+            self.meter = meter
+            self._tokens = torch.zeros((), dtype=torch.long)
+            self._samples = 0
+            self.eval_seconds = 0.0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            if mask is not None:
+                self._tokens = self._tokens.to(mask.device) + mask.sum()
+            self._samples += int(inputs["input_ids"].shape[0])
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def evaluate(self, *a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return super().evaluate(*a, **kw)
+            finally:
+                self.eval_seconds += time.perf_counter() - t0
+
+        def finish_counts(self):
+            self.meter.tokens = int(self._tokens.item())
+            self.meter.samples = self._samples
+
+    return HarnessTrainer, TimingCallback
+
+
+def make_compute_metrics(names: list[str], regression: bool):
+    def compute(p):
+        logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        pred = logits.squeeze(-1) if regression else np.asarray(logits).argmax(-1)
+        return metric_fns.compute(names, pred, p.label_ids)
+
+    return compute
+
+
+def train_and_evaluate(
+    model,
+    tokenizer,
+    train_ds,
+    eval_sets: dict,
+    cfg,
+    out_dir: str,
+    *,
+    dtype: torch.dtype,
+    on_trained=None,
+) -> dict:
+    """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings."""
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    t = cfg.train
+    task = cfg.task
+    regression = str(getattr(task.kind, "value", task.kind)) == "regression"
+    meter = Throughput(warmup_steps=t.warmup_steps_excluded)
+    history: list[dict] = []
+    on_cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=out_dir,
+        learning_rate=t.lr,
+        lr_scheduler_type=str(getattr(t.schedule, "value", t.schedule)),
+        warmup_steps=float(t.warmup_ratio),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=float(t.epochs),
+        max_steps=int(t.max_steps),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        optim=OPTIMIZERS[str(getattr(t.optimizer, "value", t.optimizer))],
+        bf16=dtype == torch.bfloat16,
+        # our gradient checkpointing is set explicitly on the model (methods.apply), never by the Trainer
+        gradient_checkpointing=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        eval_strategy="steps" if t.eval_every > 0 else "no",
+        eval_steps=t.eval_every if t.eval_every > 0 else None,
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=_logging_steps(len(train_ds), t),
+        report_to=[],
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=not on_cuda,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        disable_tqdm=True,
+    )
+    trainer_cls, timing_cls = _trainer_class()
+    first_split = next(iter(eval_sets))
+    eval_arg = eval_sets if len(eval_sets) > 1 else eval_sets[first_split]
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_arg,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=make_compute_metrics(list(task.metrics), regression),
+        callbacks=[timing_cls(meter, history)],
+        meter=meter,
+    )
+
+    t0 = time.perf_counter()
+    train_out = trainer.train()
+    trainer.finish_counts()
+    train_wall = time.perf_counter() - t0
+    if on_trained is not None:  # e.g. read the memory high-water mark before the final evaluation
+        on_trained()
+    in_train_eval = trainer.eval_seconds
+    # eval history from the Trainer's log (evaluations during training), then the final evaluation
+    for entry in trainer.state.log_history:
+        ev = {k: v for k, v in entry.items() if k.startswith("eval_")}
+        if any(k.endswith(tuple(task.metrics)) for k in ev):
+            history.append({"step": entry.get("step"), "metrics": _strip(ev, eval_sets, task.metrics)})
+    t1 = time.perf_counter()
+    final = _evaluate_all(trainer, eval_sets, task.metrics)
+    eval_wall = time.perf_counter() - t1
+    history.append({"step": trainer.state.global_step, "metrics": final})
+    headline_split = first_split
+    headline = task.metrics[0]
+    best = max(history, key=lambda h: h["metrics"].get(headline_split, {}).get(headline, -math.inf))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    thr = meter.record()
+    real_train_s = max(train_wall - in_train_eval, 1e-9)
+    thr.update(
+        {
+            "train_wall_s": train_wall,
+            "eval_during_train_s": in_train_eval,
+            "tokens_per_s": thr["train_tokens"] / real_train_s,
+            "samples_per_s": thr["train_samples"] / real_train_s,
+            "tokens_per_s_basis": "non-pad training tokens / (train wall time - evaluation time)",
+        }
+    )
+    return {
+        "metrics": {
+            "headline": {"split": headline_split, "metric": headline},
+            "final": final,
+            "best": best["metrics"],
+            "best_step": best["step"],
+            "history": history,
+            "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
+                           "mean": train_out.training_loss, "log": losses},
+        },
+        "throughput": thr,
+        "times": {"train_s": train_wall, "final_eval_s": eval_wall},
+        "steps": trainer.state.global_step,
+        "trainer": trainer,
+    }
+
+
+def _logging_steps(n_train: int, t) -> int:
+    """About 25 loss readings per run (each is a host sync, so not every step)."""
+    per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
+    total = t.max_steps if t.max_steps > 0 else math.ceil(per_epoch * t.epochs)
+    return max(1, total // 25)
+
+
+_EVAL_KEEP = ("loss",)
+
+
+def _clean(metrics: dict, names) -> dict:
+    return {k: v for k, v in metrics.items() if k in tuple(names) + _EVAL_KEEP}
+
+
+def _strip(ev: dict, eval_sets: dict, names) -> dict:
+    """Trainer's flat eval_<split>_<metric> keys -> {split: {metric: value}}."""
+    out: dict = {}
+    splits = list(eval_sets)
+    for k, v in ev.items():
+        key = k[len("eval_"):]
+        split = next((s for s in splits if len(splits) > 1 and key.startswith(s + "_")), splits[0])
+        metric = key[len(split) + 1:] if len(splits) > 1 else key
+        out.setdefault(split, {})[metric] = v
+    return {k: _clean(v, names) for k, v in out.items()}
+
+
+def _evaluate_all(trainer, eval_sets: dict, names) -> dict:
+    out = {}
+    for split, ds in eval_sets.items():
+        res = trainer.evaluate(ds, metric_key_prefix="eval")
+        out[split] = _clean({k[len("eval_"):]: v for k, v in res.items()}, names)
+    return out
+
+
+def evaluate_untrained(model, tokenizer, eval_ds, names: list[str], regression: bool, batch_size: int,
+                       dtype: Optional[torch.dtype] = None) -> dict:
+    """Plain batched evaluation without a Trainer (used by tests and checks)."""
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    model.eval()
+    preds, refs = [], []
+    dl = DataLoader(eval_ds.remove_columns([c for c in ("length",) if c in eval_ds.column_names]),
+                    batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        for b in dl:
+            labels = b.pop("labels")
+            logits = model(**b).logits.float()
+            preds.append(logits.squeeze(-1) if regression else logits.argmax(-1))
+            refs.append(labels)
+    return metric_fns.compute(names, torch.cat(preds).numpy(), torch.cat(refs).numpy())

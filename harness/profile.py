@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
-
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 MB = 1024 * 1024
 
@@ -65,11 +63,15 @@ class MemoryMeter:
     cuda: dict = field(default_factory=dict)
 
     def start(self) -> None:
+        import torch
+
         self.baseline_mb = rss_mb()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
     def loaded(self) -> None:
+        import torch
+
         self.load_peak_mb = hwm_mb()
         self.after_load_mb = rss_mb()
         if self.device == "cuda":
@@ -78,6 +80,8 @@ class MemoryMeter:
         self.hwm_reset = reset_hwm()
 
     def trained(self) -> None:
+        import torch
+
         self.train_peak_mb = hwm_mb()
         if self.device == "cuda":
             self.cuda["train_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MB

@@ -138,8 +138,7 @@ def train_and_evaluate(
         gradient_accumulation_steps=t.grad_accum,
         optim=OPTIMIZERS[str(getattr(t.optimizer, "value", t.optimizer))],
         bf16=dtype == torch.bfloat16,
-        # our gradient checkpointing is set explicitly on the model (methods.apply), never by the Trainer
-        gradient_checkpointing=False,
+        # gradient checkpointing is set explicitly on the model (methods.apply), never by the Trainer
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="steps" if t.eval_every > 0 else "no",
         eval_steps=t.eval_every if t.eval_every > 0 else None,

@@ -1,0 +1,113 @@
+"""Bad input fails with a clear message, before any model loads; the CLI's --cfg/--help load nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from harness.config import ConfigError
+from harness.run import execute
+from tests.conftest import REPO, compose
+
+
+@pytest.mark.parametrize("group,bad,valid", [
+    ("method", "qlora_nf5", ["full", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq"]),
+    ("task", "sst3", ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"]),
+    ("model", "bert_huge", ["minilm_l6", "smollm2_135m", "roberta_base", "llama2_7b"]),
+])
+def test_unknown_group_option_lists_valid_choices(group, bad, valid):
+    with pytest.raises(MissingConfigException) as e:
+        compose([f"{group}={bad}"])
+    msg = str(e.value)
+    assert f"{group}/{bad}" in msg
+    for v in valid:
+        assert f"\t{v}\n" in msg + "\n", v
+
+
+def test_unknown_key_and_wrong_type_fail_at_compose():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["train.lrr=3"])
+    assert "lrr" in str(e.value.__cause__) or "lrr" in str(e.value)
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["train.lr=fast"])
+    assert isinstance(e.value.__cause__, ValidationError)
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["method.quant=int3"])
+    assert "int3" in str(e.value.__cause__) and "nf4" in str(e.value.__cause__)
+
+
+def test_schema_rejects_unknown_key_in_a_group_file(tmp_path):
+    from omegaconf import OmegaConf
+
+    from harness.config import MethodConfig
+
+    with pytest.raises(ConfigKeyError, match="bogus"):
+        OmegaConf.merge(OmegaConf.structured(MethodConfig), {"name": "x", "bogus": 1})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lora.targets=qz", "lora.targets='qz' is not valid"),
+    ("lora.targets=qq", "lora.targets='qq' is not valid"),
+    ("lora.r=0", "lora.r=0 is out of range"),
+    ("lora.r=-4", "lora.r=-4 is out of range"),
+    ("lora.alpha=0", "lora.alpha=0.0 is out of range"),
+    ("lora.dropout=1.5", "lora.dropout=1.5 is out of range"),
+    ("train.lr=0", "train.lr=0.0 is out of range"),
+    ("train.batch_size=0", "train.batch_size=0 is out of range"),
+    ("train.max_seq_len=100000", "exceeds model 'minilm_l6'"),
+    ("lora.rank_budget=9", "not divisible"),
+])
+def test_bad_values_fail_before_any_model_loads(tmp_path, override, message):
+    cfg = compose([override])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        execute(cfg, tmp_path)
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert rec["status"] == "failed" and message.split(" ")[0] in rec["error"]
+    assert "params" not in rec and "model" not in rec  # nothing was loaded
+
+
+def test_missing_data_dir_fails_before_model_loads(tmp_path):
+    cfg = compose([f"paths.data_dir={tmp_path / 'empty'}"])
+    (tmp_path / "empty").mkdir()
+    from harness.tasks import DataError
+
+    with pytest.raises(DataError, match="HARNESS_DATA_DIR"):
+        execute(cfg, tmp_path / "run")
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert rec["status"] == "failed" and "params" not in rec
+
+
+def test_quantized_full_finetuning_is_rejected(tmp_path):
+    cfg = compose(["method=qlora_nf4", "method.adapter=false"])
+    with pytest.raises(ConfigError, match="cannot be fully fine-tuned"):
+        execute(cfg, tmp_path)
+
+
+def _cli(*args, no_torch_dir=None):
+    env = {**os.environ, "HARNESS_NO_REEXEC": "1"}
+    if no_torch_dir is not None:  # a `torch` that cannot be imported: proves nothing heavy loads
+        env["PYTHONPATH"] = str(no_torch_dir)
+    return subprocess.run([sys.executable, "-m", "harness.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_cfg_job_and_help_load_no_model(tmp_path):
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch must not load for --cfg/--help')")
+    out = _cli("--cfg", "job", "method=qlora_nf4_dq", "lora.targets=qkvo", no_torch_dir=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "quant: nf4" in out.stdout and "targets: qkvo" in out.stdout
+    out = _cli("--help", no_torch_dir=tmp_path)
+    assert out.returncode == 0 and "method: full, lora, qlora_fp4" in out.stdout
+
+
+def test_cli_reports_bad_group_option():
+    out = _cli("method=nope")
+    assert out.returncode != 0
+    assert "Could not find 'method/nope'" in out.stderr and "qlora_nf4_dq" in out.stderr

@@ -1,0 +1,120 @@
+"""GLUE loaders on the real shared files, malformed-file errors, and the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness import metrics
+from harness.tasks import DataError, find_data_dir, load_task
+from harness.tasks.data import load_split
+from tests.conftest import DATA, compose
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
+
+# (task, split, rows, number of classes or None for regression), from shared/data/README.md
+LOCAL = [
+    ("sst2", "train", 67349, 2), ("sst2", "validation", 872, 2),
+    ("mrpc", "train", 3668, 2), ("mrpc", "validation", 408, 2),
+    ("rte", "train", 2490, 2), ("rte", "validation", 277, 2),
+    ("stsb", "train", 5749, None), ("stsb", "validation", 1500, None),
+    ("cola", "train", 8551, 2), ("cola", "validation", 1043, 2),
+    ("qnli", "validation", 5463, 2),
+    ("mnli", "validation_matched", 1000, 3), ("mnli", "validation_mismatched", 1000, 3),
+]
+
+
+@needs_data
+@pytest.mark.parametrize("task,split,rows,classes", LOCAL)
+def test_local_glue_files_load_exactly(task, split, rows, classes):
+    cfg = compose([f"task={task}"])
+    df, src = load_split(cfg.task, split, DATA)
+    assert len(df) == rows, src
+    assert list(df.columns) == list(cfg.task.text_fields) + ["label"]
+    assert df[list(cfg.task.text_fields)].map(len).min().min() > 0
+    if classes is None:
+        assert df.label.between(0, 5).all()
+    else:
+        assert set(df.label.unique()) == set(range(classes))
+
+
+@needs_data
+def test_known_label_counts_and_bom():
+    mrpc = load_split(compose(["task=mrpc"]).task, "validation", DATA)[0]
+    assert (mrpc.label == 1).sum() == 279  # README: dev 1: 279, 0: 129; the BOM'd header parsed
+    mnli = load_split(compose(["task=mnli"]).task, "validation_matched", DATA)[0]
+    assert (mnli.label == 0).sum() == 373  # entailment 373
+    rte = load_split(compose(["task=rte"]).task, "train", DATA)[0]
+    assert (rte.label == 0).sum() == 1249  # 0 = entailment
+
+
+@needs_data
+def test_subsets_are_seeded_and_sized():
+    cfg = compose(["task=sst2", "task.train_size=100", "task.eval_size=50"])
+    a = load_task(cfg.task, DATA, seed=1)
+    b = load_task(cfg.task, DATA, seed=1)
+    c = load_task(cfg.task, DATA, seed=2)
+    assert len(a.train) == 100 and len(a.evals["validation"]) == 50
+    assert a.train.equals(b.train) and not a.train.equals(c.train)
+
+
+def test_missing_task_files_say_where_and_how(tmp_path):
+    cfg = compose(["task=rte"])
+    with pytest.raises(DataError) as e:
+        load_task(cfg.task, tmp_path, seed=0)
+    msg = str(e.value)
+    assert str(tmp_path / "glue/rte/train.tsv") in msg
+    assert "paths.data_dir" in msg and "HARNESS_DATA_DIR" in msg
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        find_data_dir(str(tmp_path / "nope"))
+
+
+def write_rte(root, text: str):
+    d = root / "glue" / "rte"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(text)
+    (d / "dev.tsv").write_text("sentence1\tsentence2\tlabel\tidx\na\tb\t0\t0\n")
+
+
+def test_malformed_row_names_file_and_line(tmp_path):
+    write_rte(tmp_path, "sentence1\tsentence2\tlabel\tidx\na\tb\t0\t0\nc\td\t1\t1\te\textra\n")
+    with pytest.raises(DataError, match=r"train\.tsv: malformed row: .*line 3"):
+        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
+
+
+def test_bad_label_names_file_and_line(tmp_path):
+    write_rte(tmp_path, "sentence1\tsentence2\tlabel\tidx\na\tb\t0\t0\nc\td\tmaybe\t1\n")
+    with pytest.raises(DataError, match=r"train\.tsv:3: label 'maybe' is not one of"):
+        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
+
+
+def test_missing_column_is_named(tmp_path):
+    write_rte(tmp_path, "sentence1\tlabel\tidx\na\t0\t0\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['sentence2'\]"):
+        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
+
+
+def test_empty_file(tmp_path):
+    write_rte(tmp_path, "")
+    with pytest.raises(DataError, match="empty"):
+        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
+
+
+def test_metrics_match_their_definitions():
+    pred, ref = np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1])
+    got = metrics.compute(["accuracy", "f1", "matthews_correlation"], pred, ref)
+    assert got["accuracy"] == 0.75
+    assert got["f1"] == pytest.approx(0.8)  # precision 2/3, recall 1
+    assert got["matthews_correlation"] == pytest.approx(1 / np.sqrt(3))  # (2*1-1*0)/sqrt(3*2*1*2)
+    x, y = np.array([0.0, 1, 2, 3]), np.array([0.0, 2, 4, 7])
+    assert metrics.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert metrics.spearman(x, y) == pytest.approx(1.0)
+    assert metrics.pearson(np.ones(4), y) == 0.0  # constant predictor: no correlation, no NaN
+
+
+def test_majority_baseline():
+    b = metrics.majority_baseline(["accuracy"], [1, 1, 0], [1, 0, 0, 0], regression=False)
+    assert b["accuracy"] == 0.25

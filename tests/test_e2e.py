@@ -32,7 +32,7 @@ def run(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> dict:
 
 
 def test_minilm_sst2_lora_record_is_complete(tmp_path):
-    rec = run(tmp_path, "task.train_size=96", "task.eval_size=64", "train.max_steps=4", "train.eval_every=2",
+    rec = run(tmp_path, "lora.targets=qv", "task.train_size=96", "task.eval_size=64", "train.max_steps=4", "train.eval_every=2",
               "train.batch_size=16")
     assert rec["config_hash"] and rec["config"]["model"]["name"] == "minilm_l6"
     assert rec["task"]["train_examples"] == 96 and rec["task"]["eval_examples"] == {"validation": 64}

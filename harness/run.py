@@ -160,6 +160,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     rec["throughput"] = out["throughput"]
     rec["times"].update(out["times"])
     rec["steps"] = out["steps"]
+    rec["method"]["optimizer"] = out["optimizer"]
     if cfg.method.adapter and cfg.train.save_adapter:
         adir = out_dir / "adapter"
         model.save_pretrained(adir)

@@ -145,6 +145,7 @@ def train_and_evaluate(
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=_logging_steps(len(train_ds), t),
+        logging_nan_inf_filter=False,  # a NaN/inf loss must reach our divergence check
         report_to=[],
         seed=t.seed,
         data_seed=t.seed,
@@ -200,6 +201,7 @@ def train_and_evaluate(
         }
     )
     return {
+        "optimizer": describe_optimizer(trainer.optimizer),
         "metrics": {
             "headline": {"split": headline_split, "metric": headline},
             "final": final,
@@ -214,6 +216,15 @@ def train_and_evaluate(
         "steps": trainer.state.global_step,
         "trainer": trainer,
     }
+
+
+def describe_optimizer(opt) -> str:
+    opt = getattr(opt, "optimizer", opt)  # accelerate wraps the optimizer
+    name = f"{type(opt).__module__}.{type(opt).__name__}"
+    bits = getattr(getattr(opt, "args", None), "optim_bits", None)
+    if bits is not None:  # bitsandbytes: one class, 8/32-bit and paged by arguments
+        name += f"(optim_bits={bits}, paged={bool(getattr(opt, 'is_paged', False))})"
+    return name
 
 
 def _logging_steps(n_train: int, t) -> int:

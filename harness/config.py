@@ -132,6 +132,9 @@ class TrainConfig:
     max_seq_len: int = 128
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    # dynamic padding rounds batch length up to a multiple of this: fewer distinct shapes (on CPU, bf16
+    # autocast caches oneDNN kernels per shape and memory grows with every new length), little padding
+    pad_to_multiple_of: int = 8
     seed: int = 0
     threads: int = 0  # 0 = all cores
     eval_every: int = 0  # evaluate every N optimizer steps (0 = only at the end)
@@ -230,6 +233,7 @@ def validate(cfg: DictConfig) -> None:
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)
     _positive("train.threads", t.threads, allow_zero=True)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
+    _positive("train.pad_to_multiple_of", t.pad_to_multiple_of)
     if t.max_steps <= 0:
         _positive("train.epochs", t.epochs)
     if not 0 <= t.warmup_ratio < 1:

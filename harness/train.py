@@ -163,7 +163,7 @@ def train_and_evaluate(
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_arg,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of),
         compute_metrics=make_compute_metrics(list(task.metrics), regression),
         callbacks=[timing_cls(meter, history)],
         meter=meter,

@@ -134,16 +134,21 @@ class Throughput:
             self.train_seconds += dt
             self._t0 = None
 
-    def record(self) -> dict:
+    def record(self, train_wall_s: float, eval_during_train_s: float = 0.0) -> dict:
+        """Rates use the training wall time minus evaluation (data loading and optimizer steps included)."""
         timed = self.step_times[self.warmup_steps :] or self.step_times
+        seconds = max(train_wall_s - eval_during_train_s, 1e-9)
         return {
             "train_tokens": self.tokens,
             "train_samples": self.samples,
+            "tokens_per_s": self.tokens / seconds,
+            "samples_per_s": self.samples / seconds,
+            "tokens_per_s_basis": "non-pad training tokens / (train wall time - evaluation time)",
+            "tokens_counted": "non-pad tokens (attention_mask sum) of the training batches",
+            "train_wall_s": train_wall_s,
+            "eval_during_train_s": eval_during_train_s,
             "train_step_seconds_total": self.train_seconds,
-            "tokens_per_s": self.tokens / self.train_seconds if self.train_seconds else None,
-            "samples_per_s": self.samples / self.train_seconds if self.train_seconds else None,
             "median_step_s": statistics.median(timed) if timed else None,
             "steps": len(self.step_times),
             "warmup_steps_excluded": min(self.warmup_steps, len(self.step_times)),
-            "tokens_counted": "non-pad tokens (attention_mask sum) of the training batches",
         }

@@ -50,8 +50,8 @@ def _trainer_class():
     from transformers import Trainer, TrainerCallback
 
     class TimingCallback(TrainerCallback):
-        def __init__(self, meter: Throughput, history: list, diverge_on_nan: bool = True):
-            self.meter, self.history, self.diverge_on_nan = meter, history, diverge_on_nan
+        def __init__(self, meter: Throughput, diverge_on_nan: bool = True):
+            self.meter, self.diverge_on_nan = meter, diverge_on_nan
 
         def on_step_begin(self, args, state, control, **kw):
             self.meter.step_begin()
@@ -122,7 +122,6 @@ def train_and_evaluate(
     task = cfg.task
     regression = str(getattr(task.kind, "value", task.kind)) == "regression"
     meter = Throughput(warmup_steps=t.warmup_steps_excluded)
-    history: list[dict] = []
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=out_dir,
@@ -165,7 +164,7 @@ def train_and_evaluate(
         eval_dataset=eval_arg,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of),
         compute_metrics=make_compute_metrics(list(task.metrics), regression),
-        callbacks=[timing_cls(meter, history)],
+        callbacks=[timing_cls(meter)],
         meter=meter,
     )
 
@@ -177,6 +176,7 @@ def train_and_evaluate(
         on_trained()
     in_train_eval = trainer.eval_seconds
     # eval history from the Trainer's log (evaluations during training), then the final evaluation
+    history: list[dict] = []
     for entry in trainer.state.log_history:
         ev = {k: v for k, v in entry.items() if k.startswith("eval_")}
         if any(k.endswith(tuple(task.metrics)) for k in ev):
@@ -189,17 +189,7 @@ def train_and_evaluate(
     headline = task.metrics[0]
     best = max(history, key=lambda h: h["metrics"].get(headline_split, {}).get(headline, -math.inf))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    thr = meter.record()
-    real_train_s = max(train_wall - in_train_eval, 1e-9)
-    thr.update(
-        {
-            "train_wall_s": train_wall,
-            "eval_during_train_s": in_train_eval,
-            "tokens_per_s": thr["train_tokens"] / real_train_s,
-            "samples_per_s": thr["train_samples"] / real_train_s,
-            "tokens_per_s_basis": "non-pad training tokens / (train wall time - evaluation time)",
-        }
-    )
+    thr = meter.record(train_wall, in_train_eval)
     return {
         "optimizer": describe_optimizer(trainer.optimizer),
         "metrics": {
@@ -259,22 +249,3 @@ def _evaluate_all(trainer, eval_sets: dict, names) -> dict:
         res = trainer.evaluate(ds, metric_key_prefix="eval")
         out[split] = _clean({k[len("eval_"):]: v for k, v in res.items()}, names)
     return out
-
-
-def evaluate_untrained(model, tokenizer, eval_ds, names: list[str], regression: bool, batch_size: int,
-                       dtype: Optional[torch.dtype] = None) -> dict:
-    """Plain batched evaluation without a Trainer (used by tests and checks)."""
-    from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding
-
-    model.eval()
-    preds, refs = [], []
-    dl = DataLoader(eval_ds.remove_columns([c for c in ("length",) if c in eval_ds.column_names]),
-                    batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        for b in dl:
-            labels = b.pop("labels")
-            logits = model(**b).logits.float()
-            preds.append(logits.squeeze(-1) if regression else logits.argmax(-1))
-            refs.append(labels)
-    return metric_fns.compute(names, torch.cat(preds).numpy(), torch.cat(refs).numpy())

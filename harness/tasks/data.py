@@ -146,13 +146,10 @@ def _load_local(data_dir: Path, split: str, task) -> Optional[tuple[pd.DataFrame
 def _load_hub(split: str, task) -> tuple[pd.DataFrame, str]:
     import datasets
 
-    ds = datasets.load_dataset(task.hub_id, task.hub_config or task.name, split=split)
-    df = ds.to_pandas()
-    rename = dict(task.get("hub_rename") or {})
-    spec = {"rename": rename}
-    return _canonical(df, 1, Path(f"hub:{task.hub_id}/{task.hub_config or task.name}:{split}"), spec, task), (
-        f"hub:{task.hub_id}/{task.hub_config or task.name}:{split}"
-    )
+    name = task.hub_config or task.name
+    where = f"hub:{task.hub_id}/{name}:{split}"
+    df = datasets.load_dataset(task.hub_id, name, split=split).to_pandas()
+    return _canonical(df, 1, Path(where), {"rename": dict(task.get("hub_rename") or {})}, task), where
 
 
 def load_split(task, split: str, data_dir: Optional[Path]) -> tuple[pd.DataFrame, str]:

@@ -259,5 +259,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"task {task.name!r}: unknown metric {m!r}; valid metrics: {sorted(METRICS)}")
 
 
+def is_regression(task) -> bool:
+    """A task config's kind, whether it holds the enum (structured config) or its string."""
+    return str(getattr(task.kind, "value", task.kind)) == TaskKind.regression.value
+
+
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -85,6 +85,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     import transformers
 
     from harness import methods, models
+    from harness.config import is_regression
     from harness.metrics import majority_baseline
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
@@ -94,7 +95,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     rec["times"] = {"imports_s": time.perf_counter() - t0}
     task = cfg.task
-    regression = str(getattr(task.kind, "value", task.kind)) == "regression"
+    regression = is_regression(task)
 
     # data first: a missing or malformed file fails before any model loads
     t = time.perf_counter()

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from harness import metrics as metric_fns
+from harness.config import is_regression
 from harness.profile import Throughput
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def train_and_evaluate(
 
     t = cfg.train
     task = cfg.task
-    regression = str(getattr(task.kind, "value", task.kind)) == "regression"
+    regression = is_regression(task)
     meter = Throughput(warmup_steps=t.warmup_steps_excluded)
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(

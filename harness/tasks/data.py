@@ -15,6 +15,8 @@ from typing import Optional
 
 import pandas as pd
 
+from harness.config import is_regression
+
 ENV_VAR = "HARNESS_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -113,7 +115,7 @@ def _canonical(df: pd.DataFrame, first_line: int, path: Path, spec: dict, task) 
             raise DataError(f"{path}:{line}: empty text in column {c!r}")
         df[c] = df[c].astype(str)
     labels = df["label"].tolist()
-    regression = str(getattr(task.kind, "value", task.kind)) == "regression"
+    regression = is_regression(task)
     out = []
     for i, v in enumerate(labels):
         where = f"{path}:{first_line + i}"

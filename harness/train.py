@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Optional
 
 import numpy as np
 import pandas as pd

@@ -72,34 +72,25 @@ def test_data_dir_that_does_not_exist(tmp_path):
         find_data_dir(str(tmp_path / "nope"))
 
 
+HEADER = "sentence1\tsentence2\tlabel\tidx\n"
+
+
 def write_rte(root, text: str):
     d = root / "glue" / "rte"
     d.mkdir(parents=True)
     (d / "train.tsv").write_text(text)
-    (d / "dev.tsv").write_text("sentence1\tsentence2\tlabel\tidx\na\tb\t0\t0\n")
+    (d / "dev.tsv").write_text(HEADER + "a\tb\t0\t0\n")
 
 
-def test_malformed_row_names_file_and_line(tmp_path):
-    write_rte(tmp_path, "sentence1\tsentence2\tlabel\tidx\na\tb\t0\t0\nc\td\t1\t1\te\textra\n")
-    with pytest.raises(DataError, match=r"train\.tsv: malformed row: .*line 3"):
-        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
-
-
-def test_bad_label_names_file_and_line(tmp_path):
-    write_rte(tmp_path, "sentence1\tsentence2\tlabel\tidx\na\tb\t0\t0\nc\td\tmaybe\t1\n")
-    with pytest.raises(DataError, match=r"train\.tsv:3: label 'maybe' is not one of"):
-        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
-
-
-def test_missing_column_is_named(tmp_path):
-    write_rte(tmp_path, "sentence1\tlabel\tidx\na\t0\t0\n")
-    with pytest.raises(DataError, match=r"missing column\(s\) \['sentence2'\]"):
-        load_task(compose(["task=rte"]).task, tmp_path, seed=0)
-
-
-def test_empty_file(tmp_path):
-    write_rte(tmp_path, "")
-    with pytest.raises(DataError, match="empty"):
+@pytest.mark.parametrize("train_tsv,message", [
+    (HEADER + "a\tb\t0\t0\nc\td\t1\t1\te\textra\n", r"train\.tsv: malformed row: .*line 3"),
+    (HEADER + "a\tb\t0\t0\nc\td\tmaybe\t1\n", r"train\.tsv:3: label 'maybe' is not one of"),
+    ("sentence1\tlabel\tidx\na\t0\t0\n", r"missing column\(s\) \['sentence2'\]"),
+    ("", "empty"),
+], ids=["malformed-row", "bad-label", "missing-column", "empty-file"])
+def test_bad_data_files_name_file_line_and_problem(tmp_path, train_tsv, message):
+    write_rte(tmp_path, train_tsv)
+    with pytest.raises(DataError, match=message):
         load_task(compose(["task=rte"]).task, tmp_path, seed=0)
 
 

@@ -2,10 +2,12 @@
 PY      ?= .venv/bin/python
 PIP     ?= .venv/bin/pip
 ARGS    ?=
+EXPERIMENT ?= default
+SCALE   ?= local
 export MALLOC_MMAP_THRESHOLD_ := 131072
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-fast clean-outputs
+.PHONY: setup run sweep report results test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -19,6 +21,16 @@ setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinn
 
 run: setup  ## the default single experiment (MiniLM-L6, SST-2, LoRA): one result record under outputs/
 	$(PY) -m harness.run $(ARGS)
+
+sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)
+	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(ARGS)
+	$(PY) -m harness.report --experiment $(EXPERIMENT)
+
+report: setup  ## reports/<experiment>/README.md + plots for every experiment in the results store
+	$(PY) -m harness.report $(ARGS)
+
+results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
+	$(PY) -m harness.store $(ARGS)
 
 test: setup  ## the test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q $(ARGS)

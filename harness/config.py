@@ -102,6 +102,9 @@ class MethodConfig:
     double_quant: bool = False
     compute_dtype: Dtype = Dtype.auto  # matmul / autocast dtype; auto = bf16 where the host supports it
     storage_dtype: str = "uint8"  # bnb_4bit_quant_storage
+    # the learning rate used is train.lr x this: full fine-tuning wants about 10x less than LoRA (method/full.yaml),
+    # so one train recipe serves every method in a sweep
+    lr_multiplier: float = 1.0
 
 
 @dataclass
@@ -149,6 +152,18 @@ class PathsConfig:
     output_root: str = "outputs"
 
 
+class Aggregate(str, Enum):
+    median = "median"  # the LoRA paper's RoBERTa/DeBERTa GLUE rows: median of 5 seeds
+    mean = "mean"  # its GPT-2 rows: mean of 3 seeds
+
+
+@dataclass
+class ReportConfig:
+    """How reports present an experiment (not part of the config hash: changing it re-runs nothing)."""
+    table: Optional[str] = None  # the paper table it mirrors (a key of harness/report/paper_values.yaml)
+    aggregate: Aggregate = Aggregate.median  # over seeds
+
+
 @dataclass
 class Config:
     model: ModelConfig = MISSING
@@ -157,8 +172,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    experiment_name: str = "default"  # results are grouped by it (reports/<experiment_name>/)
+    scale: str = "local"  # which scale an experiment runs at (conf/scale/: local, paper)
+    experiment_name: str = "single"  # results are grouped by it (reports/<experiment_name>/)
     tags: dict[str, Any] = field(default_factory=dict)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register() -> None:
@@ -226,6 +243,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.double_quant=true needs method.quant=fp4 or nf4")
     t = cfg.train
     _positive("train.lr", t.lr)
+    _positive("method.lr_multiplier", cfg.method.lr_multiplier)
     _positive("train.batch_size", t.batch_size)
     _positive("train.eval_batch_size", t.eval_batch_size)
     _positive("train.grad_accum", t.grad_accum)

@@ -74,9 +74,31 @@ def execute(cfg, out_dir: str | os.PathLike) -> dict:
                 rec["host"] = records.host()
             except Exception as e:  # never lose a record over host details
                 rec["host"] = {"error": str(e)}
-            records.write_json_atomic(out_dir / records.RECORD_NAME, rec)
-            log.info("record: %s (status %s)", out_dir / records.RECORD_NAME, rec["status"])
+            path = records.write_json_atomic(out_dir / records.RECORD_NAME, rec)
+            log.info("record: %s (status %s)", path, rec["status"])
+            _index(cfg, path, rec)
     return rec
+
+
+def _index(cfg, path: Path, rec: dict) -> None:
+    """Add the record to the results store's index; the file is already safe, so a failure here only warns."""
+    from harness.store import Store
+
+    try:
+        Store(cfg.paths.output_root).add(path, rec)
+    except Exception as e:
+        log.warning("record written but not indexed (the next sync picks it up): %s", e)
+
+
+def _already_done(cfg) -> str | None:
+    """Path of an ok record with this run's config hash (used to resume sweeps on any launcher)."""
+    from harness import records
+    from harness.config import resolved
+    from harness.store import Store
+
+    store = Store(cfg.paths.output_root)
+    store.sync()
+    return store.done(records.config_hash(resolved(cfg)))
 
 
 def _run(cfg, out_dir: Path, rec: dict) -> None:
@@ -150,6 +172,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
             "rank_budget": cfg.lora.rank_budget,
         },
         "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
+        "lr": cfg.train.lr * cfg.method.lr_multiplier,
     }
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
              params["trainable"], params["total"], params["trainable_pct"])
@@ -185,7 +208,14 @@ def main() -> None:
 
     @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
     def app(cfg) -> None:
-        execute(cfg, HydraConfig.get().runtime.output_dir)
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        # Sweeps resume: harness_local skips done jobs before starting them; other launchers (submitit) land here.
+        if hc.mode == RunMode.MULTIRUN and (done := _already_done(cfg)):
+            log.info("skip: an ok record with this config hash exists (%s)", done)
+            return
+        execute(cfg, hc.runtime.output_dir)
 
     app()
 

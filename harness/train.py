@@ -125,7 +125,7 @@ def train_and_evaluate(
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=out_dir,
-        learning_rate=t.lr,
+        learning_rate=t.lr * cfg.method.lr_multiplier,
         lr_scheduler_type=str(getattr(t.schedule, "value", t.schedule)),
         warmup_steps=float(t.warmup_ratio),
         weight_decay=t.weight_decay,

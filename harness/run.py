@@ -111,7 +111,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     from harness.metrics import majority_baseline
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
-    from harness.train import tokenize, train_and_evaluate
+    from harness.train import label_norm, tokenize, train_and_evaluate
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -125,8 +125,10 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     fields = list(task.text_fields)
-    train_ds = tokenize(data.train, tokenizer, fields, cfg.train.max_seq_len, regression)
-    eval_sets = {s: tokenize(df, tokenizer, fields, cfg.train.max_seq_len, regression) for s, df in data.evals.items()}
+    norm = label_norm(data.train) if regression else None
+    train_ds = tokenize(data.train, tokenizer, fields, cfg.train.max_seq_len, regression, norm)
+    eval_sets = {s: tokenize(df, tokenizer, fields, cfg.train.max_seq_len, regression, norm)
+                 for s, df in data.evals.items()}
     first = next(iter(data.evals))
     rec["task"] = {
         "name": task.name,
@@ -138,6 +140,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
             for s, df in data.evals.items()
         },
         "train_tokens_per_epoch": int(sum(train_ds["length"])),
+        "label_standardization": None if norm is None else {"mean": norm[0], "std": norm[1]},
     }
     rec["times"]["data_s"] = time.perf_counter() - t
     log.info("data: %d train, %s eval (%s)", len(data.train), rec["task"]["eval_examples"], data.source[first])
@@ -178,7 +181,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
              params["trainable"], params["total"], params["trainable_pct"])
 
     out = train_and_evaluate(model, tokenizer, train_ds, eval_sets, cfg, str(out_dir / "trainer"), dtype=dtype,
-                             on_trained=meter.trained)
+                             on_trained=meter.trained, label_norm=norm)
     rec["memory"] = meter.record()
     rec["metrics"] = out["metrics"]
     rec["throughput"] = out["throughput"]

@@ -30,8 +30,20 @@ class DivergedError(RuntimeError):
     pass
 
 
-def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, regression: bool):
-    """DataFrame -> datasets.Dataset with input_ids, attention_mask (token_type_ids), labels, length."""
+def label_norm(df: pd.DataFrame) -> tuple[float, float]:
+    """(mean, std) of a regression task's training labels. The model is trained on standardised targets: an MSE
+    head starting near 0 would otherwise spend a short run learning the labels' offset (STS-B: 0-5, mean ~2.7)
+    instead of the similarity; predictions are mapped back before any metric is computed."""
+    y = df["label"].astype(float)
+    std = float(y.std(ddof=0))
+    return float(y.mean()), std if std > 0 else 1.0
+
+
+def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, regression: bool,
+             norm: tuple[float, float] | None = None):
+    """DataFrame -> datasets.Dataset with input_ids, attention_mask (token_type_ids), labels, length.
+    `norm` = (mean, std) standardises regression labels (see `label_norm`)."""
+    mean, std = norm or (0.0, 1.0)
     import datasets
 
     ds = datasets.Dataset.from_pandas(df, preserve_index=False)
@@ -39,7 +51,8 @@ def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, 
     def enc(batch):
         texts = [batch[f] for f in text_fields]
         out = tokenizer(*texts, truncation=True, max_length=max_len)
-        out["labels"] = [float(x) for x in batch["label"]] if regression else [int(x) for x in batch["label"]]
+        out["labels"] = ([(float(x) - mean) / std for x in batch["label"]] if regression
+                         else [int(x) for x in batch["label"]])
         out["length"] = [len(x) for x in out["input_ids"]]
         return out
 
@@ -95,11 +108,15 @@ def _trainer_class():
     return HarnessTrainer, TimingCallback
 
 
-def make_compute_metrics(names: list[str], regression: bool):
+def make_compute_metrics(names: list[str], regression: bool, norm: tuple[float, float] | None = None):
+    mean, std = norm or (0.0, 1.0)
+
     def compute(p):
         logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
-        pred = logits.squeeze(-1) if regression else np.asarray(logits).argmax(-1)
-        return metric_fns.compute(names, pred, p.label_ids)
+        if regression:  # back to the task's own scale
+            return metric_fns.compute(names, np.asarray(logits).squeeze(-1) * std + mean,
+                                      np.asarray(p.label_ids) * std + mean)
+        return metric_fns.compute(names, np.asarray(logits).argmax(-1), p.label_ids)
 
     return compute
 
@@ -114,8 +131,10 @@ def train_and_evaluate(
     *,
     dtype: torch.dtype,
     on_trained=None,
+    label_norm: tuple[float, float] | None = None,
 ) -> dict:
-    """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings."""
+    """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
+    `label_norm`: the (mean, std) the regression labels of `train_ds`/`eval_sets` were standardised with."""
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     t = cfg.train
@@ -163,7 +182,7 @@ def train_and_evaluate(
         train_dataset=train_ds,
         eval_dataset=eval_arg,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of),
-        compute_metrics=make_compute_metrics(list(task.metrics), regression),
+        compute_metrics=make_compute_metrics(list(task.metrics), regression, label_norm),
         callbacks=[timing_cls(meter)],
         meter=meter,
     )

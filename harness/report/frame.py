@@ -1,0 +1,153 @@
+"""Result records -> tidy tables: one row per run, then one row per configuration (seeds aggregated).
+
+Everything a report shows comes from here; nothing reads training code. Metric values are put on the
+papers' x100 scale (accuracy, Matthews correlation, Pearson all in points).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pandas as pd
+
+# the columns that identify a configuration apart from its seed
+CONFIG_KEYS = ["task", "model", "method", "targets", "r", "alpha", "lr", "train_examples"]
+
+
+def _get(d: dict, *path, default=None):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def group_key(rec: dict) -> str:
+    """Hash of the config without its seed: records that differ only by seed share it."""
+    cfg = dict(rec.get("config") or {})
+    cfg.pop("paths", None)
+    cfg.pop("tags", None)
+    cfg.pop("report", None)
+    train = dict(cfg.get("train") or {})
+    train.pop("seed", None)
+    cfg["train"] = train
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def latest_per_config(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one record per config hash: the latest ok one, else the latest; the records superseded by a later ok)."""
+    by_hash: dict[str, list[dict]] = {}
+    for r in records:
+        by_hash.setdefault(r.get("config_hash", r.get("_path", "?")), []).append(r)
+    chosen, superseded = [], []
+    for recs in by_hash.values():
+        recs = sorted(recs, key=lambda r: str(r.get("finished_at") or ""))
+        ok = [r for r in recs if r.get("status") == "ok"]
+        pick = ok[-1] if ok else recs[-1]
+        chosen.append(pick)
+        superseded += [r for r in recs if r is not pick]
+    return chosen, superseded
+
+
+def run_row(rec: dict) -> dict:
+    cfg = rec.get("config") or {}
+    lora = _get(rec, "method", "lora") or {}
+    adapter = bool(_get(cfg, "method", "adapter", default=True))
+    metric = _get(rec, "metrics", "headline", "metric") or (_get(cfg, "task", "metrics") or [None])[0]
+    split = _get(rec, "metrics", "headline", "split")
+    value = _get(rec, "metrics", "final", split, metric) if split else None
+    best = _get(rec, "metrics", "best", split, metric) if split else None
+    scale = 100.0
+    params = rec.get("params") or {}
+    return {
+        "experiment": rec.get("experiment"),
+        "status": rec.get("status"),
+        "config_hash": rec.get("config_hash"),
+        "group": group_key(rec),
+        "task": _get(cfg, "task", "name"),
+        "model": _get(cfg, "model", "name"),
+        "method": _get(cfg, "method", "name"),
+        "quant": _get(cfg, "method", "quant"),
+        "compute_dtype": _get(rec, "method", "compute_dtype"),
+        "targets": (lora.get("targets") if lora else _get(cfg, "lora", "targets")) if adapter else "-",
+        "r": (lora.get("r") if lora else None) if adapter else None,
+        "alpha": (lora.get("alpha") if lora else None) if adapter else None,
+        "lr": _get(rec, "method", "lr", default=_get(cfg, "train", "lr")),
+        "seed": rec.get("seed", _get(cfg, "train", "seed")),
+        "metric": metric,
+        "split": split,
+        "value": None if value is None else value * scale,
+        "best_value": None if best is None else best * scale,
+        "trainable": params.get("trainable"),
+        "total": params.get("total"),
+        "trainable_pct": params.get("trainable_pct"),
+        "peak_mb": _get(rec, "memory", "peak_mb"),
+        "tokens_per_s": _get(rec, "throughput", "tokens_per_s"),
+        "train_s": _get(rec, "times", "train_s"),
+        "total_s": _get(rec, "times", "total_s"),
+        "adapter_bytes": _get(rec, "adapter", "bytes"),
+        "train_examples": _get(rec, "task", "train_examples"),
+        "eval_examples": sum((_get(rec, "task", "eval_examples") or {}).values()) or None,
+        "steps": rec.get("steps"),
+        "device": _get(rec, "host", "device"),
+        "cpu": _get(rec, "host", "cpu"),
+        "gpu": _get(rec, "host", "gpu", "name"),
+        "torch": _get(rec, "versions", "torch"),
+        "git": (_get(rec, "git", "commit") or "")[:10] or None,
+        "scale": cfg.get("scale"),
+        "finished_at": rec.get("finished_at"),
+        "error": rec.get("error"),
+        "path": rec.get("_path"),
+    }
+
+
+def runs_frame(records: list[dict]) -> pd.DataFrame:
+    rows = [run_row(r) for r in records]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    for c in ("r", "alpha", "train_examples", "trainable", "total", "steps", "seed"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    return df
+
+
+def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
+    """One row per configuration (ok runs only): the metric aggregated over seeds the paper's way, its spread
+    (sample standard deviation; 0 for one seed), the number of seeds, and the mean of the cost columns."""
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    out = []
+    for key, g in ok.groupby("group", sort=False):
+        vals = g["value"].dropna().astype(float)
+        first = g.iloc[0]
+        row = {c: first[c] for c in ("experiment", "task", "model", "method", "quant", "compute_dtype", "targets",
+                                     "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
+                                     "total", "trainable", "trainable_pct", "device", "scale")}
+        row.update({
+            "group": key,
+            "value": float(vals.median() if how == "median" else vals.mean()) if len(vals) else math.nan,
+            "spread": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+            "min": float(vals.min()) if len(vals) else math.nan,
+            "max": float(vals.max()) if len(vals) else math.nan,
+            "seeds": int(g["seed"].nunique()),
+            "peak_mb": g["peak_mb"].astype(float).mean(),
+            "tokens_per_s": g["tokens_per_s"].astype(float).mean(),
+            "train_s": g["train_s"].astype(float).mean(),
+            "adapter_bytes": g["adapter_bytes"].astype(float).mean(),
+            "steps": g["steps"].astype(float).mean(),
+        })
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def pareto_front(df: pd.DataFrame, x: str = "peak_mb", y: str = "value") -> pd.Series:
+    """True for configurations no other beats on both: lower x (memory) and higher y (metric)."""
+    pts = df[[x, y]].astype(float).to_numpy()
+    flags = []
+    for i, (xi, yi) in enumerate(pts):
+        dominated = any((xj <= xi and yj >= yi) and (xj < xi or yj > yi) for j, (xj, yj) in enumerate(pts) if j != i)
+        flags.append(not dominated)
+    return pd.Series(flags, index=df.index)

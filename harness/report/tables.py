@@ -1,0 +1,208 @@
+"""Markdown tables from aggregated configurations, laid out like the papers' tables, paper values beside ours.
+
+Cells read "ours (paper)"; ours is the seed aggregate, with "±" the sample standard deviation over seeds
+when there is more than one. "–" = not run / not reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pandas as pd
+
+DASH = "–"
+METHOD_LABELS = {
+    "full": "Full FT", "lora": "LoRA", "qlora_int8": "QLoRA Int8", "qlora_fp4": "QLoRA FP4",
+    "qlora_fp4_dq": "QLoRA FP4+DQ", "qlora_nf4": "QLoRA NF4", "qlora_nf4_dq": "QLoRA NF4+DQ",
+}
+METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "Pearson", "spearman": "Spearman",
+                 "f1": "F1"}
+TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "qqp": "QQP",
+               "rte": "RTE", "stsb": "STS-B", "wikisql": "WikiSQL", "mnli_gen": "MNLI (generation)"}
+# our task -> the paper's task of the same kind in the GPT-3 tables (5, 6)
+PAPER_TASK = {"mnli": "mnli", "mnli_gen": "mnli", "wikisql": "wikisql"}
+
+
+def targets_label(t) -> str:
+    if t is None or (isinstance(t, float) and math.isnan(t)) or t == "-":
+        return DASH
+    if t == "all_linear":
+        return "all linear"
+    return ",".join(f"W{c}" for c in str(t))
+
+
+def num(v, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return DASH
+    return f"{v:.{digits}f}"
+
+
+def ours(row) -> str:
+    """Seed aggregate with its spread, e.g. '76.3 ±0.4' (or '76.3' for one seed)."""
+    if row is None:
+        return DASH
+    s = num(row["value"])
+    if s != DASH and row.get("seeds", 1) > 1:
+        s += f" ±{row['spread']:.1f}"
+    return s
+
+
+def beside(row, paper) -> str:
+    o = ours(row)
+    if paper is None:
+        return o
+    return f"{o} ({num(paper)})"
+
+
+def human(n) -> str:
+    if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)):
+        return DASH
+    n = float(n)
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def kib(n) -> str:
+    return DASH if n is None or (isinstance(n, float) and math.isnan(n)) else f"{n / 1024:.0f}"
+
+
+def md_table(header: list[str], rows: Iterable[list], align: list[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cost_cells(row) -> list[str]:
+    pct = row.get("trainable_pct")
+    return [
+        f"{human(row.get('trainable'))} ({num(pct, 2)}%)" if pct is not None else human(row.get("trainable")),
+        num(row.get("peak_mb"), 0), num(row.get("tokens_per_s"), 0), num(row.get("train_s"), 0),
+        kib(row.get("adapter_bytes")),
+    ]
+
+
+COST_HEADER = ["Trainable (%)", "Peak MB", "Tokens/s", "Train s", "Adapter KiB"]
+
+
+def metric_name(agg: pd.DataFrame, task: str) -> str:
+    m = agg.loc[agg["task"] == task, "metric"]
+    return METRIC_LABELS.get(m.iloc[0], m.iloc[0]) if len(m) else ""
+
+
+def _find(agg: pd.DataFrame, **eq):
+    m = pd.Series(True, index=agg.index)
+    for k, v in eq.items():
+        m &= agg[k].astype(object).map(lambda x, v=v: x is not pd.NA and x is not None and x == v).astype(bool)
+    sub = agg[m]
+    return None if sub.empty else sub.iloc[0].to_dict()
+
+
+# ------------------------------------------------------------------------------------------- all configs
+def all_configs(agg: pd.DataFrame) -> str:
+    header = ["Task", "Model", "Method", "Targets", "r", "alpha", "lr", "Seeds", "Metric", "Ours", "Min–max",
+              *COST_HEADER]
+    rows = []
+    sort = agg.sort_values(["task", "model", "method", "targets", "r"], na_position="first", kind="stable")
+    for _, r in sort.iterrows():
+        r = r.to_dict()
+        rows.append([TASK_LABELS.get(r["task"], r["task"]), r["model"], METHOD_LABELS.get(r["method"], r["method"]),
+                     targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
+                     num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{r['lr']:.0e}" if r["lr"] else DASH,
+                     r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r),
+                     f"{num(r['min'])}–{num(r['max'])}", *cost_cells(r)])
+    return md_table(header, rows, ["l", "l", "l", "l"] + ["r"] * (len(header) - 4))
+
+
+# ------------------------------------------------------------------------------------------- LoRA Table 2
+def lora_table2(agg: pd.DataFrame, paper: dict) -> str:
+    tasks = paper["tasks"]
+    header = ["Model & method", "#Trainable", *[paper["task_labels"][t] for t in tasks], "Avg (tasks run)"]
+    rows = []
+    for (model, method), g in agg.groupby(["model", "method"], sort=False):
+        ref_model = paper["reference_model"].get(model, paper["reference_model"]["default"])
+        prow = next((p for p in paper["rows"] if p["model"] == ref_model and p["method"] == method), None)
+        cells, ours_vals, paper_vals = [], [], []
+        for t in tasks:
+            r = _find(g, task=t)
+            pv = (prow or {}).get("values", {}).get(t)
+            cells.append(beside(r, pv) if r else f"{DASH} ({num(pv)})" if pv is not None else DASH)
+            if r and not math.isnan(r["value"]):
+                ours_vals.append(r["value"])
+                if pv is not None:
+                    paper_vals.append(pv)
+        avg = sum(ours_vals) / len(ours_vals) if ours_vals else math.nan
+        pavg = sum(paper_vals) / len(paper_vals) if paper_vals and len(paper_vals) == len(ours_vals) else None
+        first = g.iloc[0].to_dict()
+        label = f"{model} {METHOD_LABELS.get(method, method)}"
+        trainable = f"{human(first['trainable'])} ({(prow or {}).get('trainable', DASH)})"
+        rows.append([label, trainable, *cells, f"{num(avg)} ({num(pavg)})"])
+    return md_table(header, rows)
+
+
+# ------------------------------------------------------------------------------------------- LoRA Table 5
+def lora_table5(agg: pd.DataFrame, paper: dict) -> str:
+    targets = paper["targets"]
+    header = ["Weight type", *[targets_label(t) for t in targets]]
+    rows = [["rank r, ours (paper)", *[f"{num((_find(agg, targets=t) or {}).get('r'), 0)} ({paper['ranks'][t]})"
+                                       for t in targets]]]
+    for (task, model), g in agg.groupby(["task", "model"], sort=False):
+        ptask = PAPER_TASK.get(task)
+        label = f"{TASK_LABELS.get(task, task)} {metric_name(agg, task)}, ours ({model})"
+        if ptask:
+            label += f" (paper {paper['model']} {paper['tasks'][ptask]})"
+        rows.append([label, *[beside(_find(g, targets=t), paper["values"][ptask][t] if ptask else None)
+                              for t in targets]])
+    for ptask, name in paper["tasks"].items():
+        rows.append([f"paper: {name} (±{paper['spread'][ptask]}), {paper['model']}",
+                     *[num(paper["values"][ptask][t]) for t in targets]])
+    return md_table(header, rows)
+
+
+# ------------------------------------------------------------------------------------------- LoRA Table 6
+def lora_table6(agg: pd.DataFrame, paper: dict) -> str:
+    ranks = paper["ranks"]
+    extra = sorted(set(int(r) for r in agg["r"].dropna()) - set(ranks))
+    cols = ranks + extra
+    header = ["Task", "Weight type", *[f"r={r}" for r in cols]]
+    rows = []
+    for (task, model), g in agg.groupby(["task", "model"], sort=False):
+        ptask = PAPER_TASK.get(task)
+        for t in paper["targets"]:
+            pv = paper["values"][ptask][t] if ptask else {}
+            label = f"{TASK_LABELS.get(task, task)} {metric_name(agg, task)}, ours ({model})"
+            rows.append([label, targets_label(t), *[beside(_find(g, targets=t, r=r), pv.get(r)) for r in cols]])
+    for ptask, name in paper["tasks"].items():
+        for t in paper["targets"]:
+            rows.append([f"paper: {name} (±{paper['spread'][ptask]}), {paper['model']}", targets_label(t),
+                         *[num(paper["values"][ptask][t].get(r)) for r in cols]])
+    return md_table(header, rows, ["l", "l"] + ["r"] * len(cols))
+
+
+# ------------------------------------------------------------------------------------------- QLoRA Table 3
+def qlora_table3(agg: pd.DataFrame, paper: dict) -> str:
+    tasks = list(dict.fromkeys(agg["task"]))
+    pcols = paper["columns"]
+    header = ["Data type", *[f"ours: {TASK_LABELS.get(t, t)} {metric_name(agg, t)}" for t in tasks],
+              f"paper: {pcols['glue_roberta_large']}", "paper: T5 80M / 250M / 780M / 3B / 11B", *COST_HEADER]
+    rows = []
+    for prow in paper["rows"]:
+        g = agg[agg["method"] == prow["method"]]
+        if g.empty:
+            continue
+        first = g.iloc[0].to_dict()
+        dtype = first.get("compute_dtype") or ""
+        label = f"{prow['label']} — ours: {METHOD_LABELS.get(prow['method'], prow['method'])}, {dtype} compute"
+        v = prow.get("values", {})
+        t5 = " / ".join(num(v.get(k)) for k in ("t5_80m", "t5_250m", "t5_780m", "t5_3b", "t5_11b"))
+        rows.append([label, *[ours(_find(g, task=t)) for t in tasks], num(v.get("glue_roberta_large")),
+                     t5 if v else DASH, *cost_cells(first)])
+    return md_table(header, rows)
+
+
+MIRRORS = {"lora_table2": lora_table2, "lora_table5": lora_table5, "lora_table6": lora_table6,
+           "qlora_table3": qlora_table3}

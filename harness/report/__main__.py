@@ -1,0 +1,3 @@
+from harness.report.render import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Reports from fixture records: golden tables in the papers' layouts, claim checks, the rendered README."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.report import claims, frame, tables
+from harness.report.render import paper_values, render_experiment
+from tests.conftest import REPO
+from tests.records_fixture import make_record
+
+GOLDEN = Path(__file__).parent / "golden"
+RANKS = (1, 2, 4, 8, 64)
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text + "\n")
+    assert text + "\n" == path.read_text(), f"{name} differs from the golden file (UPDATE_GOLDEN=1 to accept)"
+
+
+def table6_records(qv_r1: float = 0.705, q_r1: float = 0.40) -> list[dict]:
+    base = {"q": {1: q_r1, 2: 0.50, 4: 0.55, 8: 0.56, 64: 0.52},
+            "qv": {1: qv_r1, 2: 0.705, 4: 0.71, 8: 0.712, 64: 0.70},
+            "qkvo": {1: 0.72, 2: 0.73, 4: 0.735, 8: 0.74, 64: 0.73}}
+    return [make_record(experiment="t6", table="lora_table6", aggregate="mean", targets=t, r=r, seed=s,
+                        value=v + (0.004 if s == 2 else -0.004), peak_mb=400 + r + 10 * len(t))
+            for t, rv in base.items() for r, v in rv.items() for s in (1, 2)]
+
+
+def agg_of(records, how="median"):
+    return frame.aggregate(frame.runs_frame(frame.latest_per_config(records)[0]), how)
+
+
+def test_aggregate_uses_the_papers_statistic_and_reports_the_spread():
+    recs = [make_record(seed=s, value=v) for s, v in zip((1, 2, 3, 4, 5), (0.60, 0.61, 0.70, 0.62, 0.50))]
+    med = agg_of(recs, "median").iloc[0]
+    mean = agg_of(recs, "mean").iloc[0]
+    assert med["value"] == pytest.approx(61.0) and mean["value"] == pytest.approx(60.6)
+    assert med["seeds"] == 5 and med["min"] == pytest.approx(50.0) and med["max"] == pytest.approx(70.0)
+    assert med["spread"] == pytest.approx(7.1274, abs=1e-3)  # sample std: sqrt(203.2 / 4)
+
+
+def test_latest_ok_record_wins_and_failed_retries_are_superseded():
+    failed = make_record(status="failed", finished_at="2026-11-22T09:00:00")
+    ok = make_record(finished_at="2026-11-22T10:00:00")
+    other = make_record(seed=9, status="failed")
+    chosen, superseded = frame.latest_per_config([failed, ok, other])
+    assert {(r["seed"], r["status"]) for r in chosen} == {(1, "ok"), (9, "failed")}
+    assert superseded == [failed]
+
+
+def test_lora_table6_golden():
+    golden("lora_table6.md", tables.lora_table6(agg_of(table6_records(), "mean"), paper_values()["lora_table6"]))
+
+
+def test_lora_table5_golden():
+    vals = {"q": 0.60, "k": 0.58, "v": 0.66, "o": 0.65, "qk": 0.63, "qv": 0.69, "qkvo": 0.70}
+    ranks = {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
+    recs = [make_record(table="lora_table5", targets=t, r=ranks[t], value=v) for t, v in vals.items()]
+    agg = agg_of(recs)
+    golden("lora_table5.md", tables.lora_table5(agg, paper_values()["lora_table5"]))
+    found = claims.check("lora_table5", agg)
+    assert [c.holds for c in found] == [True, True]
+
+
+def qlora_records():
+    methods = {"full": (0.78, 790), "lora": (0.76, 800), "qlora_int8": (0.757, 810), "qlora_fp4": (0.74, 700),
+               "qlora_fp4_dq": (0.745, 690), "qlora_nf4": (0.755, 700), "qlora_nf4_dq": (0.758, 690)}
+    return [make_record(table="qlora_table3", method=m, targets="all_linear", value=v + 0.002 * s, peak_mb=p,
+                        seed=s) for m, (v, p) in methods.items() for s in (1, 2)]
+
+
+def test_qlora_table3_golden_and_claims():
+    agg = agg_of(qlora_records())
+    golden("qlora_table3.md", tables.qlora_table3(agg, paper_values()["qlora_table3"]))
+    found = {c.claim.split(": ", 1)[1]: c for c in claims.check("qlora_table3", agg)}
+    assert not found["every QLoRA variant matches 16-bit-compute LoRA within 1 point"].holds  # FP4 is 2 points down
+    assert "qlora_fp4 all_linear r=8 -2.0" in found["every QLoRA variant matches 16-bit-compute LoRA within 1 point"].evidence
+    assert not found["every QLoRA variant matches full fine-tuning within 1 point"].holds
+    assert found["a 4-bit base needs less training memory than LoRA on an fp32 base (QLoRA's premise)"].holds
+
+
+def test_lora_table2_golden_and_claim():
+    vals = {("sst2", "full"): 0.80, ("sst2", "lora"): 0.79, ("stsb", "full"): 0.75, ("stsb", "lora"): 0.76}
+    recs = [make_record(table="lora_table2", task=t, method=m, value=v + 0.01 * s, seed=s)
+            for (t, m), v in vals.items() for s in (1, 2, 3)]
+    agg = agg_of(recs)
+    golden("lora_table2.md", tables.lora_table2(agg, paper_values()["lora_table2"]))
+    (c,) = claims.check("lora_table2", agg)
+    assert c.holds and "sst2 -1.0, stsb +1.0; mean +0.0" in c.evidence
+
+
+@pytest.mark.parametrize("qv_r1, q_r1, expect", [
+    (0.705, 0.40, [True, True, True]),  # the paper's pattern
+    (0.60, 0.56, [False, False, True]),  # r=1 11 points behind for Wq,Wv; Wq's r=1 gap (0) smaller than Wq,Wv's
+])
+def test_table6_claims_follow_the_numbers(qv_r1, q_r1, expect):
+    found = claims.check("lora_table6", agg_of(table6_records(qv_r1, q_r1), "mean"))
+    assert [c.holds for c in found] == expect
+
+
+def test_readme_has_scale_mirror_claims_configs_plots_and_failures(tmp_path):
+    recs = table6_records() + [make_record(experiment="t6", table="lora_table6", targets="qv", r=16, seed=1,
+                                           status="failed", error="ConfigError: bad things")]
+    for i, r in enumerate(recs):
+        r["_path"] = f"sweeps/t6/{i}/record.json"
+    readme = render_experiment("t6", recs, tmp_path).read_text()
+    for part in ("# t6: LoRA (Hu et al. 2021), Table 6", "## Scale we ran at", "| Seeds | 1, 2 (configurations aggregated by mean",
+                 "## LoRA (Hu et al. 2021), Table 6 — ours (paper)", "## Claims checked", "holds here: **yes**",
+                 "## All configurations", "![rank](rank.png)", "![pareto](pareto.png)", "## Failed runs",
+                 "ConfigError: bad things", "| Runs | 1 failed, 30 ok |"):
+        assert part in readme, part
+    assert {p.name for p in tmp_path.joinpath("t6").glob("*.png")} == {"rank.png", "targets.png", "pareto.png"}
+
+
+def test_report_cli_reads_the_store_without_importing_torch(tmp_path):
+    from harness.records import write_json_atomic
+
+    for i, r in enumerate(qlora_records()):
+        write_json_atomic(tmp_path / "out" / "sweeps" / "q" / str(i) / "record.json", r)
+    bad = tmp_path / "out" / "sweeps" / "q" / "broken" / "record.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    poison = tmp_path / "poison"
+    (poison / "torch").mkdir(parents=True)
+    (poison / "torch" / "__init__.py").write_text("raise ImportError('reports must not import torch')\n")
+    env = {**os.environ, "PYTHONPATH": f"{poison}{os.pathsep}{REPO}"}
+    p = subprocess.run([sys.executable, "-m", "harness.report", "--root", str(tmp_path / "out"), "--out",
+                        str(tmp_path / "reports")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"skipped unreadable record {bad}" in p.stdout
+    readme = (tmp_path / "reports" / "exp" / "README.md").read_text()
+    assert "QLoRA (Dettmers et al. 2023), Table 3 — ours (paper)" in readme
+    assert (tmp_path / "reports" / "exp" / "cost.png").stat().st_size > 1000

@@ -1,0 +1,171 @@
+"""Sweeps: experiment grids expand as documented; the fresh-process launcher resumes by config hash, records
+failures and survives being killed mid-way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from harness.config import effective_rank
+from tests.conftest import CONF, DATA, REPO, compose
+
+
+def grid(experiment: str, *extra: str) -> list[list[str]]:
+    """The job overrides `python -m harness.run -m +experiment=<experiment> <extra>` launches."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.config import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hcompose(config_name="config", overrides=[f"+experiment={experiment}", *extra], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    return [[*job, f"+experiment={experiment}", *extra] for job in jobs]
+
+
+def choices(jobs, key):
+    return sorted({o.split("=", 1)[1] for job in jobs for o in job if o.startswith(key + "=")})
+
+
+def test_default_grid_is_at_least_12_runs_over_3_methods_2_ranks_2_target_sets():
+    jobs = grid("default")
+    assert len(jobs) >= 12
+    assert len(choices(jobs, "method")) >= 3 and len(choices(jobs, "lora.r")) >= 2
+    assert len(choices(jobs, "lora.targets")) >= 2
+
+
+def test_lora_table6_grid_and_its_paper_scale():
+    jobs = grid("lora_table6")
+    assert choices(jobs, "lora.targets") == ["q", "qkvo", "qv"] and choices(jobs, "lora.r") == ["1", "2", "4", "64", "8"]
+    assert len(jobs) == 15 * len(choices(jobs, "train.seed"))
+    assert choices(jobs, "model") == ["minilm_l6"]
+    paper = grid("lora_table6", "scale=paper")
+    assert choices(paper, "model") == ["roberta_large"] and choices(paper, "train") == ["paper_roberta"]
+    cfg = compose(paper[0])
+    assert cfg.scale == "paper" and cfg.task.train_size is None and cfg.model.name == "roberta_large"
+    assert cfg.train.lr == 5e-4 and cfg.train.epochs == 30  # the per-task recipe (conf/recipe/paper_roberta/mnli)
+
+
+def test_lora_table5_derives_r_from_the_budget():
+    ranks = {}
+    for job in grid("lora_table5"):
+        cfg = compose(job)
+        ranks[cfg.lora.targets] = effective_rank(cfg.lora)
+    assert ranks == {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
+
+
+def test_qlora_table3_covers_every_data_type_on_one_recipe():
+    jobs = grid("qlora_table3")
+    assert choices(jobs, "method") == sorted(["full", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4",
+                                              "qlora_nf4_dq"])
+    recipes = {json.dumps({k: v for k, v in dict(compose(j).train).items() if k != "seed"}, default=str) for j in jobs}
+    assert len(recipes) == 1
+
+
+def test_lora_table2_sweeps_tasks_and_methods_with_seeds():
+    jobs = grid("lora_table2")
+    assert {"sst2", "mrpc", "stsb"} <= set(choices(jobs, "task")) and choices(jobs, "method") == ["full", "lora"]
+    assert len(choices(jobs, "train.seed")) >= 3
+    assert len(choices(grid("lora_table2", "scale=paper"), "task")) == 8
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    p = subprocess.run([sys.executable, "-m", "harness.run", "+experiment=lora_tabel6", "--cfg", "job"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "HARNESS_NO_REEXEC": "1"})
+    assert p.returncode != 0 and "lora_tabel6" in p.stderr and "lora_table6" in p.stderr
+
+
+# ------------------------------------------------------------------------------------------------ launcher
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
+
+
+def sweep_cmd(out: Path, tiny_bert: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "harness.run", "-m", "+experiment=default", f"paths.output_root={out}",
+            f"model.source={tiny_bert}", "model.name=tiny", "task.train_size=32", "task.eval_size=32",
+            "train.max_seq_len=32", "train.threads=1", "method=lora", "experiment_name=t", *overrides]
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) | {"_file": str(p)} for p in sorted(out.glob("sweeps/t/*/*/record.json"))]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+@needs_data
+def test_sweep_records_failures_goes_on_and_resumes_by_config_hash(tmp_path, tiny_bert):
+    out = tmp_path / "out"
+    cmd = sweep_cmd(out, tiny_bert, "lora.r=2", "lora.targets=qv,qz")  # qz is not a target set: that job fails
+    p = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:]
+    recs = records(out)
+    status = {r["config"]["lora"]["targets"]: r for r in recs}
+    assert status["qv"]["status"] == "ok" and status["qz"]["status"] == "failed"
+    assert "qz" in status["qz"]["error"] and "ConfigError" in status["qz"]["error"]
+    assert "batch done: 1 failed, 1 ok" in p.stdout
+    # the second sweep skips the ok job and retries only the failed one
+    p2 = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert p2.returncode == 0 and "launching 1 jobs (1 skipped)" in p2.stdout, p2.stdout[-3000:]
+    again = records(out)
+    assert [r["status"] for r in again if r["config"]["lora"]["targets"] == "qv"] == ["ok"]
+    assert [r["status"] for r in again if r["config"]["lora"]["targets"] == "qz"] == ["failed", "failed"]
+    # and the report lists the failure
+    rep = subprocess.run([sys.executable, "-m", "harness.report", "--root", str(out), "--out", str(tmp_path / "rep")],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0 and "failed: sweeps/t/" in rep.stdout, rep.stderr[-2000:]
+    assert "## Failed runs" in (tmp_path / "rep" / "t" / "README.md").read_text()
+
+
+@pytest.mark.slow
+@needs_data
+def test_killed_sweep_reruns_only_the_missing_jobs_and_a_killed_job_is_recorded_failed(tmp_path, tiny_bert):
+    import psutil
+
+    out = tmp_path / "out"
+    cmd = sweep_cmd(out, tiny_bert, "lora.r=1,2,4", "lora.targets=qv")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not records(out) and time.time() < deadline:
+        time.sleep(0.2)
+    # the second job is now starting: kill its process alone; the launcher records it and goes on
+    child = None
+    while child is None and time.time() < deadline:
+        kids = [c for c in psutil.Process(proc.pid).children() if "lora.r=2" in c.cmdline()]
+        child = kids[0] if kids else None
+        time.sleep(0.1)
+    time.sleep(1.0)
+    child.send_signal(signal.SIGKILL)
+    # then the whole sweep dies while the third job runs
+    while len(records(out)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    first = records(out)
+    assert [r["status"] for r in first] == ["ok", "failed"], [(r["_file"], r["config"]["lora"]["r"]) for r in first]
+    assert "SIGKILL" in first[1]["error"] and first[1]["recorded_by"] == "launcher"
+    ok_mtime = Path(first[0]["_file"]).stat().st_mtime_ns
+
+    p = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert p.returncode == 0 and "launching 2 jobs (1 skipped)" in p.stdout, p.stdout[-3000:]
+    final = [r for r in records(out) if r["status"] == "ok"]
+    assert sorted(r["config"]["lora"]["r"] for r in final) == [1, 2, 4]
+    assert len({r["config_hash"] for r in final}) == 3
+    assert Path(first[0]["_file"]).stat().st_mtime_ns == ok_mtime  # the finished run was not redone

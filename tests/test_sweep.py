@@ -169,3 +169,20 @@ def test_killed_sweep_reruns_only_the_missing_jobs_and_a_killed_job_is_recorded_
     assert sorted(r["config"]["lora"]["r"] for r in final) == [1, 2, 4]
     assert len({r["config_hash"] for r in final}) == 3
     assert Path(first[0]["_file"]).stat().st_mtime_ns == ok_mtime  # the finished run was not redone
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("harness_local", "hydra_plugins.harness_launcher.harness_launcher.HarnessLauncher"),
+    ("slurm_gpu", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+])
+def test_launchers_compose(launcher, target):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hcompose(config_name="config", overrides=["+experiment=lora_table6", f"hydra/launcher={launcher}"],
+                       return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target

@@ -186,3 +186,17 @@ def test_launchers_compose(launcher, target):
         cfg = hcompose(config_name="config", overrides=["+experiment=lora_table6", f"hydra/launcher={launcher}"],
                        return_hydra_config=True)
     assert cfg.hydra.launcher._target_ == target
+
+
+@pytest.mark.slow
+@needs_data
+def test_other_launchers_resume_too_each_job_skips_itself(tmp_path, tiny_bert):
+    out = tmp_path / "out"
+    cmd = sweep_cmd(out, tiny_bert, "lora.r=2", "lora.targets=qv", "hydra/launcher=basic")
+    p = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and len(records(out)) == 1, p.stdout[-3000:]
+    p = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and "skip: an ok record with this config hash exists" in p.stdout, p.stdout[-3000:]
+    assert len(records(out)) == 1

@@ -55,3 +55,18 @@ def test_config_hash_ignores_paths_but_not_hyperparameters(tmp_path):
     a = config_hash(resolved(compose(["paths.output_root=/x"])))
     assert a == config_hash(resolved(compose(["paths.output_root=/y"])))
     assert a != config_hash(resolved(compose(["lora.r=16"])))
+
+
+def test_regression_labels_are_standardised_on_the_training_split(minilm_path):
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from harness.train import label_norm, tokenize
+
+    train = pd.DataFrame({"sentence1": ["a", "b", "c", "d"], "sentence2": ["a", "x", "y", "z"],
+                          "label": [0.0, 1.0, 4.0, 5.0]})
+    mean, std = label_norm(train)
+    assert (mean, std) == (2.5, pytest.approx(2.0616, abs=1e-4))
+    ds = tokenize(train, AutoTokenizer.from_pretrained(minilm_path), ["sentence1", "sentence2"], 16, True, (mean, std))
+    assert ds["labels"] == pytest.approx([(y - 2.5) / std for y in (0.0, 1.0, 4.0, 5.0)])
+    assert label_norm(pd.DataFrame({"label": [3.0, 3.0]})) == (3.0, 1.0)  # constant labels: no division by zero

@@ -142,7 +142,7 @@ class HarnessLauncher(Launcher):
         log.info("#%d start: %s", idx, " ".join(filter_overrides(overrides)))
         t0 = time.perf_counter()
         timeout = None if self.timeout_min is None else self.timeout_min * 60
-        with open(out_dir / "run.log", "ab") as logf:
+        with open(out_dir / "output.log", "ab") as logf:
             try:
                 proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=timeout)
                 rc, why = proc.returncode, None
@@ -169,7 +169,7 @@ class HarnessLauncher(Launcher):
             store.add(rec_path)
         except Exception as e:  # the record file is the truth; the index catches up at the next sync
             log.warning("could not index %s: %s", rec_path, e)
-        log.info("#%d %s in %.0f s: %s (log: %s)", idx, status, wall, detail, out_dir / "run.log")
+        log.info("#%d %s in %.0f s: %s (log: %s)", idx, status, wall, detail, out_dir / "output.log")
         return {"status": status, "config_hash": chash, "record": str(rec_path)}
 
     @staticmethod
@@ -178,7 +178,7 @@ class HarnessLauncher(Launcher):
 
         tail = ""
         try:
-            tail = "".join((out_dir / "run.log").read_text(errors="replace").splitlines(True)[-40:])
+            tail = "".join((out_dir / "output.log").read_text(errors="replace").splitlines(True)[-40:])
         except OSError:
             pass
         write_json_atomic(rec_path, {
@@ -201,7 +201,7 @@ def _describe_exit(rc) -> str:
             name = f"signal {-rc}"
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -rc == 9 else ""
         return f"the run's process was killed by {name}{hint} before writing its record"
-    return f"the run's process exited with code {rc} without writing a record (see run.log)"
+    return f"the run's process exited with code {rc} without writing a record (see output.log)"
 
 
 def _summary(rec: dict) -> str:

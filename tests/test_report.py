@@ -114,7 +114,7 @@ def test_readme_has_scale_mirror_claims_configs_plots_and_failures(tmp_path):
     readme = render_experiment("t6", recs, tmp_path).read_text()
     for part in ("# t6: LoRA (Hu et al. 2021), Table 6", "## Scale we ran at", "| Seeds | 1, 2 (configurations aggregated by mean",
                  "## LoRA (Hu et al. 2021), Table 6 — ours (paper)", "## Claims checked", "holds here: **yes**",
-                 "## All configurations", "![rank](rank.png)", "![pareto](pareto.png)", "## Failed runs",
+                 "## All configurations", "## Which configuration, at what cost", "![rank](rank.png)", "![pareto](pareto.png)", "## Failed runs",
                  "ConfigError: bad things", "| Runs | 1 failed, 30 ok |"):
         assert part in readme, part
     assert {p.name for p in tmp_path.joinpath("t6").glob("*.png")} == {"rank.png", "targets.png", "pareto.png"}

@@ -73,6 +73,34 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
     return tables.md_table(["", ""], rows, ["l", "l"])
 
 
+def _describe(row: dict) -> str:
+    m = tables.METHOD_LABELS.get(row["method"], row["method"])
+    if row["targets"] != "-":
+        m += f" on {tables.targets_label(row['targets'])}, r={int(row['r'])}"
+    return (f"{m} ({tables.TASK_LABELS.get(row['task'], row['task'])} {tables.ours(row)}, peak "
+            f"{tables.num(row['peak_mb'], 0)} MB, {tables.human(row['trainable'])} trainable, "
+            f"{tables.num(row['tokens_per_s'], 0)} tokens/s)")
+
+
+def recommendation(agg: pd.DataFrame) -> list[str]:
+    """The question users ask: which configuration, and what does it cost? Per task and model: the best, and the
+    cheapest configurations whose metric is within the tolerance of the best."""
+    out = []
+    for (task, model), g in agg.dropna(subset=["value"]).groupby(["task", "model"]):
+        if len(g) < 2:
+            continue
+        best = g.loc[g["value"].idxmax()].to_dict()
+        near = g[g["value"] >= best["value"] - claim_checks.TOLERANCE]
+        light = near.loc[near["peak_mb"].astype(float).idxmin()].to_dict()
+        small = near.loc[near["trainable"].astype(float).idxmin()].to_dict()
+        out.append(f"- **{tables.TASK_LABELS.get(task, task)}, {model}** — best: {_describe(best)}.")
+        if light["group"] != best["group"]:
+            out.append(f"  Least memory within {claim_checks.TOLERANCE:.0f} point of it: {_describe(light)}.")
+        if small["group"] not in (best["group"], light["group"]):
+            out.append(f"  Fewest trainable parameters within {claim_checks.TOLERANCE:.0f} point: {_describe(small)}.")
+    return out
+
+
 def render_experiment(name: str, records: list[dict], out_root: Path, plots: bool = True) -> Path:
     """Write <out_root>/<name>/README.md (and plots). Returns the README path."""
     chosen, superseded = frame.latest_per_config(records)
@@ -101,6 +129,10 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
                       "Cells: ours (the paper's value). Our models, data sizes and steps are the scale above, "
                       "so compare the pattern across columns, not absolute values.", "",
                       tables.MIRRORS[table](agg, paper), ""]
+        rec_lines = recommendation(agg)
+        if rec_lines:
+            lines += ["## Which configuration, at what cost", ""] + rec_lines + [
+                "", "At our scale and seeds (above); differences inside the seed spread are not evidence.", ""]
         found = claim_checks.check(table, agg)
         lines += ["## Claims checked", ""]
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]

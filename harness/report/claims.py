@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness.report.tables import targets_label
+
 TOLERANCE = 1.0  # points
 
 
@@ -143,7 +145,7 @@ def table5_more_types_lower_rank(agg: pd.DataFrame) -> list[Claim]:
             nz = noise(multi[bm], single[bs])
             out.append(Claim("lora_table5", f"{task}/{model}: at a fixed budget, Wq,Wv or all four at lower rank beat "
                              "any single type at higher rank", beats(multi[bm].value - single[bs].value, nz),
-                             f"best multi-type W{','.join(bm)}: {_fmt(multi[bm].value)}; best single W{bs}: "
+                             f"best multi-type {targets_label(bm)}: {_fmt(multi[bm].value)}; best single {targets_label(bs)}: "
                              f"{_fmt(single[bs].value)}; seed noise {_n(nz)}. " + _spread_note(g)))
         if all(t in v for t in "qkvo"):
             weakest = min("qkvo", key=lambda t: v[t].value)

@@ -106,7 +106,7 @@ def pareto_plot(agg: pd.DataFrame, out: Path) -> Path | None:
     f = a[a["front"]].sort_values("peak_mb")
     ax.step(f["peak_mb"], f["value"], where="post", color="black", lw=1, label="Pareto front")
     for _, row in f.iterrows():
-        label = targets_label(row["targets"]) + (f" r={int(row['r'])}" if pd.notna(row["r"]) else "")
+        label = row["Method"] + (f" {targets_label(row['targets'])} r={int(row['r'])}" if pd.notna(row["r"]) else "")
         ax.annotate(label, (row["peak_mb"], row["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.legend(fontsize=7)
     ax.set_xlabel("peak training memory over baseline (MB)")

@@ -40,7 +40,7 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
     ok = runs[runs["status"] == "ok"]
     models = []
     for m, g in ok.groupby("model"):
-        models.append(f"{m} ({tables.human(g['total'].dropna().max())} parameters)")
+        models.append(f"{m} ({tables.human(g['total'].dropna().min())} parameters with the smallest adapter)")
     task_rows = []
     for t, g in ok.groupby("task"):
         ex = sorted(set(int(x) for x in g["train_examples"].dropna()))

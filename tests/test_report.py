@@ -83,7 +83,7 @@ def test_qlora_table3_golden_and_claims():
     found = {c.claim.split(": ", 1)[1]: c for c in claims.check("qlora_table3", agg)}
     assert not found["every QLoRA variant matches 16-bit-compute LoRA within 1 point"].holds  # FP4 is 2 points down
     assert "qlora_fp4 all_linear r=8 -2.0" in found["every QLoRA variant matches 16-bit-compute LoRA within 1 point"].evidence
-    assert not found["every QLoRA variant matches full fine-tuning within 1 point"].holds
+    assert not found["every QLoRA variant matches full fine-tuning (within 1 point or better)"].holds
     assert found["a 4-bit base needs less training memory than LoRA on an fp32 base (QLoRA's premise)"].holds
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.tables import targets_label
+from harness.report.tables import find, targets_label
 
 TOLERANCE = 1.0  # points
 
@@ -38,20 +38,11 @@ class Est:
 
 
 def _est(agg: pd.DataFrame, **eq) -> Est | None:
-    m = pd.Series(True, index=agg.index)
-    for k, v in eq.items():
-        m &= agg[k].astype(object).map(lambda x, v=v: x is not pd.NA and x is not None and x == v).astype(bool)
-    sub = agg[m]
-    if sub.empty or sub["value"].isna().all():
+    row = find(agg, **eq)
+    if row is None or pd.isna(row["value"]):
         return None
-    row = sub.iloc[0]
     n = int(row["seeds"])
     return Est(float(row["value"]), float(row["spread"]) / math.sqrt(n) if n > 1 else None)
-
-
-def _value(agg: pd.DataFrame, **eq) -> float | None:
-    e = _est(agg, **eq)
-    return None if e is None else e.value
 
 
 def noise(*ests: Est) -> float | None:

@@ -12,6 +12,9 @@ import math
 
 import pandas as pd
 
+from harness.records import HASH_EXCLUDE
+from harness.store import headline
+
 # the columns that identify a configuration apart from its seed
 CONFIG_KEYS = ["task", "model", "method", "targets", "r", "alpha", "lr", "train_examples"]
 
@@ -26,10 +29,7 @@ def _get(d: dict, *path, default=None):
 
 def group_key(rec: dict) -> str:
     """Hash of the config without its seed: records that differ only by seed share it."""
-    cfg = dict(rec.get("config") or {})
-    cfg.pop("paths", None)
-    cfg.pop("tags", None)
-    cfg.pop("report", None)
+    cfg = {k: v for k, v in (rec.get("config") or {}).items() if k not in HASH_EXCLUDE}
     train = dict(cfg.get("train") or {})
     train.pop("seed", None)
     cfg["train"] = train
@@ -55,9 +55,9 @@ def run_row(rec: dict) -> dict:
     cfg = rec.get("config") or {}
     lora = _get(rec, "method", "lora") or {}
     adapter = bool(_get(cfg, "method", "adapter", default=True))
-    metric = _get(rec, "metrics", "headline", "metric") or (_get(cfg, "task", "metrics") or [None])[0]
+    metric, value = headline(rec)
+    metric = metric or (_get(cfg, "task", "metrics") or [None])[0]
     split = _get(rec, "metrics", "headline", "split")
-    value = _get(rec, "metrics", "final", split, metric) if split else None
     best = _get(rec, "metrics", "best", split, metric) if split else None
     scale = 100.0
     params = rec.get("params") or {}

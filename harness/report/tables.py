@@ -94,7 +94,8 @@ def metric_name(agg: pd.DataFrame, task: str) -> str:
     return METRIC_LABELS.get(m.iloc[0], m.iloc[0]) if len(m) else ""
 
 
-def _find(agg: pd.DataFrame, **eq):
+def find(agg: pd.DataFrame, **eq) -> dict | None:
+    """The first aggregated row whose columns equal the given values (missing values never match), or None."""
     m = pd.Series(True, index=agg.index)
     for k, v in eq.items():
         m &= agg[k].astype(object).map(lambda x, v=v: x is not pd.NA and x is not None and x == v).astype(bool)
@@ -128,7 +129,7 @@ def lora_table2(agg: pd.DataFrame, paper: dict) -> str:
         prow = next((p for p in paper["rows"] if p["model"] == ref_model and p["method"] == method), None)
         cells, ours_vals, paper_vals = [], [], []
         for t in tasks:
-            r = _find(g, task=t)
+            r = find(g, task=t)
             pv = (prow or {}).get("values", {}).get(t)
             cells.append(beside(r, pv) if r else f"{DASH} ({num(pv)})" if pv is not None else DASH)
             if r and not math.isnan(r["value"]):
@@ -148,14 +149,14 @@ def lora_table2(agg: pd.DataFrame, paper: dict) -> str:
 def lora_table5(agg: pd.DataFrame, paper: dict) -> str:
     targets = paper["targets"]
     header = ["Weight type", *[targets_label(t) for t in targets]]
-    rows = [["rank r, ours (paper)", *[f"{num((_find(agg, targets=t) or {}).get('r'), 0)} ({paper['ranks'][t]})"
+    rows = [["rank r, ours (paper)", *[f"{num((find(agg, targets=t) or {}).get('r'), 0)} ({paper['ranks'][t]})"
                                        for t in targets]]]
     for (task, model), g in agg.groupby(["task", "model"], sort=False):
         ptask = PAPER_TASK.get(task)
         label = f"{TASK_LABELS.get(task, task)} {metric_name(agg, task)}, ours ({model})"
         if ptask:
             label += f" (paper {paper['model']} {paper['tasks'][ptask]})"
-        rows.append([label, *[beside(_find(g, targets=t), paper["values"][ptask][t] if ptask else None)
+        rows.append([label, *[beside(find(g, targets=t), paper["values"][ptask][t] if ptask else None)
                               for t in targets]])
     for ptask, name in paper["tasks"].items():
         rows.append([f"paper: {name} (±{paper['spread'][ptask]}), {paper['model']}",
@@ -175,7 +176,7 @@ def lora_table6(agg: pd.DataFrame, paper: dict) -> str:
         for t in paper["targets"]:
             pv = paper["values"][ptask][t] if ptask else {}
             label = f"{TASK_LABELS.get(task, task)} {metric_name(agg, task)}, ours ({model})"
-            rows.append([label, targets_label(t), *[beside(_find(g, targets=t, r=r), pv.get(r)) for r in cols]])
+            rows.append([label, targets_label(t), *[beside(find(g, targets=t, r=r), pv.get(r)) for r in cols]])
     for ptask, name in paper["tasks"].items():
         for t in paper["targets"]:
             rows.append([f"paper: {name} (±{paper['spread'][ptask]}), {paper['model']}", targets_label(t),
@@ -199,7 +200,7 @@ def qlora_table3(agg: pd.DataFrame, paper: dict) -> str:
         label = f"{prow['label']} — ours: {METHOD_LABELS.get(prow['method'], prow['method'])}, {dtype} compute"
         v = prow.get("values", {})
         t5 = " / ".join(num(v.get(k)) for k in ("t5_80m", "t5_250m", "t5_780m", "t5_3b", "t5_11b"))
-        rows.append([label, *[ours(_find(g, task=t)) for t in tasks], num(v.get("glue_roberta_large")),
+        rows.append([label, *[ours(find(g, task=t)) for t in tasks], num(v.get("glue_roberta_large")),
                      t5 if v else DASH, *cost_cells(first)])
     return md_table(header, rows)
 

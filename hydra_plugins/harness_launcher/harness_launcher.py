@@ -207,10 +207,11 @@ def _describe_exit(rc) -> str:
 def _summary(rec: dict) -> str:
     if rec.get("status") != "ok":
         return str(rec.get("error", ""))[:300]
+    from harness.store import headline
+
+    metric, value = headline(rec)
     try:
-        h = rec["metrics"]["headline"]
-        v = rec["metrics"]["final"][h["split"]][h["metric"]]
-        return (f"{h['metric']} {v:.4f}, {rec['throughput']['tokens_per_s']:.0f} tok/s, "
+        return (f"{metric} {value:.4f}, {rec['throughput']['tokens_per_s']:.0f} tok/s, "
                 f"peak {rec['memory']['peak_mb']:.0f} MB")
     except (KeyError, TypeError):
         return "ok"

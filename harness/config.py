@@ -282,5 +282,10 @@ def is_regression(task) -> bool:
     return str(getattr(task.kind, "value", task.kind)) == TaskKind.regression.value
 
 
+def effective_lr(cfg: DictConfig) -> float:
+    """The learning rate a run trains with: train.lr x method.lr_multiplier."""
+    return float(cfg.train.lr) * float(cfg.method.lr_multiplier)
+
+
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

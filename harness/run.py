@@ -107,7 +107,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     import transformers
 
     from harness import methods, models
-    from harness.config import is_regression
+    from harness.config import effective_lr, is_regression
     from harness.metrics import majority_baseline
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
@@ -175,7 +175,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
             "rank_budget": cfg.lora.rank_budget,
         },
         "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
-        "lr": cfg.train.lr * cfg.method.lr_multiplier,
+        "lr": effective_lr(cfg),
     }
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
              params["trainable"], params["total"], params["trainable_pct"])

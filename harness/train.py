@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from harness import metrics as metric_fns
-from harness.config import is_regression
+from harness.config import effective_lr, is_regression
 from harness.profile import Throughput
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def train_and_evaluate(
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=out_dir,
-        learning_rate=t.lr * cfg.method.lr_multiplier,
+        learning_rate=effective_lr(cfg),
         lr_scheduler_type=str(getattr(t.schedule, "value", t.schedule)),
         warmup_steps=float(t.warmup_ratio),
         weight_decay=t.weight_decay,

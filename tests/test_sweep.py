@@ -103,6 +103,16 @@ def records(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) | {"_file": str(p)} for p in sorted(out.glob("sweeps/t/*/*/record.json"))]
 
 
+def cmdline(proc) -> list[str]:
+    """A process's command line; [] for one that has just exited (a zombie until the launcher reaps it)."""
+    import psutil
+
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def env():
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -147,8 +157,7 @@ def test_killed_sweep_reruns_only_the_missing_jobs_and_a_killed_job_is_recorded_
     # the second job is now starting: kill its process alone; the launcher records it and goes on
     child = None
     while child is None and time.time() < deadline:
-        kids = [c for c in psutil.Process(proc.pid).children() if "lora.r=2" in c.cmdline()]
-        child = kids[0] if kids else None
+        child = next((c for c in psutil.Process(proc.pid).children() if "lora.r=2" in cmdline(c)), None)
         time.sleep(0.1)
     time.sleep(1.0)
     child.send_signal(signal.SIGKILL)

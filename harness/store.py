@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -70,6 +71,15 @@ class Store:
         con.executescript(SCHEMA)
         return con
 
+    @contextmanager
+    def _db(self):
+        """One connection per operation (each statement its own transaction, autocommit), always closed."""
+        con = self._connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
     def _key(self, path: Path) -> str:
         path = Path(path).resolve()
         try:
@@ -93,11 +103,8 @@ class Store:
         path = Path(path)
         if rec is None:
             rec = json.loads(path.read_text())
-        con = self._connect()
-        try:
+        with self._db() as con:
             con.execute(self._UPSERT, self._row(self._key(path), path.stat().st_mtime_ns, rec))
-        finally:
-            con.close()
 
     def record_files(self) -> Iterable[Path]:
         return sorted(self.root.rglob(RECORD_NAME))
@@ -105,8 +112,7 @@ class Store:
     def sync(self) -> SyncReport:
         """Bring the index in line with the record files on disk (new, rewritten, deleted, unreadable)."""
         rep = SyncReport()
-        con = self._connect()
-        try:
+        with self._db() as con:
             known = dict(con.execute("SELECT path, mtime_ns FROM records").fetchall())
             seen = set()
             for f in self.record_files():
@@ -137,27 +143,19 @@ class Store:
             for key in set(known) - seen:
                 con.execute("DELETE FROM records WHERE path = ?", (key,))
                 rep.removed += 1
-        finally:
-            con.close()
         return rep
 
     # ------------------------------------------------------------------------------------------ reading
     def done(self, config_hash: str) -> str | None:
         """Path of an `ok` record with this config hash, or None."""
-        con = self._connect()
-        try:
+        with self._db() as con:
             row = con.execute("SELECT path FROM records WHERE config_hash = ? AND status = ? LIMIT 1",
                               (config_hash, DONE)).fetchone()
-        finally:
-            con.close()
         return row[0] if row else None
 
     def done_hashes(self) -> dict[str, str]:
-        con = self._connect()
-        try:
+        with self._db() as con:
             rows = con.execute("SELECT config_hash, path FROM records WHERE status = ?", (DONE,)).fetchall()
-        finally:
-            con.close()
         return dict(rows)
 
     def records(self, experiment: str | None = None, status: str | None = None) -> list[dict]:
@@ -167,11 +165,8 @@ class Store:
             q, args = q + " AND experiment = ?", args + [experiment]
         if status is not None:
             q, args = q + " AND status = ?", args + [status]
-        con = self._connect()
-        try:
+        with self._db() as con:
             rows = con.execute(q + " ORDER BY finished_at, path", args).fetchall()
-        finally:
-            con.close()
         out = []
         for path, blob in rows:
             rec = json.loads(blob)
@@ -180,11 +175,8 @@ class Store:
         return out
 
     def experiments(self) -> list[str]:
-        con = self._connect()
-        try:
+        with self._db() as con:
             return [r[0] for r in con.execute("SELECT DISTINCT experiment FROM records ORDER BY experiment")]
-        finally:
-            con.close()
 
     def frame(self, experiment: str | None = None, status: str | None = None):
         """All records as one pandas DataFrame (nested keys flattened with dots, e.g. `config.lora.r`)."""

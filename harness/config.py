@@ -41,8 +41,13 @@ class Dtype(str, Enum):
 
 
 class TaskKind(str, Enum):
-    classification = "classification"
-    regression = "regression"
+    classification = "classification"  # encoder/decoder + pooled head, class ids
+    regression = "regression"  # pooled head, one float
+    generation = "generation"  # causal LM: supervised fine-tuning on prompt -> answer, scored on generations
+    multiple_choice = "multiple_choice"  # causal LM: the answer letter with the highest next-token logit
+
+
+CAUSAL_KINDS = ("generation", "multiple_choice")
 
 
 class Optim(str, Enum):
@@ -92,6 +97,17 @@ class TaskConfig:
     # header, columns (names when there is no header), encoding, rename (file column -> canonical name)}
     local: dict[str, Any] = field(default_factory=dict)
     hub_rename: dict[str, str] = field(default_factory=dict)  # Hub column -> canonical name
+    # causal-LM tasks (kind generation / multiple_choice): how files are read into prompt/answer pairs
+    # (harness/tasks/causal.py FORMATS: table, wikisql_text, wikisql, alpaca, mmlu_jsonl, mmlu_csv)
+    format: str = "table"
+    prompt_template: Optional[str] = None  # str.format over the row's columns (format: table)
+    answer_template: Optional[str] = None  # idem; the answer is what the loss and the metrics see
+    holdout_size: Optional[int] = None  # carve the first eval split out of the train file (seeded)
+    max_new_tokens: int = 64  # generation limit for evaluation
+    stop: list[str] = field(default_factory=lambda: ["\n"])  # generation stops at the first of these
+    tables: Optional[str] = None  # WikiSQL *.tables.jsonl (column names; rows enable execution accuracy)
+    shots: int = 0  # MMLU: few-shot examples per question (from the dev split)
+    per_subject: Optional[int] = None  # MMLU: at most this many questions per subject (seeded)
 
 
 @dataclass
@@ -102,6 +118,8 @@ class MethodConfig:
     double_quant: bool = False
     compute_dtype: Dtype = Dtype.auto  # matmul / autocast dtype; auto = bf16 where the host supports it
     storage_dtype: str = "uint8"  # bnb_4bit_quant_storage
+    # dtype the unquantized base weights are stored in (fp32, or bf16 as in QLoRA's "LoRA BFloat16" rows)
+    base_dtype: Dtype = Dtype.fp32
     # the learning rate used is train.lr x this: full fine-tuning wants about 10x less than LoRA (method/full.yaml),
     # so one train recipe serves every method in a sweep
     lr_multiplier: float = 1.0
@@ -128,7 +146,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = -1  # > 0 overrides epochs; 0 = no training, evaluate the model as loaded (QLoRA Table 2)
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
@@ -165,6 +183,19 @@ class ReportConfig:
 
 
 @dataclass
+class MmluEvalConfig:
+    """MMLU as an extra evaluation of a causal-LM run (QLoRA Table 4): the base before training, the tuned
+    model after. The questions are read like task=mmlu reads them (harness/tasks/causal.py)."""
+    enabled: bool = False
+    before: bool = True  # also score the model before training (LoRA starts as the identity: = the base)
+    path: str = "mmlu/qlora/zero_shot_mmlu_val.json"  # relative to the data directory
+    format: str = "mmlu_jsonl"  # mmlu_jsonl (QLoRA's zero-shot file) | mmlu_csv (a folder of per-subject CSVs)
+    shots: int = 0
+    per_subject: Optional[int] = None  # seeded subset per subject (None = all)
+    batch_size: int = 16
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
@@ -176,6 +207,7 @@ class Config:
     experiment_name: str = "single"  # results are grouped by it (reports/<experiment_name>/)
     tags: dict[str, Any] = field(default_factory=dict)
     report: ReportConfig = field(default_factory=ReportConfig)
+    mmlu_eval: MmluEvalConfig = field(default_factory=MmluEvalConfig)
 
 
 def register() -> None:
@@ -234,10 +266,11 @@ def validate(cfg: DictConfig) -> None:
         if lr.rank_budget is not None:
             _positive("lora.rank_budget", lr.rank_budget)
             effective_rank(lr)
-    elif cfg.method.quant != Quant.none:
+    elif cfg.method.quant != Quant.none and cfg.train.max_steps != 0:
         raise ConfigError(
             f"method {cfg.method.name!r} quantizes the base model ({cfg.method.quant.value}) but trains no "
-            "adapter: a quantized base cannot be fully fine-tuned; set method.adapter=true"
+            "adapter: a quantized base cannot be fully fine-tuned; set method.adapter=true "
+            "(or train.max_steps=0 to evaluate the quantized base without training)"
         )
     if cfg.method.double_quant and cfg.method.quant not in (Quant.fp4, Quant.nf4):
         raise ConfigError("method.double_quant=true needs method.quant=fp4 or nf4")
@@ -252,7 +285,7 @@ def validate(cfg: DictConfig) -> None:
     _positive("train.threads", t.threads, allow_zero=True)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
     _positive("train.pad_to_multiple_of", t.pad_to_multiple_of)
-    if t.max_steps <= 0:
+    if t.max_steps < 0:
         _positive("train.epochs", t.epochs)
     if not 0 <= t.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio={t.warmup_ratio!r} is out of range: it must be in [0, 1)")
@@ -266,15 +299,44 @@ def validate(cfg: DictConfig) -> None:
         v = task[name]
         if v is not None:
             _positive(f"task.{name}", v)
+    if not task.metrics:
+        raise ConfigError(f"task {task.name!r} lists no metrics")
+    from harness.metrics import metrics_for  # light import, no torch
+
+    valid = metrics_for(kind_of(task))
+    for m in task.metrics:
+        if m not in valid:
+            raise ConfigError(f"task {task.name!r} ({kind_of(task)}): unknown metric {m!r}; valid metrics: {sorted(valid)}")
+    if is_causal(task):
+        from harness.tasks.causal import FORMATS
+
+        if task.format not in FORMATS:
+            raise ConfigError(f"task {task.name!r}: task.format={task.format!r} is not valid; valid: {sorted(FORMATS)}")
+        if cfg.model.arch in ("bert", "roberta"):
+            raise ConfigError(
+                f"task {task.name!r} is a {kind_of(task)} task for causal language models, but model "
+                f"{cfg.model.name!r} is an encoder ({cfg.model.arch}); use a decoder such as model=smollm2_135m"
+            )
+        _positive("task.max_new_tokens", task.max_new_tokens)
+        _positive("task.shots", task.shots, allow_zero=True)
+        if task.holdout_size is not None:
+            _positive("task.holdout_size", task.holdout_size)
+        return
+    if cfg.mmlu_eval.enabled:
+        raise ConfigError(f"mmlu_eval.enabled=true needs a causal-LM task (generation), not {task.name!r} ({kind_of(task)})")
     if task.kind == TaskKind.classification and len(task.labels) < 2:
         raise ConfigError(f"task {task.name!r} is a classification task but lists {len(task.labels)} labels")
     if not 1 <= len(task.text_fields) <= 2:
         raise ConfigError(f"task {task.name!r}: text_fields must name one or two columns, got {list(task.text_fields)}")
-    from harness.metrics import METRICS  # light import, no torch
 
-    for m in task.metrics:
-        if m not in METRICS:
-            raise ConfigError(f"task {task.name!r}: unknown metric {m!r}; valid metrics: {sorted(METRICS)}")
+
+def kind_of(task) -> str:
+    return str(getattr(task.kind, "value", task.kind))
+
+
+def is_causal(task) -> bool:
+    """Generation and multiple-choice tasks train and score a causal LM (no classification head)."""
+    return kind_of(task) in CAUSAL_KINDS
 
 
 def is_regression(task) -> bool:

@@ -35,6 +35,12 @@ TARGETS: dict[str, dict[str, list[str]]] = {
 EXCLUDE_FROM_ALL_LINEAR = (HEAD_NAME, "pooler", "lm_head", "score", "classifier")
 
 
+def base_dtype(method) -> torch.dtype:
+    """The dtype unquantized base weights are loaded in (method.base_dtype: fp32, or bf16 as QLoRA's LoRA-BF16)."""
+    s = getattr(method.base_dtype, "value", method.base_dtype)
+    return torch.bfloat16 if s == "bf16" else torch.float32
+
+
 def compute_dtype(setting: Dtype | str) -> torch.dtype:
     """fp32 / bf16; 'auto' picks bf16 where the host runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
     s = getattr(setting, "value", setting)
@@ -140,7 +146,8 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
         lora_alpha=float(cfg.lora.alpha),
         lora_dropout=float(cfg.lora.dropout),
         target_modules=target_modules(cfg.model.arch, cfg.lora.targets, model),
-        modules_to_save=[HEAD_NAME],
+        # the classifier's new head trains in full; a causal LM keeps its pretrained (often tied) LM head frozen
+        modules_to_save=[HEAD_NAME] if hasattr(model, HEAD_NAME) else None,
         bias=cfg.lora.bias,
     )
     return get_peft_model(model, lcfg)
@@ -173,6 +180,24 @@ def count_parameters(model: nn.Module) -> dict:
 
 def adapter_parameters(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
+
+
+def linear_storage(model: nn.Module) -> list[dict]:
+    """Bytes held per linear layer of the base model, quantized (as `quantized_storage`) or not (its weight tensor):
+    the layers QLoRA quantizes. Heads and adapters are left out (they stay in 16/32 bit)."""
+    quant = {x["name"]: x for x in quantized_storage(model)}
+    out = []
+    for name, m in model.named_modules():
+        if name in quant:
+            out.append(quant[name])
+        elif type(m) is nn.Linear and not any(p in EXCLUDE_FROM_ALL_LINEAR or p.startswith("lora_")
+                                              for p in name.split(".")):
+            w = m.weight
+            out.append({"name": name, "quant": str(w.dtype).replace("torch.", ""), "double_quant": False,
+                        "numel": w.numel(), "blocksize": None, "weight_bytes": w.numel() * w.element_size(),
+                        "absmax_bytes": 0, "absmax2_bytes": 0, "per_tensor_bytes": 0,
+                        "bits_per_param": 8.0 * w.element_size()})
+    return out
 
 
 def quantized_storage(model: nn.Module) -> list[dict]:

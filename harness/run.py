@@ -107,43 +107,35 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     import transformers
 
     from harness import methods, models
-    from harness.config import effective_lr, is_regression
-    from harness.metrics import majority_baseline
+    from harness.config import effective_lr, is_causal
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
-    from harness.train import label_norm, tokenize, train_and_evaluate
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     rec["times"] = {"imports_s": time.perf_counter() - t0}
     task = cfg.task
-    regression = is_regression(task)
+    causal = is_causal(task)
+    train_steps = int(cfg.train.max_steps) != 0
 
     # data first: a missing or malformed file fails before any model loads
     t = time.perf_counter()
-    data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed)
+    data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=train_steps)
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
     tokenizer = models.load_tokenizer(model_path, cfg.model)
-    fields = list(task.text_fields)
-    norm = label_norm(data.train) if regression else None
-    train_ds = tokenize(data.train, tokenizer, fields, cfg.train.max_seq_len, regression, norm)
-    eval_sets = {s: tokenize(df, tokenizer, fields, cfg.train.max_seq_len, regression, norm)
-                 for s, df in data.evals.items()}
-    first = next(iter(data.evals))
+    prep = _prepare_causal(cfg, data, tokenizer) if causal else _prepare_classification(cfg, data, tokenizer)
     rec["task"] = {
         "name": task.name,
-        "train_examples": len(data.train),
+        "kind": str(getattr(task.kind, "value", task.kind)),
+        "train_examples": len(data.train) if train_steps else 0,
         "eval_examples": {s: len(df) for s, df in data.evals.items()},
         "data_source": data.source,
-        "majority_baseline": {
-            s: majority_baseline(list(task.metrics), data.train["label"], df["label"], regression)
-            for s, df in data.evals.items()
-        },
-        "train_tokens_per_epoch": int(sum(train_ds["length"])),
-        "label_standardization": None if norm is None else {"mean": norm[0], "std": norm[1]},
+        **prep["info"],
     }
     rec["times"]["data_s"] = time.perf_counter() - t
-    log.info("data: %d train, %s eval (%s)", len(data.train), rec["task"]["eval_examples"], data.source[first])
+    first = next(iter(data.evals))
+    log.info("data: %d train, %s eval (%s)", rec["task"]["train_examples"], rec["task"]["eval_examples"],
+             data.source[first])
 
     # model + method
     transformers.set_seed(cfg.train.seed)
@@ -153,8 +145,13 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     meter = MemoryMeter(device=device)
     meter.start()
     t = time.perf_counter()
-    num_labels = 1 if regression else len(task.labels)
-    model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, device=device)
+    load_dtype = methods.base_dtype(cfg.method)
+    if causal:
+        model = models.load_causal_lm(model_path, cfg.model, quantization_config=bnb, dtype=load_dtype, device=device)
+    else:
+        num_labels = 1 if prep["norm"] is not None else len(task.labels)
+        model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
+                                       device=device)
     model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
     meter.loaded()
     rec["times"]["load_s"] = time.perf_counter() - t
@@ -162,12 +159,15 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
     params["adapter"] = methods.adapter_parameters(model)
     rec["params"] = params
     rec["model"] = {"name": cfg.model.name, "source": cfg.model.source, "path": model_path, "arch": cfg.model.arch,
-                    "pooling": str(getattr(cfg.model.pooling, "value", cfg.model.pooling))}
+                    "pooling": None if causal else str(getattr(cfg.model.pooling, "value", cfg.model.pooling)),
+                    "head": "causal_lm" if causal else "sequence_classifier"}
+    rec["model"]["linear_storage"] = _storage_summary(methods.linear_storage(model))
     peft_cfg = getattr(model, "peft_config", {}).get("default") if cfg.method.adapter else None
     rec["method"] = {
         "name": cfg.method.name,
         "adapter": bool(cfg.method.adapter),
         "compute_dtype": str(dtype).replace("torch.", ""),
+        "base_dtype": str(load_dtype).replace("torch.", ""),
         "bnb_config": methods.describe_bnb(bnb),
         "lora": None if peft_cfg is None else {
             "r": peft_cfg.r, "alpha": peft_cfg.lora_alpha, "dropout": peft_cfg.lora_dropout,
@@ -176,27 +176,133 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
         },
         "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
         "lr": effective_lr(cfg),
+        "trained": train_steps,
     }
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
              params["trainable"], params["total"], params["trainable_pct"])
 
-    out = train_and_evaluate(model, tokenizer, train_ds, eval_sets, cfg, str(out_dir / "trainer"), dtype=dtype,
-                             on_trained=meter.trained, label_norm=norm)
+    final_evaluate = None
+    if causal:
+        final_evaluate = _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, out_dir, rec)
+        if cfg.mmlu_eval.enabled and cfg.mmlu_eval.before:
+            rec["mmlu_before"] = _mmlu(cfg, model, tokenizer, dtype)
+    from harness.train import train_and_evaluate
+
+    out = train_and_evaluate(model, tokenizer, prep["train"], prep["evals"], cfg, str(out_dir / "trainer"),
+                             dtype=dtype, on_trained=meter.trained, label_norm=prep["norm"],
+                             final_evaluate=final_evaluate)
+    if causal and cfg.mmlu_eval.enabled:
+        rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
     rec["memory"] = meter.record()
     rec["metrics"] = out["metrics"]
     rec["throughput"] = out["throughput"]
     rec["times"].update(out["times"])
     rec["steps"] = out["steps"]
     rec["method"]["optimizer"] = out["optimizer"]
-    if cfg.method.adapter and cfg.train.save_adapter:
+    if cfg.method.adapter and cfg.train.save_adapter and train_steps:
         adir = out_dir / "adapter"
         model.save_pretrained(adir)
         rec["adapter"] = {"path": str(adir), "bytes": sum(f.stat().st_size for f in adir.glob("*.safetensors"))}
     h = rec["metrics"]["headline"]
-    log.info("final %s %s = %.4f (best %.4f at step %s); %.0f tokens/s; train peak %.0f MB over baseline",
+    thr = rec["throughput"] or {}
+    log.info("final %s %s = %.4f (best %.4f at step %s); %.0f train tokens/s; train peak %.0f MB over baseline",
              h["split"], h["metric"], rec["metrics"]["final"][h["split"]][h["metric"]],
              rec["metrics"]["best"][h["split"]][h["metric"]], rec["metrics"]["best_step"],
-             rec["throughput"]["tokens_per_s"], rec["memory"]["peak_mb"] or float("nan"))
+             thr.get("tokens_per_s") or float("nan"), rec["memory"]["peak_mb"] or float("nan"))
+
+
+def _prepare_classification(cfg, data, tokenizer) -> dict:
+    from harness.config import is_regression
+    from harness.metrics import majority_baseline
+    from harness.train import label_norm, tokenize
+
+    task = cfg.task
+    regression = is_regression(task)
+    fields = list(task.text_fields)
+    norm = label_norm(data.train) if regression else None
+    train_ds = tokenize(data.train, tokenizer, fields, cfg.train.max_seq_len, regression, norm)
+    evals = {s: tokenize(df, tokenizer, fields, cfg.train.max_seq_len, regression, norm) for s, df in data.evals.items()}
+    info = {
+        "majority_baseline": {
+            s: majority_baseline(list(task.metrics), data.train["label"], df["label"], regression)
+            for s, df in data.evals.items()
+        },
+        "train_tokens_per_epoch": int(sum(train_ds["length"])),
+        "label_standardization": None if norm is None else {"mean": norm[0], "std": norm[1]},
+    }
+    return {"train": train_ds, "evals": evals, "norm": norm, "info": info}
+
+
+def _prepare_causal(cfg, data, tokenizer) -> dict:
+    from harness.lm import IGNORE, tokenize_sft
+
+    n = cfg.train.max_seq_len
+    train_ds = tokenize_sft(data.train, tokenizer, n) if len(data.train) else tokenize_sft(
+        next(iter(data.evals.values())).iloc[:1], tokenizer, n)
+    evals = {s: tokenize_sft(df, tokenizer, n) for s, df in data.evals.items()}
+    info = {
+        "train_tokens_per_epoch": int(sum(train_ds["length"])) if len(data.train) else 0,
+        "train_answer_tokens_per_epoch": int(sum(sum(1 for x in lab if x != IGNORE) for lab in train_ds["labels"]))
+        if len(data.train) else 0,
+        "prompt_format": cfg.task.format,
+        "max_new_tokens": int(cfg.task.max_new_tokens),
+        "stop": list(cfg.task.stop),
+        "execution_tables": len(data.tables) if data.tables else 0,
+    }
+    return {"train": train_ds, "evals": evals, "norm": None, "info": info}
+
+
+def _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, out_dir: Path, rec: dict):
+    from harness.evaluate import evaluate_all
+
+    def final() -> dict:
+        res, gen = evaluate_all(model, tokenizer, cfg.task, data.evals, prep["evals"],
+                                batch_size=cfg.train.eval_batch_size, max_len=cfg.train.max_seq_len, dtype=dtype,
+                                out_dir=out_dir, tables=data.tables)
+        if gen:
+            rec["generation"] = gen
+        # MMLU's per-subject table stays in the record, out of the metric history
+        for split, m in res.items():
+            if "per_subject" in m:
+                rec.setdefault("multiple_choice", {})[split] = {k: m.pop(k) for k in
+                                                                ("per_subject", "per_category", "predicted_distribution")}
+        return res
+
+    return final
+
+
+def _mmlu(cfg, model, tokenizer, dtype) -> dict:
+    """MMLU as an extra evaluation of this run's model (mmlu_eval.*)."""
+    from omegaconf import OmegaConf
+
+    from harness.evaluate import score_choices
+    from harness.tasks import find_data_dir, load_task
+
+    m = cfg.mmlu_eval
+    mtask = OmegaConf.create({
+        "name": "mmlu", "kind": "multiple_choice", "format": m.format, "train_split": "validation",
+        "eval_splits": ["validation"], "per_subject": m.per_subject, "shots": m.shots, "eval_size": None,
+        "holdout_size": None, "hub_id": "cais/mmlu", "hub_config": "all", "hub_rename": {},
+        "local": {"validation": [{"path": m.path, "shots_from": "mmlu/csv/dev"}]},
+    })
+    data = load_task(mtask, find_data_dir(cfg.paths.data_dir), seed=0, need_train=False)
+    t = time.perf_counter()
+    res, _ = score_choices(model, tokenizer, data.evals["validation"], batch_size=m.batch_size,
+                           max_len=cfg.model.max_position, dtype=dtype)
+    res["seconds"] = time.perf_counter() - t
+    res["source"] = data.source["validation"]
+    log.info("MMLU %d questions: %.4f (mean over subjects)", res["questions"], res["accuracy"])
+    return res
+
+
+def _storage_summary(layers: list[dict]) -> dict:
+    """Bytes the base model's linear layers hold, summed (weights, quantization constants), with bits per parameter."""
+    numel = sum(x["numel"] for x in layers)
+    w = sum(x["weight_bytes"] for x in layers)
+    c = sum(x["absmax_bytes"] + x["absmax2_bytes"] + x["per_tensor_bytes"] for x in layers)
+    kinds = sorted({x["quant"] for x in layers})
+    return {"layers": len(layers), "storage": kinds, "params": numel, "weight_bytes": w, "constant_bytes": c,
+            "bits_per_param": 8 * (w + c) / max(numel, 1)}
 
 
 def main() -> None:

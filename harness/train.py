@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from harness import metrics as metric_fns
-from harness.config import effective_lr, is_regression
+from harness.config import effective_lr, is_causal, is_regression
 from harness.profile import Throughput
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,22 @@ def train_and_evaluate(
     dtype: torch.dtype,
     on_trained=None,
     label_norm: tuple[float, float] | None = None,
+    final_evaluate=None,
 ) -> dict:
     """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
-    `label_norm`: the (mean, std) the regression labels of `train_ds`/`eval_sets` were standardised with."""
+
+    `label_norm`: the (mean, std) the regression labels of `train_ds`/`eval_sets` were standardised with.
+    Causal-LM tasks: batches are padded with `SFTCollator` (labels IGNORE on prompt and padding), evaluations
+    during training report the held-out answer loss, and `final_evaluate()` -> {split: metrics} (generation,
+    perplexity, multiple choice: harness/evaluate.py) gives the final numbers. train.max_steps=0 trains nothing.
+    """
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     t = cfg.train
     task = cfg.task
     regression = is_regression(task)
+    causal = is_causal(task)
+    train_steps = int(t.max_steps) != 0
     meter = Throughput(warmup_steps=t.warmup_steps_excluded)
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(
@@ -150,7 +158,7 @@ def train_and_evaluate(
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         num_train_epochs=float(t.epochs),
-        max_steps=int(t.max_steps),
+        max_steps=int(t.max_steps) if train_steps else -1,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -171,6 +179,7 @@ def train_and_evaluate(
         dataloader_num_workers=0,
         remove_unused_columns=False,
         label_names=["labels"],
+        prediction_loss_only=causal,  # never gather [batch, seq, vocab] logits: the loss is the eval metric
         disable_tqdm=True,
     )
     trainer_cls, timing_cls = _trainer_class()
@@ -181,14 +190,15 @@ def train_and_evaluate(
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_arg,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of),
-        compute_metrics=make_compute_metrics(list(task.metrics), regression, label_norm),
+        data_collator=(_sft_collator(tokenizer, t.pad_to_multiple_of) if causal
+                       else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of)),
+        compute_metrics=None if causal else make_compute_metrics(list(task.metrics), regression, label_norm),
         callbacks=[timing_cls(meter)],
         meter=meter,
     )
 
     t0 = time.perf_counter()
-    train_out = trainer.train()
+    train_out = trainer.train() if train_steps else None
     trainer.finish_counts()
     train_wall = time.perf_counter() - t0
     if on_trained is not None:  # e.g. read the memory high-water mark before the final evaluation
@@ -201,14 +211,16 @@ def train_and_evaluate(
         if any(k.endswith(tuple(task.metrics)) for k in ev):
             history.append({"step": entry.get("step"), "metrics": _strip(ev, eval_sets, task.metrics)})
     t1 = time.perf_counter()
-    final = _evaluate_all(trainer, eval_sets, task.metrics)
+    final = final_evaluate() if final_evaluate is not None else _evaluate_all(trainer, eval_sets, task.metrics)
     eval_wall = time.perf_counter() - t1
     history.append({"step": trainer.state.global_step, "metrics": final})
     headline_split = first_split
     headline = task.metrics[0]
-    best = max(history, key=lambda h: h["metrics"].get(headline_split, {}).get(headline, -math.inf))
+    sign = 1.0 if metric_fns.higher_is_better(headline) else -1.0
+    scored = [h for h in history if headline in h["metrics"].get(headline_split, {})]
+    best = max(scored, key=lambda h: sign * h["metrics"][headline_split][headline]) if scored else history[-1]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    thr = meter.record(train_wall, in_train_eval)
+    thr = meter.record(train_wall, in_train_eval) if train_steps else None
     return {
         "optimizer": describe_optimizer(trainer.optimizer),
         "metrics": {
@@ -218,7 +230,7 @@ def train_and_evaluate(
             "best_step": best["step"],
             "history": history,
             "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                           "mean": train_out.training_loss, "log": losses},
+                           "mean": train_out.training_loss if train_out else None, "log": losses},
         },
         "throughput": thr,
         "times": {"train_s": train_wall, "final_eval_s": eval_wall},
@@ -227,7 +239,16 @@ def train_and_evaluate(
     }
 
 
+def _sft_collator(tokenizer, multiple: int):
+    from harness.lm import SFTCollator
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return SFTCollator(pad, multiple)
+
+
 def describe_optimizer(opt) -> str:
+    if opt is None:
+        return None
     opt = getattr(opt, "optimizer", opt)  # accelerate wraps the optimizer
     name = f"{type(opt).__module__}.{type(opt).__name__}"
     bits = getattr(getattr(opt, "args", None), "optim_bits", None)

@@ -98,3 +98,35 @@ def test_training_peak_memory_orders_full_over_lora_over_qlora(tmp_path, llama_4
     assert peaks["full"] > peaks["lora"] > peaks["qlora_nf4_dq"], peaks
     # the 4-bit base must save most of the linear weights' 4 bytes/param (25M linear params: ~100 MB)
     assert peaks["lora"] - peaks["qlora_nf4_dq"] > 50, peaks
+
+
+def test_smollm2_wikisql_sft_generates_and_scores(tmp_path):
+    """Causal LM end to end: SFT steps on WikiSQL with prompt masking, greedy generation with a stop string,
+    logical-form accuracy and answer loss in the record, predictions written beside it, adapter saved."""
+    rec = run(tmp_path, "model=smollm2_135m", "task=wikisql", "task.train_size=8", "task.eval_size=4",
+              "train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=4", "task.max_new_tokens=12",
+              "lora.targets=all_linear")
+    assert rec["task"]["kind"] == "generation" and rec["model"]["head"] == "causal_lm"
+    final = rec["metrics"]["final"]["validation"]
+    assert {"logical_form_accuracy", "exact_match", "loss"} <= set(final) and final["answer_tokens"] > 0
+    mods = rec["method"]["lora"]["target_modules"]
+    assert any(m.endswith("gate_proj") for m in mods) and any(m.endswith("down_proj") for m in mods)
+    assert not any("lm_head" in m for m in mods)
+    gen = rec["generation"]["validation"]
+    assert gen["examples"] == 4 and gen["decode_steps"] <= 12 and gen["tokens_per_s"] > 0
+    preds = [json.loads(x) for x in (Path(rec["adapter"]["path"]).parent / "predictions/validation.jsonl").read_text().splitlines()]
+    assert len(preds) == 4 and all("\n" not in p["pred"] and p["gold"].startswith("SELECT") for p in preds)
+    assert rec["throughput"]["steps"] == 2 and rec["task"]["train_answer_tokens_per_epoch"] > 0
+    assert rec["model"]["linear_storage"]["bits_per_param"] == 32.0
+
+
+def test_evaluation_only_run_of_a_4bit_base(tmp_path):
+    """train.max_steps=0: nothing trains; the quantized base is scored (QLoRA Table 2's runs)."""
+    rec = run(tmp_path, "model=smollm2_135m", "task=alpaca", "task.metrics=[perplexity,loss]",
+              "task.holdout_size=4", "train.max_steps=0", "method=qlora_nf4_dq", "train.eval_batch_size=4",
+              "train.max_seq_len=64")
+    assert rec["method"]["trained"] is False and rec["throughput"] is None and "adapter" not in rec
+    final = rec["metrics"]["final"]["validation"]
+    assert final["perplexity"] > 1 and abs(final["perplexity"] - 2.718281828 ** final["loss"]) < 1e-6 * final["perplexity"]
+    s = rec["model"]["linear_storage"]
+    assert s["storage"] == ["nf4"] and 4.1 < s["bits_per_param"] < 4.2  # 4 + 0.127 (double quantization)

@@ -1,4 +1,8 @@
-"""GLUE metrics, computed with scikit-learn and SciPy (the Hub's `evaluate` GLUE module is unreachable offline).
+"""Metrics, computed locally (the Hub's `evaluate` GLUE module is unreachable offline).
+
+GLUE metrics (scikit-learn, SciPy) are below. Causal-LM tasks score text: generation metrics take lists of
+predicted and reference strings (harness/metrics/sql.py for WikiSQL, harness/metrics/text.py for ROUGE-L and
+label words); `loss` and `perplexity` come from the held-out answer tokens; multiple choice uses `accuracy`.
 
 Each metric takes (predictions, references) as 1-D arrays — class ids for classification, floats for
 regression — and returns a float. Values are fractions (0..1), as the GLUE metric modules return them;
@@ -57,6 +61,55 @@ METRICS: dict[str, Callable] = {
     "pearson": pearson,
     "spearman": spearman,
 }
+
+
+# causal-LM tasks: scored on generated text (GENERATION) or on the held-out answer tokens' likelihood (LIKELIHOOD)
+GENERATION = ("logical_form_accuracy", "execution_accuracy", "exact_match", "rouge_l", "label_accuracy")
+LIKELIHOOD = ("loss", "perplexity")
+
+
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def higher_is_better(name: str) -> bool:
+    return name not in LOWER_IS_BETTER
+
+
+def score_generations(names: list[str], preds: list[str], refs: list[str], table_ids=None, tables=None) -> dict:
+    """Generation metrics over (prediction, reference) texts. execution_accuracy needs `tables` (WikiSQL table
+    id -> header/types/rows) and each example's table id."""
+    from harness.metrics import sql, text
+
+    preds = [p.strip() for p in preds]
+    refs = [r.strip() for r in refs]
+    n = max(len(preds), 1)
+    out: dict[str, float] = {}
+    for name in names:
+        if name == "logical_form_accuracy":
+            out[name] = sum(sql.logical_form_match(p, r) for p, r in zip(preds, refs)) / n
+        elif name == "exact_match":
+            out[name] = sum(sql.exact_match(p, r) for p, r in zip(preds, refs)) / n
+        elif name == "execution_accuracy":
+            if not tables or table_ids is None:
+                raise ValueError("execution_accuracy needs the WikiSQL tables (task.tables / <split>.tables.jsonl)")
+            db = sql.TableDB(tables)
+            out[name] = sum(db.execution_match(p, r, t) for p, r, t in zip(preds, refs, table_ids)) / n
+        elif name == "rouge_l":
+            out[name] = text.rouge_l(preds, refs)
+        elif name == "label_accuracy":
+            out[name] = text.label_accuracy(preds, refs)
+    return out
+
+
+def metrics_for(kind: str) -> tuple[str, ...]:
+    """The metric names a task of this kind may list."""
+    if kind in ("classification", "regression"):
+        return tuple(METRICS)
+    if kind == "generation":
+        return GENERATION + LIKELIHOOD
+    if kind == "multiple_choice":
+        return ("accuracy",)
+    raise ValueError(f"unknown task kind {kind!r}")
 
 
 def compute(names: list[str], pred, ref) -> dict[str, float]:

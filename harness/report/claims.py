@@ -217,11 +217,71 @@ def table3_quantized_match(agg: pd.DataFrame) -> list[Claim]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------- QLoRA Table 2
+def table2_data_types(agg: pd.DataFrame) -> list[Claim]:
+    """Evaluation only (no seeds): the numbers decide. Perplexity: lower is better."""
+    out = []
+    for (task, model), g in agg.groupby(["task", "model"]):
+        ppl = {m: _est(g, method=m) for m in ("full", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq")}
+        if ppl["qlora_nf4"] and ppl["qlora_fp4"]:
+            nf, fp = ppl["qlora_nf4"].value, ppl["qlora_fp4"].value
+            out.append(Claim("qlora_table2", f"{task}/{model}: NF4 has lower perplexity than FP4 (the paper: NF4+DQ "
+                             "27.41 vs Float4 E2M1 31.07)", nf < fp, f"NF4 {nf:.3f}, FP4 {fp:.3f} ({nf - fp:+.3f})."))
+        if ppl["qlora_nf4_dq"] and ppl["qlora_fp4_dq"]:
+            nf, fp = ppl["qlora_nf4_dq"].value, ppl["qlora_fp4_dq"].value
+            out.append(Claim("qlora_table2", f"{task}/{model}: with double quantization too, NF4 beats FP4",
+                             nf < fp, f"NF4+DQ {nf:.3f}, FP4+DQ {fp:.3f} ({nf - fp:+.3f})."))
+        bits = {m: find(g, method=m) for m in ("qlora_nf4", "qlora_nf4_dq", "qlora_fp4", "qlora_fp4_dq")}
+        pairs = [(a, b) for a, b in (("qlora_nf4", "qlora_nf4_dq"), ("qlora_fp4", "qlora_fp4_dq"))
+                 if bits[a] is not None and bits[b] is not None and bits[a].get("bits_per_param")]
+        if pairs:
+            saved = [bits[a]["bits_per_param"] - bits[b]["bits_per_param"] for a, b in pairs]
+            out.append(Claim("qlora_table2", f"{task}/{model}: double quantization saves 0.373 bits per parameter "
+                             "(within 0.01)", all(abs(x - 0.373) <= 0.01 for x in saved),
+                             "measured on the quantized linear layers: " + ", ".join(
+                                 f"{a} {bits[a]['bits_per_param']:.3f} -> {b} {bits[b]['bits_per_param']:.3f} "
+                                 f"({x:.3f} saved)" for (a, b), x in zip(pairs, saved)) + "."))
+        if ppl["full"] and ppl["qlora_nf4_dq"]:
+            d = ppl["qlora_nf4_dq"].value - ppl["full"].value
+            out.append(Claim("qlora_table2", f"{task}/{model}: NF4+DQ costs less than 10% perplexity over the fp32 "
+                             "base (not a paper claim: a sanity bound for a 4-bit type)",
+                             d < 0.1 * ppl["full"].value, f"fp32 {ppl['full'].value:.3f}, NF4+DQ "
+                             f"{ppl['qlora_nf4_dq'].value:.3f} ({100 * d / ppl['full'].value:+.1f}%)."))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- QLoRA Table 4
+def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
+    out = []
+    for (task, model), g in agg.groupby(["task", "model"]):
+        def est(m):
+            r = find(g, method=m)
+            if r is None or r.get("mmlu_after") is None or pd.isna(r.get("mmlu_after")):
+                return None
+            n = int(r["seeds"])
+            return Est(float(r["mmlu_after"]), float(r["mmlu_after_spread"]) / math.sqrt(n) if n > 1 else None)
+
+        bf, nf, fp = est("lora_bf16"), est("qlora_nf4_dq"), est("qlora_fp4")
+        if bf and nf:
+            nz = noise(bf, nf)
+            out.append(Claim("qlora_table4", f"{task}/{model}: MMLU after tuning on an NF4+DQ base matches a BF16 base "
+                             f"(within {TOLERANCE:.0f} point)", within(abs(nf.value - bf.value), nz),
+                             f"BF16 {_fmt(bf.value)}, NF4+DQ {_fmt(nf.value)}; seed noise {_n(nz)}."))
+        if bf and fp:
+            nz = noise(bf, fp)
+            out.append(Claim("qlora_table4", f"{task}/{model}: FP4 trails BF16", beats(bf.value - fp.value, nz),
+                             f"BF16 {_fmt(bf.value)}, FP4 {_fmt(fp.value)} ({fp.value - bf.value:+.1f}); seed noise "
+                             f"{_n(nz)}."))
+    return out
+
+
 CHECKS = {
     "lora_table2": [table2_lora_matches_full],
     "lora_table5": [table5_more_types_lower_rank],
     "lora_table6": [table6_low_rank_suffices],
     "qlora_table3": [table3_quantized_match],
+    "qlora_table2": [table2_data_types],
+    "qlora_table4": [table4_mmlu],
     None: [table6_low_rank_suffices, table3_quantized_match],  # a generic grid: whichever claims it can test
 }
 

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from harness.metrics import higher_is_better
 from harness.records import HASH_EXCLUDE
 from harness.store import headline
 
@@ -59,7 +60,8 @@ def run_row(rec: dict) -> dict:
     metric = metric or (_get(cfg, "task", "metrics") or [None])[0]
     split = _get(rec, "metrics", "headline", "split")
     best = _get(rec, "metrics", "best", split, metric) if split else None
-    scale = 100.0
+    higher = higher_is_better(metric) if metric else True
+    scale = 100.0 if higher else 1.0  # accuracy-like metrics in points; loss and perplexity as they are
     params = rec.get("params") or {}
     return {
         "experiment": rec.get("experiment"),
@@ -78,6 +80,7 @@ def run_row(rec: dict) -> dict:
         "seed": rec.get("seed", _get(cfg, "train", "seed")),
         "metric": metric,
         "split": split,
+        "higher_better": higher,
         "value": None if value is None else value * scale,
         "best_value": None if best is None else best * scale,
         "trainable": params.get("trainable"),
@@ -88,6 +91,12 @@ def run_row(rec: dict) -> dict:
         "train_s": _get(rec, "times", "train_s"),
         "total_s": _get(rec, "times", "total_s"),
         "adapter_bytes": _get(rec, "adapter", "bytes"),
+        "trained": _get(rec, "method", "trained", default=True),
+        "mmlu_before": _pct(_get(rec, "mmlu_before", "accuracy")),
+        "mmlu_after": _pct(_get(rec, "mmlu_after", "accuracy", default=_get(rec, "mmlu", "accuracy"))),
+        "gen_tokens_per_s": _gen_rate(rec),
+        "linear_bytes": _storage_bytes(rec),
+        "bits_per_param": _get(rec, "model", "linear_storage", "bits_per_param"),
         "train_examples": _get(rec, "task", "train_examples"),
         "eval_examples": sum((_get(rec, "task", "eval_examples") or {}).values()) or None,
         "steps": rec.get("steps"),
@@ -101,6 +110,23 @@ def run_row(rec: dict) -> dict:
         "error": rec.get("error"),
         "path": rec.get("_path"),
     }
+
+
+def _pct(v):
+    return None if v is None else 100.0 * v
+
+
+def _gen_rate(rec: dict):
+    """Generated tokens per second over every evaluated split (None when the run generated nothing)."""
+    gen = rec.get("generation") or {}
+    tokens = sum(g.get("new_tokens") or 0 for g in gen.values())
+    secs = sum(g.get("seconds") or 0 for g in gen.values())
+    return tokens / secs if secs > 0 else None
+
+
+def _storage_bytes(rec: dict):
+    s = _get(rec, "model", "linear_storage")
+    return None if not s else s["weight_bytes"] + s["constant_bytes"]
 
 
 def runs_frame(records: list[dict]) -> pd.DataFrame:
@@ -125,7 +151,8 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         first = g.iloc[0]
         row = {c: first[c] for c in ("experiment", "task", "model", "method", "quant", "compute_dtype", "targets",
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
-                                     "total", "trainable", "trainable_pct", "device", "scale")}
+                                     "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
+                                     "trained", "bits_per_param", "linear_bytes")}
         row.update({
             "group": key,
             "value": float(vals.median() if how == "median" else vals.mean()) if len(vals) else math.nan,
@@ -138,6 +165,10 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
             "train_s": g["train_s"].astype(float).mean(),
             "adapter_bytes": g["adapter_bytes"].astype(float).mean(),
             "steps": g["steps"].astype(float).mean(),
+            "mmlu_before": g["mmlu_before"].astype(float).mean(),
+            "mmlu_after": g["mmlu_after"].astype(float).mean(),
+            "mmlu_after_spread": float(g["mmlu_after"].astype(float).std(ddof=1)) if len(g) > 1 else 0.0,
+            "gen_tokens_per_s": g["gen_tokens_per_s"].astype(float).mean(),
         })
         out.append(row)
     return pd.DataFrame(out)

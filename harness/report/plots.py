@@ -117,5 +117,8 @@ def pareto_plot(agg: pd.DataFrame, out: Path) -> Path | None:
 
 def draw_all(runs: pd.DataFrame, agg: pd.DataFrame, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    made = [rank_plot(runs, agg, out), targets_plot(runs, agg, out), cost_plot(agg, out), pareto_plot(agg, out)]
+    trained = agg[agg["trained"].fillna(True).astype(bool)] if "trained" in agg else agg
+    made = [rank_plot(runs, agg, out), targets_plot(runs, agg, out)]
+    if len(trained) and bool(trained["higher_better"].fillna(True).all()):  # cost and Pareto need training runs
+        made += [cost_plot(trained, out), pareto_plot(trained, out)]
     return [p for p in made if p is not None]

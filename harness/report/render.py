@@ -87,8 +87,8 @@ def recommendation(agg: pd.DataFrame) -> list[str]:
     cheapest configurations whose metric is within the tolerance of the best."""
     out = []
     for (task, model), g in agg.dropna(subset=["value"]).groupby(["task", "model"]):
-        if len(g) < 2:
-            continue
+        if len(g) < 2 or not bool(g["higher_better"].iloc[0]) or not bool(g["trained"].fillna(True).all()):
+            continue  # evaluation-only grids (a loss or perplexity headline) have their own table
         best = g.loc[g["value"].idxmax()].to_dict()
         near = g[g["value"] >= best["value"] - claim_checks.TOLERANCE]
         light = near.loc[near["peak_mb"].astype(float).idxmin()].to_dict()

@@ -15,13 +15,17 @@ DASH = "–"
 METHOD_LABELS = {
     "full": "Full FT", "lora": "LoRA", "qlora_int8": "QLoRA Int8", "qlora_fp4": "QLoRA FP4",
     "qlora_fp4_dq": "QLoRA FP4+DQ", "qlora_nf4": "QLoRA NF4", "qlora_nf4_dq": "QLoRA NF4+DQ",
+    "lora_bf16": "LoRA (bf16 base)",
 }
 METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "Pearson", "spearman": "Spearman",
-                 "f1": "F1"}
+                 "f1": "F1", "logical_form_accuracy": "logical-form acc", "execution_accuracy": "execution acc",
+                 "exact_match": "exact match", "rouge_l": "ROUGE-L", "label_accuracy": "acc",
+                 "perplexity": "perplexity", "loss": "loss"}
 TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "qqp": "QQP",
-               "rte": "RTE", "stsb": "STS-B", "wikisql": "WikiSQL", "mnli_gen": "MNLI (generation)"}
+               "rte": "RTE", "stsb": "STS-B", "wikisql": "WikiSQL", "mnli_gen": "MNLI (generation)",
+               "wikisql_full": "WikiSQL", "alpaca": "Alpaca", "mmlu": "MMLU"}
 # our task -> the paper's task of the same kind in the GPT-3 tables (5, 6)
-PAPER_TASK = {"mnli": "mnli", "mnli_gen": "mnli", "wikisql": "wikisql"}
+PAPER_TASK = {"mnli": "mnli", "mnli_gen": "mnli", "wikisql": "wikisql", "wikisql_full": "wikisql"}
 
 
 def targets_label(t) -> str:
@@ -205,5 +209,52 @@ def qlora_table3(agg: pd.DataFrame, paper: dict) -> str:
     return md_table(header, rows)
 
 
+# ------------------------------------------------------------------------------------------- QLoRA Table 2
+def qlora_table2(agg: pd.DataFrame, paper: dict) -> str:
+    """Perplexity of the base model per storage type, with what its linear layers hold."""
+    header = ["Data type", "Ours: task, model", "Ours: perplexity", "vs fp32", "Bits/param (linear layers)",
+              "Linear layers MB", "Paper: mean PPL"]
+    rows = []
+    for (task, model), g in agg.groupby(["task", "model"], sort=False):
+        ref = find(g, method="full")
+        for prow in paper["rows"]:
+            r = find(g, method=prow["method"])
+            if r is None:
+                continue
+            delta = f"{r['value'] - ref['value']:+.2f}" if ref is not None and r is not ref else DASH
+            mb = r.get("linear_bytes")
+            rows.append([prow["label"], f"{TASK_LABELS.get(task, task)}, {model}", num(r["value"], 2), delta,
+                         num(r.get("bits_per_param"), 3), num(None if mb is None else mb / 2 ** 20, 1),
+                         num(prow.get("value"), 2)])
+    for o in paper.get("other_rows", []):
+        rows.append([f"{o['label']} (not run: no bitsandbytes type)", DASH, DASH, DASH, DASH, DASH, num(o["value"], 2)])
+    return md_table(header, rows, ["l", "l"] + ["r"] * 5)
+
+
+# ------------------------------------------------------------------------------------------- QLoRA Table 4
+def qlora_table4(agg: pd.DataFrame, paper: dict) -> str:
+    """MMLU before and after instruction tuning, per base data type."""
+    cols = paper["columns"]
+    header = ["Data type", "Ours: task, model", "MMLU before", "MMLU after", "Change", "Held-out perplexity",
+              f"Paper: {cols['llama7b_alpaca']}", f"Paper: {cols['mean']}", *COST_HEADER]
+    rows = []
+    for (task, model), g in agg.groupby(["task", "model"], sort=False):
+        for prow in paper["rows"]:
+            r = find(g, method=prow["method"])
+            if r is None:
+                continue
+            after = num(r.get("mmlu_after"))
+            if r.get("seeds", 1) > 1 and after != DASH:
+                after += f" ±{r['mmlu_after_spread']:.1f}"
+            before, aft = r.get("mmlu_before"), r.get("mmlu_after")
+            change = f"{aft - before:+.1f}" if before is not None and aft is not None and not (
+                math.isnan(before) or math.isnan(aft)) else DASH
+            v = prow.get("values", {})
+            rows.append([prow["label"], f"{TASK_LABELS.get(task, task)}, {model}", num(before), after, change,
+                         num(r["value"], 2) if r.get("metric") == "perplexity" else DASH,
+                         num(v.get("llama7b_alpaca")), num(v.get("mean")), *cost_cells(r)])
+    return md_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))
+
+
 MIRRORS = {"lora_table2": lora_table2, "lora_table5": lora_table5, "lora_table6": lora_table6,
-           "qlora_table3": qlora_table3}
+           "qlora_table3": qlora_table3, "qlora_table2": qlora_table2, "qlora_table4": qlora_table4}

@@ -15,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-from harness.config import is_regression
+from harness.config import is_causal, is_regression
 
 ENV_VAR = "HARNESS_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +31,7 @@ class TaskData:
     train: pd.DataFrame
     evals: dict[str, pd.DataFrame]  # split name -> frame
     source: dict[str, str]  # split name -> where it was read from
+    tables: Optional[dict] = None  # WikiSQL table id -> {header, types, rows} (execution accuracy)
 
 
 def find_data_dir(configured: Optional[str]) -> Optional[Path]:
@@ -145,25 +146,50 @@ def _load_local(data_dir: Path, split: str, task) -> Optional[tuple[pd.DataFrame
     return pd.concat(frames, ignore_index=True), " + ".join(paths)
 
 
-def _load_hub(split: str, task) -> tuple[pd.DataFrame, str]:
+def _load_local_causal(data_dir: Path, split: str, task, ctx: dict) -> Optional[tuple[pd.DataFrame, str]]:
+    from harness.tasks.causal import FormatError, convert, read_file
+
+    specs = (task.get("local") or {}).get(split)
+    if not specs:
+        return None
+    frames, paths = [], []
+    for spec in specs:
+        path = data_dir / spec["path"]
+        if not path.exists():
+            return None
+        try:
+            frames.append(convert(read_file(path, spec, task, data_dir, ctx), str(path), task, ctx, spec))
+        except FormatError as e:
+            raise DataError(str(e)) from None
+        paths.append(str(path))
+    return pd.concat(frames, ignore_index=True), " + ".join(paths)
+
+
+def _load_hub(split: str, task, ctx: dict) -> tuple[pd.DataFrame, str]:
     import datasets
 
-    name = task.hub_config or task.name
+    name = task.hub_config or (None if is_causal(task) else task.name)
     where = f"hub:{task.hub_id}/{name}:{split}"
     df = datasets.load_dataset(task.hub_id, name, split=split).to_pandas()
-    return _canonical(df, 1, Path(where), {"rename": dict(task.get("hub_rename") or {})}, task), where
+    rename = dict(task.get("hub_rename") or {})
+    if is_causal(task):
+        from harness.tasks.causal import convert
+
+        return convert(df.rename(columns=rename).to_dict("records"), where, task, ctx), where
+    return _canonical(df, 1, Path(where), {"rename": rename}, task), where
 
 
-def load_split(task, split: str, data_dir: Optional[Path]) -> tuple[pd.DataFrame, str]:
+def load_split(task, split: str, data_dir: Optional[Path], ctx: Optional[dict] = None) -> tuple[pd.DataFrame, str]:
+    ctx = {} if ctx is None else ctx
     looked = []
     if data_dir is not None:
-        got = _load_local(data_dir, split, task)
+        got = _load_local_causal(data_dir, split, task, ctx) if is_causal(task) else _load_local(data_dir, split, task)
         if got is not None:
             return got
         specs = (task.get("local") or {}).get(split) or []
         looked = [str(data_dir / s["path"]) for s in specs] or [f"{data_dir} (no local files declared for this split)"]
     try:
-        return _load_hub(split, task)
+        return _load_hub(split, task, ctx)
     except Exception as e:  # offline, unknown dataset, ...: say where we looked and how to fix it
         raise DataError(
             f"task {task.name!r}, split {split!r}: not found locally (looked for {looked or 'no data directory'}) "
@@ -179,11 +205,36 @@ def _subset(df: pd.DataFrame, n: Optional[int], seed: int) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def load_task(task, data_dir: Optional[Path], seed: int) -> TaskData:
-    train, src_train = load_split(task, task.train_split, data_dir)
-    evals, source = {}, {task.train_split: src_train}
-    for split in task.eval_splits:
-        df, src = load_split(task, split, data_dir)
+def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = True) -> TaskData:
+    """The train split (seeded `train_size` subset) and each eval split (seeded `eval_size` subset).
+
+    `holdout_size` (causal tasks whose data ships as one file, e.g. Alpaca): the first eval split is a seeded
+    sample of that many train rows, removed from train. `need_train=False` (evaluation-only runs) skips train.
+    """
+    ctx: dict = {}
+    holdout = task.get("holdout_size")
+    evals, source = {}, {}
+    train = None
+    if need_train or holdout:
+        train, source[task.train_split] = load_split(task, task.train_split, data_dir, ctx)
+    for i, split in enumerate(task.eval_splits):
+        if i == 0 and holdout:
+            if holdout >= len(train):
+                raise DataError(f"task {task.name!r}: holdout_size={holdout} leaves no training rows "
+                                f"(the train split has {len(train)})")
+            held = train.sample(n=holdout, random_state=0)  # the same eval set for every seed
+            train = train.drop(held.index).reset_index(drop=True)
+            df, src = held.reset_index(drop=True), f"{source[task.train_split]} (seeded holdout of {holdout})"
+        else:
+            df, src = load_split(task, split, data_dir, ctx)
+        per_subject = task.get("per_subject")
+        if per_subject and "subject" in df.columns:  # MMLU: a seeded subset of each subject
+            df = (df.groupby("subject", group_keys=False, sort=True)
+                  .apply(lambda g: g.sample(n=min(per_subject, len(g)), random_state=0))
+                  .reset_index(drop=True))
         evals[split] = _subset(df, task.eval_size, seed)
         source[split] = src
-    return TaskData(train=_subset(train, task.train_size, seed), evals=evals, source=source)
+    if train is None:
+        train = next(iter(evals.values())).iloc[:0]
+    return TaskData(train=_subset(train, task.train_size, seed), evals=evals, source=source,
+                    tables=ctx.get("tables"))

@@ -1,0 +1,92 @@
+"""Evaluation of causal-LM tasks: per eval split, the answer-token likelihood (loss, perplexity), greedy
+generations scored with the task's metrics, or multiple-choice next-token scoring (MMLU). Predictions are written
+next to the record (`predictions/<split>.jsonl`) so every number can be traced to the text behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from harness import lm
+from harness import metrics as metric_fns
+from harness.config import kind_of
+
+log = logging.getLogger(__name__)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def score_choices(model, tokenizer, df, *, batch_size: int, max_len: int, dtype: torch.dtype) -> tuple[dict, list]:
+    """Multiple choice (MMLU): the answer letter with the highest next-token logit."""
+    from harness.metrics import mmlu
+    from harness.tasks.causal import CHOICES
+
+    ids = lm.choice_token_ids(tokenizer, [" " + c for c in CHOICES])
+    logits = lm.choice_logits(model, tokenizer, list(df["prompt"]), ids, batch_size=batch_size,
+                              max_len=max_len, dtype=dtype)
+    gold = [CHOICES.index(a.strip()) for a in df["answer"]]
+    subjects = list(df["subject"]) if "subject" in df.columns else ["all"] * len(df)
+    res = mmlu.score(logits, gold, subjects)
+    preds = [{"i": i, "subject": s, "pred": CHOICES[int(p)], "gold": CHOICES[g]}
+             for i, (s, p, g) in enumerate(zip(subjects, logits.argmax(-1), gold))]
+    return res, preds
+
+
+def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: int, dtype: torch.dtype,
+                   tables: Optional[dict] = None) -> tuple[dict, list, Optional[dict]]:
+    """One split -> (metrics, per-example predictions, generation stats or None)."""
+    names = list(task.metrics)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if kind_of(task) == "multiple_choice":
+        res, preds = score_choices(model, tokenizer, df, batch_size=batch_size, max_len=max_len, dtype=dtype)
+        return res, preds, None
+    out: dict = {}
+    if any(n in metric_fns.LIKELIHOOD for n in names):
+        nll = lm.answer_nll(model, ds, pad_id=pad, batch_size=batch_size, dtype=dtype)
+        out.update({k: nll[k] for k in ("loss", "perplexity") if k in names})
+        out["answer_tokens"] = nll["tokens"]
+    gen_names = [n for n in names if n in metric_fns.GENERATION]
+    preds: list = []
+    stats = None
+    if gen_names:
+        texts, stats = lm.generate(model, tokenizer, list(df["prompt"]), max_new_tokens=int(task.max_new_tokens),
+                                   stop=list(task.stop), batch_size=batch_size, max_prompt_len=max_len, dtype=dtype)
+        table_ids = list(df["table_id"]) if "table_id" in df.columns else None
+        out.update(metric_fns.score_generations(gen_names, texts, list(df["answer"]), table_ids, tables))
+        for i, (t, a) in enumerate(zip(texts, df["answer"])):
+            row = {"i": i, "pred": t, "gold": a.strip()}
+            if "logical_form_accuracy" in gen_names:
+                from harness.metrics.sql import logical_form_match
+
+                row["logical_form_match"] = logical_form_match(t, a)
+            preds.append(row)
+        log.info("generated %d answers, %.1f new tokens/s", len(texts), stats["tokens_per_s"] or 0)
+    return out, preds, stats
+
+
+def evaluate_all(model, tokenizer, task, frames: dict, datasets: dict, *, batch_size: int, max_len: int,
+                 dtype: torch.dtype, out_dir: Optional[Path] = None, tables: Optional[dict] = None,
+                 tag: str = "") -> tuple[dict, dict]:
+    """Every eval split -> ({split: metrics}, {split: generation stats})."""
+    final, gen = {}, {}
+    for split, df in frames.items():
+        res, preds, stats = evaluate_split(model, tokenizer, task, df, datasets.get(split), batch_size=batch_size,
+                                           max_len=max_len, dtype=dtype, tables=tables)
+        final[split] = res
+        if stats is not None:
+            gen[split] = stats
+        if out_dir is not None and preds:
+            _write_jsonl(Path(out_dir) / "predictions" / f"{tag}{split}.jsonl", preds)
+    return final, gen

@@ -1,0 +1,238 @@
+"""Causal language models: supervised fine-tuning data (loss on answer tokens only) and evaluation
+(batched greedy generation with stop strings, answer-token perplexity, multiple-choice next-token scoring).
+
+Evaluation runs on whatever model it is given (base, LoRA, QLoRA) and never computes full-vocabulary logits for
+positions it does not score: the decoder's hidden states are gathered at the scored positions first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label value the loss skips (prompt and padding tokens)
+
+
+# ------------------------------------------------------------------------------------------ training data
+def encode_example(tokenizer, prompt: str, answer: str, max_len: int, add_eos: bool = True) -> dict:
+    """prompt + answer (+ EOS) -> input_ids and labels, labels = IGNORE on the prompt.
+
+    Prompt and answer are tokenized apart and concatenated, so the boundary is exact. Too long: the answer keeps
+    at least half the budget and the prompt loses tokens from its start (its end, next to the answer, stays).
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        p = [tokenizer.bos_token_id] + p
+    if add_eos and tokenizer.eos_token_id is not None:
+        a = a + [tokenizer.eos_token_id]
+    truncated = len(p) + len(a) > max_len
+    if truncated:
+        a = a[: max(max_len - len(p), max_len // 2)]
+        p = p[len(p) - (max_len - len(a)):] if max_len - len(a) > 0 else []
+    return {"input_ids": p + a, "attention_mask": [1] * (len(p) + len(a)), "labels": [IGNORE] * len(p) + a,
+            "length": len(p) + len(a), "truncated": truncated}
+
+
+def tokenize_sft(df: pd.DataFrame, tokenizer, max_len: int):
+    """DataFrame with prompt/answer -> datasets.Dataset with input_ids, attention_mask, labels, length."""
+    import datasets
+
+    rows = [encode_example(tokenizer, p, a, max_len) for p, a in zip(df["prompt"], df["answer"])]
+    n_trunc = sum(r.pop("truncated") for r in rows)
+    if n_trunc:
+        log.info("%d of %d examples truncated to %d tokens", n_trunc, len(rows), max_len)
+    return datasets.Dataset.from_list(rows)
+
+
+@dataclass
+class SFTCollator:
+    """Right-pads input_ids (pad id), attention_mask (0) and labels (IGNORE) to the longest in the batch,
+    rounded up to a multiple of `pad_to_multiple_of`."""
+
+    pad_id: int
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, features: list[dict]) -> dict:
+        n = max(len(f["input_ids"]) for f in features)
+        m = self.pad_to_multiple_of
+        n = ((n + m - 1) // m) * m
+        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        labels = torch.full((len(features), n), IGNORE, dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.as_tensor(f["input_ids"])
+            mask[i, :k] = 1
+            labels[i, :k] = torch.as_tensor(f["labels"])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------ model pieces
+def _parts(model):
+    """(decoder returning hidden states, output projection) of a causal LM, peft-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _autocast(dtype: torch.dtype, device: str):
+    if dtype == torch.bfloat16:
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _device(model) -> str:
+    return next(model.parameters()).device.type
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.as_tensor(s)
+        mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+def _batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ------------------------------------------------------------------------------------------ likelihood
+@torch.no_grad()
+def answer_nll(model, dataset, *, pad_id: int, batch_size: int, dtype: torch.dtype) -> dict:
+    """Sum of negative log-likelihoods over the answer tokens (labels != IGNORE) and their count;
+    loss = mean NLL per answer token, perplexity = exp(loss)."""
+    decoder, head = _parts(model)
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    collate = SFTCollator(pad_id)
+    total, count = 0.0, 0
+    lengths = list(dataset["length"])
+    for idx in _batches_by_length(lengths, batch_size):
+        b = collate([dataset[i] for i in idx])
+        ids, mask, labels = (b[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        with _autocast(dtype, device):
+            h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        logits = head(h[:, :-1][keep].to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float()
+        total += float(torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum"))
+        count += int(keep.sum())
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"nll_sum": total, "tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+# ------------------------------------------------------------------------------------------ multiple choice
+def choice_token_ids(tokenizer, choices: list[str]) -> list[int]:
+    """The token each answer starts with (" A", " B", ...: the prompt ends with "Answer:")."""
+    ids = []
+    for c in choices:
+        toks = tokenizer(c, add_special_tokens=False)["input_ids"]
+        if not toks:
+            raise ValueError(f"choice {c!r} tokenizes to nothing")
+        ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"choices {choices} share a first token ({ids}); next-token scoring cannot tell them apart")
+    return ids
+
+
+@torch.no_grad()
+def choice_logits(model, tokenizer, prompts: list[str], choice_ids: list[int], *, batch_size: int,
+                  max_len: int, dtype: torch.dtype) -> np.ndarray:
+    """[n prompts, n choices] next-token logits of each choice's token after each prompt."""
+    decoder, head = _parts(model)
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_len:] for p in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = np.zeros((len(prompts), len(choice_ids)), dtype=np.float32)
+    cid = torch.as_tensor(choice_ids)
+    for idx in _batches_by_length([len(e) for e in enc], batch_size):
+        ids, mask = _left_pad([enc[i] for i in idx], pad)
+        with _autocast(dtype, device):
+            h = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state[:, -1]
+        logits = head(h.to(head.weight.dtype) if head.weight.is_floating_point() else h).float()
+        out[idx] = logits[:, cid.to(logits.device)].cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ generation
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i >= 0:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str], batch_size: int,
+             max_prompt_len: int, dtype: torch.dtype) -> tuple[list[str], dict]:
+    """Greedy decoding in length-sorted batches (left padding, KV cache). Each row stops at EOS or at the first
+    stop string; the text is cut there. Returns the generations (in prompt order) and timing statistics."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_len:] for p in prompts]
+    texts: list[Optional[str]] = [None] * len(prompts)
+    new_tokens = 0  # generated tokens up to each row's stop (what a user waits for)
+    steps = 0
+
+    class StopStrings(StoppingCriteria):
+        def __init__(self, start: int):
+            self.start = start
+
+        def __call__(self, input_ids, scores, **kw):
+            done = []
+            for row in input_ids:
+                new = row[self.start:]
+                text = tokenizer.decode(new, skip_special_tokens=True)
+                done.append(any(s and s in text for s in stop) or (eos is not None and bool((new == eos).any())))
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    t0 = time.perf_counter()
+    for idx in _batches_by_length([len(e) for e in enc], batch_size):
+        ids, mask = _left_pad([enc[i] for i in idx], pad)
+        with _autocast(dtype, device):
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
+                stopping_criteria=StoppingCriteriaList([StopStrings(ids.shape[1])]),
+            )
+        steps += out.shape[1] - ids.shape[1]
+        for j, i in enumerate(idx):
+            new = out[j, ids.shape[1]:].tolist()
+            if eos is not None and eos in new:
+                new = new[: new.index(eos)]
+            text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
+            texts[i] = text
+            new_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    wall = time.perf_counter() - t0
+    model.train(was_training)
+    stats = {"examples": len(prompts), "new_tokens": new_tokens, "seconds": wall,
+             "tokens_per_s": new_tokens / wall if wall > 0 else None, "batch_size": batch_size,
+             "max_new_tokens": max_new_tokens, "decode_steps": steps}
+    return [t or "" for t in texts], stats

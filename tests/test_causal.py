@@ -279,7 +279,9 @@ def test_wikisql_subset_reader_splits_prompt_and_answer():
     assert row["prompt"].startswith("table: 1-10015132-11\ncolumns: Player, No.") and row["prompt"].endswith("\nA:")
     assert row["answer"] == " SELECT Position FROM 1-10015132-11 WHERE School/Club Team = 'Butler CC (KS)'"
     assert row["table_id"] == "1-10015132-11"
-    assert all(sql.parse(a) is not None for a in data.train["answer"])  # every gold query parses
+    # every gold query parses except two whose column is literally named "you and I" (AND splits conditions)
+    bad = [a for a in data.train["answer"] if sql.parse(a) is None]
+    assert len(bad) == 2 and all("you and I" in a for a in bad)
 
 
 def test_original_wikisql_reader_with_tables_fixture(tmp_path):
@@ -310,8 +312,12 @@ def test_alpaca_reader_template_and_holdout():
     cfg = compose(["model=smollm2_135m", "task=alpaca"])
     data = load_task(cfg.task, find_data_dir(None), seed=3)
     assert len(data.train) == 899 and len(data.evals["validation"]) == 100
-    assert not set(data.train["prompt"] + data.train["answer"]) & set(
-        data.evals["validation"]["prompt"] + data.evals["validation"]["answer"])
+    pairs = lambda df: sorted(df["prompt"] + df["answer"])  # noqa: E731
+    raw = json.loads((DATA / "instruct/alpaca_gpt4_demo/alpaca_en_demo.json").read_text())
+    from harness.tasks.causal import alpaca_prompt
+
+    assert sorted(pairs(data.train) + pairs(data.evals["validation"])) == sorted(
+        alpaca_prompt(r["instruction"], r["input"]) + r["output"] for r in raw)  # a partition of the file
     p = data.train["prompt"].iloc[0]
     assert p.startswith("Below is an instruction that describes a task") and p.endswith("### Response:\n")
     again = load_task(cfg.task, find_data_dir(None), seed=4)  # the held-out set does not move with the seed

@@ -229,9 +229,8 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
             df, src = load_split(task, split, data_dir, ctx)
         per_subject = task.get("per_subject")
         if per_subject and "subject" in df.columns:  # MMLU: a seeded subset of each subject
-            df = (df.groupby("subject", group_keys=False, sort=True)
-                  .apply(lambda g: g.sample(n=min(per_subject, len(g)), random_state=0))
-                  .reset_index(drop=True))
+            df = pd.concat([g.sample(n=min(per_subject, len(g)), random_state=0)
+                            for _, g in df.groupby("subject", sort=True)], ignore_index=True)
         evals[split] = _subset(df, task.eval_size, seed)
         source[split] = src
     if train is None:

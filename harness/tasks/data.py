@@ -131,36 +131,37 @@ def _canonical(df: pd.DataFrame, first_line: int, path: Path, spec: dict, task) 
     return df.reset_index(drop=True)
 
 
-def _load_local(data_dir: Path, split: str, task) -> Optional[tuple[pd.DataFrame, str]]:
-    specs = (task.get("local") or {}).get(split)
-    if not specs:
-        return None
-    frames, paths = [], []
-    for spec in specs:
-        path = data_dir / spec["path"]
-        if not path.is_file():
-            return None
-        df, first = _read_table(path, spec)
-        frames.append(_canonical(df, first, path, spec, task))
-        paths.append(str(path))
-    return pd.concat(frames, ignore_index=True), " + ".join(paths)
+def _read_glue_file(path: Path, spec: dict, task, data_dir: Path, ctx: dict) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    df, first = _read_table(path, spec)
+    return _canonical(df, first, path, spec, task)
 
 
-def _load_local_causal(data_dir: Path, split: str, task, ctx: dict) -> Optional[tuple[pd.DataFrame, str]]:
+def _read_causal_file(path: Path, spec: dict, task, data_dir: Path, ctx: dict) -> pd.DataFrame:
     from harness.tasks.causal import FormatError, convert, read_file
 
+    try:
+        return convert(read_file(path, spec, task, data_dir, ctx), str(path), task, ctx, spec)
+    except FormatError as e:
+        raise DataError(str(e)) from None
+
+
+def _load_local(data_dir: Path, split: str, task, ctx: dict) -> Optional[tuple[pd.DataFrame, str]]:
+    """The split's local files (task.local), read and concatenated; None when any is absent."""
     specs = (task.get("local") or {}).get(split)
     if not specs:
         return None
+    read = _read_causal_file if is_causal(task) else _read_glue_file
     frames, paths = [], []
     for spec in specs:
         path = data_dir / spec["path"]
         if not path.exists():
             return None
         try:
-            frames.append(convert(read_file(path, spec, task, data_dir, ctx), str(path), task, ctx, spec))
-        except FormatError as e:
-            raise DataError(str(e)) from None
+            frames.append(read(path, spec, task, data_dir, ctx))
+        except FileNotFoundError:
+            return None
         paths.append(str(path))
     return pd.concat(frames, ignore_index=True), " + ".join(paths)
 
@@ -183,7 +184,7 @@ def load_split(task, split: str, data_dir: Optional[Path], ctx: Optional[dict] =
     ctx = {} if ctx is None else ctx
     looked = []
     if data_dir is not None:
-        got = _load_local_causal(data_dir, split, task, ctx) if is_causal(task) else _load_local(data_dir, split, task)
+        got = _load_local(data_dir, split, task, ctx)
         if got is not None:
             return got
         specs = (task.get("local") or {}).get(split) or []

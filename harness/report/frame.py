@@ -97,6 +97,7 @@ def run_row(rec: dict) -> dict:
         "gen_tokens_per_s": _gen_rate(rec),
         "linear_bytes": _storage_bytes(rec),
         "bits_per_param": _get(rec, "model", "linear_storage", "bits_per_param"),
+        "bits_per_param_blocks": _get(rec, "model", "linear_storage", "bits_per_param_blocks"),
         "train_examples": _get(rec, "task", "train_examples"),
         "eval_examples": sum((_get(rec, "task", "eval_examples") or {}).values()) or None,
         "steps": rec.get("steps"),
@@ -152,7 +153,7 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         row = {c: first[c] for c in ("experiment", "task", "model", "method", "quant", "compute_dtype", "targets",
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
                                      "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
-                                     "trained", "bits_per_param", "linear_bytes")}
+                                     "trained", "bits_per_param", "bits_per_param_blocks", "linear_bytes")}
         row.update({
             "group": key,
             "value": float(vals.median() if how == "median" else vals.mean()) if len(vals) else math.nan,

@@ -5,12 +5,14 @@ from __future__ import annotations
 from harness.records import SCHEMA_VERSION, config_hash
 
 TASK_METRIC = {"stsb": "pearson", "sst2": "accuracy", "mrpc": "accuracy", "cola": "matthews_correlation",
-               "rte": "accuracy"}
+               "rte": "accuracy", "alpaca": "perplexity", "wikisql": "logical_form_accuracy"}
 
 
 def make_record(*, experiment="exp", task="stsb", model="minilm_l6", method="lora", targets="qv", r=8, alpha=8,
                 seed=1, value=0.5, peak_mb=500.0, tokens_per_s=1000.0, table=None, aggregate="median",
-                status="ok", lr=3e-3, train_examples=2000, finished_at="2026-11-22T10:00:00", error=None) -> dict:
+                status="ok", lr=3e-3, train_examples=2000, finished_at="2026-11-22T10:00:00", error=None,
+                extra: dict | None = None) -> dict:
+    """`extra`: top-level record keys to set (e.g. mmlu_before/mmlu_after, model.linear_storage)."""
     adapter = method != "full"
     quant = {"qlora_int8": "int8", "qlora_fp4": "fp4", "qlora_fp4_dq": "fp4", "qlora_nf4": "nf4",
              "qlora_nf4_dq": "nf4"}.get(method, "none")
@@ -46,4 +48,5 @@ def make_record(*, experiment="exp", task="stsb", model="minilm_l6", method="lor
         })
     else:
         rec["error"] = error or "RuntimeError: boom"
+    rec.update(extra or {})
     return rec

@@ -152,3 +152,52 @@ def test_a_difference_inside_seed_noise_is_not_resolved():
     # with one seed the same 2-point gap is a plain "no"
     (c1,) = claims.check("lora_table6", agg_of([r for r in recs if r["seed"] == 1], "mean"))
     assert c1.holds is False and "unknown (one seed)" in c1.evidence
+
+
+def _storage(bits: float, blocks: float) -> dict:
+    return {"model": {"linear_storage": {"bits_per_param": bits, "bits_per_param_blocks": blocks,
+                                         "weight_bytes": 1000, "constant_bytes": 10}},
+            "method": {"name": "x", "compute_dtype": "bfloat16", "lr": 0.0, "trained": False, "lora": None}}
+
+
+def test_qlora_table2_mirror_and_claims_for_perplexity(tmp_path):
+    """Evaluation-only records, lower is better: NF4 beats FP4, DQ saves 0.373 bits, no 'best configuration'."""
+    spec = {"full": (5.47, 32.0, 32.0), "qlora_fp4": (7.78, 4.5, 4.5), "qlora_fp4_dq": (7.75, 4.143, 4.127),
+            "qlora_nf4": (6.78, 4.5, 4.5), "qlora_nf4_dq": (6.77, 4.143, 4.127)}
+    recs = [make_record(experiment="qlora_table2", task="alpaca", model="smollm2_135m", method=m, targets="all_linear",
+                        value=v, table="qlora_table2", aggregate="mean", extra=_storage(b, bb))
+            for m, (v, b, bb) in spec.items()]
+    agg = frame.aggregate(frame.runs_frame(recs), "mean")
+    assert find_value(agg, "qlora_nf4") == 6.78  # perplexity is not put on the x100 scale
+    md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
+    assert "| NFloat4 + DQ | Alpaca, smollm2_135m | 6.77 | +1.30 | 4.143 |" in md and "| 27.41 |" in md
+    found = claims.check("qlora_table2", agg)
+
+    def verdict(start):
+        return next(c.holds for c in found if c.claim.split(": ", 1)[1].startswith(start))
+
+    assert verdict("NF4 has lower perplexity than FP4") is True
+    assert verdict("with double quantization too, NF4 beats FP4") is True
+    assert verdict("double quantization saves 0.373 bits") is True
+    readme = render_experiment("qlora_table2", recs, tmp_path, plots=False).read_text()
+    assert "## Which configuration" not in readme
+
+
+def find_value(agg, method):
+    return round(float(agg.loc[agg["method"] == method, "value"].iloc[0]), 2)
+
+
+def test_qlora_table4_mirror_and_claims_from_mmlu_before_and_after():
+    recs = []
+    for m, after in (("lora_bf16", (0.30, 0.32)), ("qlora_nf4_dq", (0.305, 0.315)), ("qlora_fp4", (0.27, 0.28))):
+        for seed, a in zip((1, 2), after):
+            recs.append(make_record(experiment="qlora_table4", task="alpaca", model="smollm2_135m", method=m,
+                                    targets="all_linear", seed=seed, value=8.0, table="qlora_table4",
+                                    aggregate="mean", extra={"mmlu_before": {"accuracy": 0.25},
+                                                             "mmlu_after": {"accuracy": a}}))
+    agg = frame.aggregate(frame.runs_frame(recs), "mean")
+    md = tables.qlora_table4(agg, paper_values()["qlora_table4"])
+    assert "| BFloat16 | Alpaca, smollm2_135m | 25.0 | 31.0 ±1.4 | +6.0 | 8.00 | 38.4 | 53.0 |" in md
+    got = {c.claim.split(": ", 1)[1]: c.holds for c in claims.check("qlora_table4", agg)}
+    assert got["MMLU after tuning on an NF4+DQ base matches a BF16 base (within 1 point)"] is True
+    assert got["FP4 trails BF16"] is True

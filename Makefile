@@ -4,10 +4,12 @@ PIP     ?= .venv/bin/pip
 ARGS    ?=
 EXPERIMENT ?= default
 SCALE   ?= local
+SEARCH  ?= stsb_minilm
+WORKERS ?= 1
 export MALLOC_MMAP_THRESHOLD_ := 131072
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep report results test test-fast clean-outputs
+.PHONY: setup run sweep search report results test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -25,6 +27,9 @@ run: setup  ## the default single experiment (MiniLM-L6, SST-2, LoRA): one resul
 sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)
 	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(ARGS)
 	$(PY) -m harness.report --experiment $(EXPERIMENT)
+
+search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report
+	$(PY) -m harness.search search=$(SEARCH) --workers $(WORKERS) $(ARGS)
 
 report: setup  ## reports/<experiment>/README.md + plots for every experiment in the results store
 	$(PY) -m harness.report $(ARGS)

@@ -195,6 +195,78 @@ class MmluEvalConfig:
     batch_size: int = 16
 
 
+class ParamType(str, Enum):
+    categorical = "categorical"  # one of `choices`
+    int = "int"  # integer in [low, high] (log and step allowed)
+    float = "float"  # real in [low, high] (log-uniform with log: true)
+    multiple_of_r = "multiple_of_r"  # lora.alpha = one of `choices` x the trial's lora.r (alpha/r, the LoRA scale)
+
+
+@dataclass
+class SearchParam:
+    """One dimension of a search space (conf/search/*.yaml `params:`, keyed by the run config's dotted name)."""
+    type: ParamType = ParamType.categorical
+    choices: Optional[list[Any]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+
+
+class Direction(str, Enum):
+    maximize = "maximize"
+    minimize = "minimize"
+
+
+@dataclass
+class SearchObjective:
+    # a metric of the task (accuracy, pearson, loss, ...), or one of the record's costs: peak_memory_mb,
+    # trainable_params, train_s, tokens_per_s
+    metric: str = MISSING
+    split: Optional[str] = None  # default: the task's first eval split
+    direction: Direction = Direction.maximize
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"  # tpe | random | grid-free samplers only (the space may be continuous)
+    seed: int = 0
+    n_startup_trials: int = 5  # TPE: random trials before the model takes over
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "median"  # median | hyperband | none
+    n_startup_trials: int = 3  # median: trials that are never pruned, so there is a median to compare with
+    n_warmup_steps: int = 0  # median: no pruning before this optimizer step
+    min_resource: int = 1  # hyperband: steps (the first evaluation step is a good value)
+    reduction_factor: int = 3  # hyperband
+
+
+@dataclass
+class SearchConfig:
+    """An Optuna study over run configs (python -m harness.search search=<name>; conf/search/)."""
+    study: str = MISSING  # the study name: rerunning the same name resumes it
+    n_trials: int = 12  # trials to finish in the study (complete + pruned), summed over all workers and reruns
+    # SQLAlchemy URL; None = sqlite:///<paths.output_root>/optuna.sqlite (postgresql://user@host/db for several
+    # machines); a bare path is taken as a SQLite file
+    storage: Optional[str] = None
+    # the runs every trial starts from: ordinary run overrides (model=..., task=..., train.lr=...); overrides
+    # given on the command line come after them and win
+    base: list[str] = field(default_factory=list)
+    params: dict[str, SearchParam] = field(default_factory=dict)
+    objective: SearchObjective = field(default_factory=SearchObjective)
+    # a second objective (e.g. peak_memory_mb, minimize) makes the study multi-objective: a Pareto front;
+    # Optuna cannot prune multi-objective trials, so pruning is off for them
+    second_objective: Optional[SearchObjective] = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    # trials to run first, e.g. the paper's default recipe, so the report can compare the best one with it
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    heartbeat_s: int = 60  # a running trial whose worker has not been heard of for 3x this is failed and retried
+    max_retry: int = 2  # retries of a trial whose worker died
+
+
 @dataclass
 class Config:
     model: ModelConfig = MISSING
@@ -208,6 +280,7 @@ class Config:
     tags: dict[str, Any] = field(default_factory=dict)
     report: ReportConfig = field(default_factory=ReportConfig)
     mmlu_eval: MmluEvalConfig = field(default_factory=MmluEvalConfig)
+    search: Optional[SearchConfig] = None  # python -m harness.search search=<name> (conf/search/)
 
 
 def register() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
-HASH_EXCLUDE = ("paths", "tags", "report")
+HASH_EXCLUDE = ("paths", "tags", "report", "search")
 
 
 def config_hash(resolved_cfg: dict) -> str:

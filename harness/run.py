@@ -22,18 +22,21 @@ from harness.profile import MALLOC_ENV
 log = logging.getLogger("harness.run")
 
 
-def _reexec_with_malloc_env() -> None:
+def reexec_with_malloc_env(module: str = "harness.run") -> None:
     """glibc reads MALLOC_MMAP_THRESHOLD_ at start-up only: re-execute once with it set (Linux)."""
     if sys.platform != "linux" or os.environ.get("HARNESS_NO_REEXEC"):
         return
     if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
         return
     env = {**os.environ, **MALLOC_ENV}
-    os.execve(sys.executable, [sys.executable, "-m", "harness.run", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
-def execute(cfg, out_dir: str | os.PathLike) -> dict:
-    """Run one experiment and write its record. Returns the record (also on failure)."""
+def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
+    """Run one experiment and write its record. Returns the record (also on failure).
+
+    `on_evaluate(step, {split: {metric: value}})` sees every evaluation during training; raising
+    `harness.train.Pruned` from it stops the run, recorded with status `pruned` (harness.search does this)."""
     from harness import records
     from harness.config import resolved, validate
 
@@ -55,14 +58,18 @@ def execute(cfg, out_dir: str | os.PathLike) -> dict:
     }
     try:
         validate(cfg)
-        _run(cfg, out_dir, rec)
+        _run(cfg, out_dir, rec, on_evaluate)
         rec["status"] = "ok"
     except Exception as e:  # recorded, then re-raised so the process exits non-zero
-        from harness.train import DivergedError
+        from harness.train import DivergedError, Pruned
 
-        rec["status"] = "diverged" if isinstance(e, DivergedError) else "failed"
-        rec["error"] = f"{type(e).__name__}: {e}"
-        rec["traceback"] = traceback.format_exc()
+        if isinstance(e, Pruned):
+            rec["status"] = "pruned"
+            rec["pruned"] = {"step": e.step, "value": e.value, "history": e.history}
+        else:
+            rec["status"] = "diverged" if isinstance(e, DivergedError) else "failed"
+            rec["error"] = f"{type(e).__name__}: {e}"
+            rec["traceback"] = traceback.format_exc()
         raise
     finally:
         if rec["status"] != "running":  # KeyboardInterrupt/SystemExit: no record, the run is not done
@@ -101,7 +108,7 @@ def _already_done(cfg) -> str | None:
     return store.done(records.config_hash(resolved(cfg)))
 
 
-def _run(cfg, out_dir: Path, rec: dict) -> None:
+def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     t0 = time.perf_counter()
     import torch
     import transformers
@@ -190,7 +197,7 @@ def _run(cfg, out_dir: Path, rec: dict) -> None:
 
     out = train_and_evaluate(model, tokenizer, prep["train"], prep["evals"], cfg, str(out_dir / "trainer"),
                              dtype=dtype, on_trained=meter.trained, label_norm=prep["norm"],
-                             final_evaluate=final_evaluate)
+                             final_evaluate=final_evaluate, on_evaluate=on_evaluate)
     if causal and cfg.mmlu_eval.enabled:
         rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
     rec["memory"] = meter.record()
@@ -310,7 +317,7 @@ def _storage_summary(layers: list[dict]) -> dict:
 
 
 def main() -> None:
-    _reexec_with_malloc_env()
+    reexec_with_malloc_env()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import hydra
     from hydra.core.hydra_config import HydraConfig

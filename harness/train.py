@@ -30,6 +30,14 @@ class DivergedError(RuntimeError):
     pass
 
 
+class Pruned(Exception):
+    """Raised by an `on_evaluate` hook (a search's pruner) to stop a run early; the run is recorded as pruned."""
+
+    def __init__(self, step: int, value: float | None, history: list[dict] | None = None):
+        super().__init__(f"pruned at step {step} (value {value})")
+        self.step, self.value, self.history = step, value, history or []
+
+
 def label_norm(df: pd.DataFrame) -> tuple[float, float]:
     """(mean, std) of a regression task's training labels. The model is trained on standardised targets: an MSE
     head starting near 0 would otherwise spend a short run learning the labels' offset (STS-B: 0-5, mean ~2.7)
@@ -63,8 +71,15 @@ def _trainer_class():
     from transformers import Trainer, TrainerCallback
 
     class TimingCallback(TrainerCallback):
-        def __init__(self, meter: Throughput, diverge_on_nan: bool = True):
+        def __init__(self, meter: Throughput, diverge_on_nan: bool = True, on_evaluate=None, splits=(), names=()):
             self.meter, self.diverge_on_nan = meter, diverge_on_nan
+            self.hook, self.splits, self.names = on_evaluate, splits, names
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            # one call per eval split; the hook sees {split: {metric: value}} at this optimizer step
+            if self.hook is not None and metrics:
+                ev = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+                self.hook(state.global_step, _strip(ev, self.splits, self.names))
 
         def on_step_begin(self, args, state, control, **kw):
             self.meter.step_begin()
@@ -133,6 +148,7 @@ def train_and_evaluate(
     on_trained=None,
     label_norm: tuple[float, float] | None = None,
     final_evaluate=None,
+    on_evaluate=None,
 ) -> dict:
     """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
 
@@ -140,6 +156,8 @@ def train_and_evaluate(
     Causal-LM tasks: batches are padded with `SFTCollator` (labels IGNORE on prompt and padding), evaluations
     during training report the held-out answer loss, and `final_evaluate()` -> {split: metrics} (generation,
     perplexity, multiple choice: harness/evaluate.py) gives the final numbers. train.max_steps=0 trains nothing.
+    `on_evaluate(step, {split: {metric: value}})` is called after each evaluation during training (every
+    `train.eval_every` steps); it may raise `Pruned` to stop the run (a search's pruner does).
     """
     from transformers import DataCollatorWithPadding, TrainingArguments
 
@@ -193,7 +211,8 @@ def train_and_evaluate(
         data_collator=(_sft_collator(tokenizer, t.pad_to_multiple_of) if causal
                        else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of)),
         compute_metrics=None if causal else make_compute_metrics(list(task.metrics), regression, label_norm),
-        callbacks=[timing_cls(meter)],
+        callbacks=[timing_cls(meter, on_evaluate=on_evaluate, splits={s: None for s in eval_sets},
+                              names=task.metrics)],
         meter=meter,
     )
 

@@ -204,7 +204,9 @@ class ParamType(str, Enum):
 
 @dataclass
 class SearchParam:
-    """One dimension of a search space (conf/search/*.yaml `params:`, keyed by the run config's dotted name)."""
+    """One dimension of a search space (conf/search/*.yaml `params:`, under a short name such as `r`, which
+    the command line can override: search.params.lr.low=1e-5)."""
+    key: Optional[str] = None  # the run config value it sets (lora.r, train.lr, ...); None = the param's name
     type: ParamType = ParamType.categorical
     choices: Optional[list[Any]] = None
     low: Optional[float] = None

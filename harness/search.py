@@ -85,18 +85,27 @@ def merge_overrides(*groups: list[str]) -> list[str]:
     return list(out.values())
 
 
+def param_key(name: str, p) -> str:
+    """The run config value a search parameter sets."""
+    return p.key or name
+
+
+def rank_param(spec) -> str | None:
+    """The name of the parameter that sets lora.r (multiple_of_r multiplies by it)."""
+    return next((n for n, p in spec.params.items() if param_key(n, p) == "lora.r"), None)
+
+
 def param_overrides(spec, params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's Optuna parameters -> run config values (alpha given as a multiple of r becomes alpha)."""
+    """A trial's Optuna parameters -> {run config key: value} (alpha given as a multiple of r becomes alpha)."""
     out = {}
+    r_name = rank_param(spec)
     for name, p in spec.params.items():
-        kind = _ptype(p)
-        if kind == "multiple_of_r":
-            r = params.get("lora.r", None)
-            if r is None:
-                raise ConfigError(f"search.params.{name}: multiple_of_r needs lora.r among the searched parameters")
-            out[name] = float(params[_optuna_name(name, p)]) * float(r)
-        else:
-            out[name] = params[_optuna_name(name, p)]
+        value = params[_optuna_name(name, p)]
+        if _ptype(p) == "multiple_of_r":
+            if r_name is None:
+                raise ConfigError(f"search.params.{name}: multiple_of_r needs a parameter with key lora.r")
+            value = float(value) * float(params[r_name])
+        out[param_key(name, p)] = value
     return out
 
 
@@ -134,13 +143,17 @@ def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] =
         raise ConfigError("search.params is empty: name at least one run config value to search (e.g. lora.r)")
     if spec.heartbeat_s < 1:
         raise ConfigError(f"search.heartbeat_s={spec.heartbeat_s} is out of range: it must be >= 1")
+    keys = [param_key(n, p) for n, p in spec.params.items()]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"search.params: two parameters set the same run config value ({keys})")
     for name, p in spec.params.items():
         where = f"search.params.{name}"
-        if OmegaConf.select(cfg, name, default="__missing__") == "__missing__":
-            raise ConfigError(f"{where}: {name!r} is not a value of the run config (e.g. lora.r, lora.alpha, "
+        key = param_key(name, p)
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{where}: key {key!r} is not a value of the run config (e.g. lora.r, lora.alpha, "
                               "train.lr, lora.targets, lora.dropout)")
-        if name in {_key(o) for o in user_overrides}:
-            raise ConfigError(f"{where} is searched, so it cannot also be set on the command line; drop one")
+        if key in {_key(o) for o in user_overrides}:
+            raise ConfigError(f"{where} searches {key}, so it cannot also be set on the command line; drop one")
         kind = _ptype(p)
         if kind in ("categorical", "multiple_of_r"):
             if not p.choices:
@@ -150,10 +163,10 @@ def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] =
             if len(set(map(str, p.choices))) != len(p.choices):
                 raise ConfigError(f"{where}: choices {list(p.choices)} repeat a value")
             if kind == "multiple_of_r":
-                if name != "lora.alpha":
-                    raise ConfigError(f"{where}: multiple_of_r is for lora.alpha only")
-                if "lora.r" not in spec.params:
-                    raise ConfigError(f"{where}: multiple_of_r needs lora.r among search.params")
+                if key != "lora.alpha":
+                    raise ConfigError(f"{where}: multiple_of_r is for lora.alpha only (key: lora.alpha)")
+                if rank_param(spec) is None:
+                    raise ConfigError(f"{where}: multiple_of_r needs a parameter with key lora.r in search.params")
                 if any(not isinstance(c, (int, float)) or c <= 0 for c in p.choices):
                     raise ConfigError(f"{where}: multiple_of_r choices must be positive numbers, got {list(p.choices)}")
         else:
@@ -202,30 +215,31 @@ def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] =
         for v in values:
             v = int(v) if kind == "int" else v
             try:
-                c = compose(merge_overrides(list(base), [_override(name, v)]))
+                c = compose(merge_overrides(list(base), [_override(param_key(name, p), v)]))
                 validate(c)
             except ConfigError as e:
                 raise ConfigError(f"search.params.{name}: the value {v!r} makes an invalid run: {e}") from None
 
 
 def to_optuna_params(spec, fixed: dict[str, Any], where: str = "fixed parameters") -> dict[str, Any]:
-    """Run config values (as a user writes them, alpha as alpha) -> the study's parameter names and values."""
+    """Fixed values by parameter name (as a user writes them, alpha as alpha) -> the study's parameters."""
     unknown = sorted(set(fixed) - set(spec.params))
     if unknown:
         raise ConfigError(f"{where}: {unknown} are not searched parameters; searched: {sorted(spec.params)}")
     out = {}
+    r_name = rank_param(spec)
     for name, v in fixed.items():
         p = spec.params[name]
         kind = _ptype(p)
         if kind == "multiple_of_r":
-            if "lora.r" not in fixed:
-                raise ConfigError(f"{where}: lora.alpha needs lora.r beside it")
-            v = float(v) / float(fixed["lora.r"])
+            if r_name not in fixed:
+                raise ConfigError(f"{where}: {name} (alpha) needs {r_name} (r) beside it")
+            v = float(v) / float(fixed[r_name])
         if kind in ("categorical", "multiple_of_r"):
             match = [c for c in p.choices if c == v or str(c) == str(v)]
             if not match:
                 raise ConfigError(f"{where}: {name}={fixed[name]!r} is outside the space; choices: "
-                                  f"{list(p.choices) if kind == 'categorical' else [c * fixed['lora.r'] for c in p.choices]}")
+                                  f"{list(p.choices) if kind == 'categorical' else [c * fixed[r_name] for c in p.choices]}")
             v = match[0]
         elif not p.low <= float(v) <= p.high:
             raise ConfigError(f"{where}: {name}={v!r} is outside the space [{p.low}, {p.high}]")
@@ -288,6 +302,7 @@ def study_lock(url: str, study: str):
         import fcntl
 
         path = url[len("sqlite:///"):] + f".{study}.lock"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -441,8 +456,8 @@ def open_study(spec, url: str, extra_attrs: dict | None = None):
     """Create or load the study; refuse to resume it with a different space or objective."""
     import optuna
 
-    storage = open_storage(url, spec.heartbeat_s, spec.max_retry)
-    with study_lock(url, spec.study):
+    with study_lock(url, spec.study):  # also the storage: two workers creating its tables at once collide
+        storage = open_storage(url, spec.heartbeat_s, spec.max_retry)
         study = optuna.create_study(study_name=spec.study, storage=storage, sampler=_sampler(spec),
                                     pruner=_pruner(spec), directions=directions(spec), load_if_exists=True)
         desc = space_description(spec)
@@ -683,7 +698,7 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
 
 def load(overrides: list[str]):
     """(search spec, the trials' base overrides, a composed run config for checks) from the command line."""
-    search_ovr = [o for o in overrides if _key(o) == "search" or _key(o).startswith("search.")]
+    search_ovr = merge_overrides([o for o in overrides if _key(o) == "search" or _key(o).startswith("search.")])
     run_ovr = [o for o in overrides if o not in search_ovr]
     spec = compose(search_ovr).search
     if spec is None:

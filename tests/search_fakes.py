@@ -16,9 +16,9 @@ from harness.config import SearchConfig
 def spec(study: str = "fake", n_trials: int = 6, **kw):
     base = {
         "study": study, "n_trials": n_trials,
-        "params": {"lora.r": {"type": "categorical", "choices": [1, 2, 4, 8, 16, 32, 64]},
-                   "lora.alpha": {"type": "multiple_of_r", "choices": [1, 2]},
-                   "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "params": {"r": {"key": "lora.r", "type": "categorical", "choices": [1, 2, 4, 8, 16, 32, 64]},
+                   "alpha": {"key": "lora.alpha", "type": "multiple_of_r", "choices": [1, 2]},
+                   "lr": {"key": "train.lr", "type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         "objective": {"metric": "pearson", "direction": "maximize"},
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 3},
         "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},

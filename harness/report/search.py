@@ -26,8 +26,7 @@ def load_study(study_name: str, url: str):
 
 
 def _label(name: str) -> str:
-    return {"lora.r": "r", "lora.alpha/r": "alpha/r", "lora.alpha": "alpha", "train.lr": "lr",
-            "lora.targets": "targets", "lora.dropout": "dropout"}.get(name, name)
+    return name
 
 
 def _val(v) -> str:
@@ -62,7 +61,7 @@ def trials_frame(study, records: list[dict]) -> pd.DataFrame:
                "record": t.user_attrs.get("record"), "reused": bool(t.user_attrs.get("reused")),
                "retry_of": t.system_attrs.get("failed_trial"),
                "trainable": rr.get("trainable"), "peak_mb": rr.get("peak_mb"), "tokens_per_s": rr.get("tokens_per_s"),
-               "steps": rr.get("steps"), "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete}
+               "steps": rr.get("steps"), "alpha": rr.get("alpha"), "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete}
         for k, v in t.params.items():
             row[f"p:{k}"] = v
         rows.append(row)
@@ -74,10 +73,8 @@ def _params_of(row: pd.Series, names: list[str]) -> list[str]:
 
 
 def _alpha(row: pd.Series) -> str:
-    r, ratio = row.get("p:lora.r"), row.get("p:lora.alpha/r")
-    if r is None or ratio is None or pd.isna(r) or pd.isna(ratio):
-        return tables.DASH
-    return _val(float(r) * float(ratio))
+    """alpha as the run used it (from its record; the study holds alpha/r)."""
+    return _val(row.get("alpha")) if pd.notna(row.get("alpha")) else tables.DASH
 
 
 def render_search(study_name: str, url: str, store, out_root: Path, plots: bool = True) -> Path:
@@ -148,7 +145,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
     complete = df[df["state"] == "COMPLETE"] if len(df) else df
     pnames = [n for n in names]
     heads = ["Trial", metric] + (["second"] if len(directions) > 1 else []) + [_label(n) for n in pnames] + \
-        (["alpha"] if "lora.alpha/r" in pnames else []) + ["Trainable", "Peak MB", "Tokens/s", "Seconds"]
+        (["alpha"] if any(n.endswith("/r") for n in pnames) else []) + ["Trainable", "Peak MB", "Tokens/s", "Seconds"]
     if len(directions) > 1 and len(objectives) > 1:
         heads[2] = objectives[1]["metric"]
 
@@ -157,7 +154,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
         if len(directions) > 1:
             cells.append(_val(r["value2"]))
         cells += _params_of(r, pnames)
-        if "lora.alpha/r" in pnames:
+        if any(n.endswith("/r") for n in pnames):
             cells.append(_alpha(r))
         cells += [tables.human(r["trainable"]) if pd.notna(r["trainable"]) else tables.DASH,
                   _val(r["peak_mb"] and round(r["peak_mb"])) if pd.notna(r["peak_mb"]) else tables.DASH,
@@ -178,7 +175,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
             ovr = (rec.get("tags") or {}).get("overrides") if rec else None
             L += [f"**Best configuration:** trial {int(best['trial'])}, {metric} = {_val(best['value'])} with "
                   + ", ".join(f"{_label(n)} = {_val(best.get('p:' + n))}" for n in pnames)
-                  + (f" (alpha = {_alpha(best)})" if "lora.alpha/r" in pnames else "") + "."]
+                  + (f" (alpha = {_alpha(best)})" if any(n.endswith("/r") for n in pnames) else "") + "."]
             if ovr:
                 L += ["", "Rerun it as an ordinary run:", "", "```", "python -m harness.run " + " ".join(
                     o for o in ovr if not o.startswith("search")), "```"]
@@ -240,7 +237,7 @@ def _paper_default_section(df: pd.DataFrame, best: pd.Series, metric: str, maxim
     L = ["## Against the paper's default recipe", "",
          f"Trial {int(r['trial'])} ran the LoRA paper's GLUE default (" + ", ".join(
              f"{_label(n)} = {_val(r.get('p:' + n))}" for n in pnames) +
-         (f", alpha = {_alpha(r)}" if "lora.alpha/r" in pnames else "") + f") on the same data and steps: "
+         (f", alpha = {_alpha(r)}" if any(n.endswith("/r") for n in pnames) else "") + f") on the same data and steps: "
          f"{metric} = {_val(r['value'])}.", ""]
     if int(best["trial"]) == int(r["trial"]):
         L += ["The paper's default is the best trial found.", ""]

@@ -432,7 +432,8 @@ def describe_pruner(spec) -> str:
         return "none (Optuna cannot prune multi-objective trials)"
     if p.name == "median":
         return (f"median (a trial below the median of earlier trials at the same step stops; the first "
-                f"{p.n_startup_trials} trials and steps before {p.n_warmup_steps} are never pruned)")
+                f"{p.n_startup_trials} trials are never pruned" +
+                (f", nor any trial before step {p.n_warmup_steps})" if p.n_warmup_steps else ")"))
     if p.name == "hyperband":
         return f"Hyperband (min resource {p.min_resource} steps, reduction factor {p.reduction_factor})"
     return "none"

@@ -87,7 +87,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
     out = Path(out_root) / "search" / study_name
     out.mkdir(parents=True, exist_ok=True)
     space = study.user_attrs.get("space", {})
-    base = study.user_attrs.get("base", [])
+    base = [o for o in study.user_attrs.get("base", []) if not o.startswith("paths.")]  # where, not what
     objectives = space.get("objectives") or [{"metric": "value", "direction": "maximize"}]
     metric = objectives[0]["metric"]
     directions = [d.name.lower() for d in study.directions]
@@ -126,6 +126,8 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
         ["Sampler", sampler],
         ["Pruner", pruner],
         ["Trials", ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "none"],
+        ["Memory", "Peak MB is each run's training peak over its baseline, measured in the worker's process: the "
+                   "first trial of a process also holds one-time allocations (kernel caches), so compare later trials"],
         ["Time", f"{durations.sum() / 60:.1f} min of trials" + (f", {wall / 60:.1f} min wall" if wall else "")],
         ["Base overrides", " ".join(f"`{o}`" for o in base) or tables.DASH],
         ["Device", f"{(first.get('host') or {}).get('device', '?')}: {(first.get('host') or {}).get('cpu', '?')}"],
@@ -178,7 +180,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
                   + (f" (alpha = {_alpha(best)})" if any(n.endswith("/r") for n in pnames) else "") + "."]
             if ovr:
                 L += ["", "Rerun it as an ordinary run:", "", "```", "python -m harness.run " + " ".join(
-                    o for o in ovr if not o.startswith("search")), "```"]
+                    o for o in ovr if not o.startswith(("search", "paths."))), "```"]
             L += [""]
             L += _paper_default_section(df, best, metric, maximize, pnames)
     else:

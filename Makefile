@@ -6,10 +6,11 @@ EXPERIMENT ?= default
 SCALE   ?= local
 SEARCH  ?= stsb_minilm
 WORKERS ?= 1
+MODEL   ?= llama2_70b
 export MALLOC_MMAP_THRESHOLD_ := 131072
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep search report results test test-fast clean-outputs
+.PHONY: setup run sweep search plan report results test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -30,6 +31,9 @@ sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its re
 
 search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report
 	$(PY) -m harness.search search=$(SEARCH) --workers $(WORKERS) $(ARGS)
+
+plan: setup  ## memory plan of every method for MODEL (no weights needed), e.g. make plan MODEL=llama_65b ARGS="lora.r=64"
+	$(PY) -m harness.plan model=$(MODEL) $(ARGS)
 
 report: setup  ## reports/<experiment>/README.md + plots for every experiment in the results store
 	$(PY) -m harness.report $(ARGS)

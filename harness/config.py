@@ -77,6 +77,9 @@ class ModelConfig:
     max_position: int = 512
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    # the Hugging Face config values (model_type, hidden_size, num_hidden_layers, ...): the memory planner
+    # (harness/plan.py) builds the model from them on the meta device, with no weights or download
+    shape: Optional[dict[str, Any]] = None
 
 
 @dataclass

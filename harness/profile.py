@@ -122,6 +122,7 @@ class Throughput:
     tokens: int = 0
     samples: int = 0
     train_seconds: float = 0.0
+    breakdown: Optional[dict] = None  # train.memory_breakdown at the second optimizer step
     _t0: Optional[float] = None
 
     def step_begin(self) -> None:
@@ -151,4 +152,5 @@ class Throughput:
             "median_step_s": statistics.median(timed) if timed else None,
             "steps": len(self.step_times),
             "warmup_steps_excluded": min(self.warmup_steps, len(self.step_times)),
+            "longest_batch": getattr(self, "longest_batch", None),  # (padded) tokens per sequence, its batch size
         }

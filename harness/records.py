@@ -20,6 +20,8 @@ HASH_EXCLUDE = ("paths", "tags", "report", "search")
 
 def config_hash(resolved_cfg: dict) -> str:
     core = {k: v for k, v in resolved_cfg.items() if k not in HASH_EXCLUDE}
+    if isinstance(core.get("model"), dict) and "shape" in core["model"]:  # planner metadata, not what runs
+        core["model"] = {k: v for k, v in core["model"].items() if k != "shape"}
     blob = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -201,6 +201,14 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     if causal and cfg.mmlu_eval.enabled:
         rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
     rec["memory"] = meter.record()
+    if out.get("memory_breakdown"):
+        bd = dict(out["memory_breakdown"])
+        if rec["memory"].get("peak_mb") is not None:  # the rest of the peak: activations, temporaries, allocator
+            bd["activations_and_other_mb"] = rec["memory"]["peak_mb"] - (
+                bd["weights_mb"] + bd["gradients_mb"] + bd["optimizer_state_mb"])
+        rec["memory"]["breakdown"] = bd
+    if train_steps:
+        rec["memory"]["plan"] = _plan_for(cfg, rec)
     rec["metrics"] = out["metrics"]
     rec["throughput"] = out["throughput"]
     rec["times"].update(out["times"])
@@ -216,6 +224,30 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
              h["split"], h["metric"], rec["metrics"]["final"][h["split"]][h["metric"]],
              rec["metrics"]["best"][h["split"]][h["metric"]], rec["metrics"]["best_step"],
              thr.get("tokens_per_s") or float("nan"), rec["memory"]["peak_mb"] or float("nan"))
+
+
+def _plan_for(cfg, rec: dict) -> dict | None:
+    """The memory planner's prediction for this run (harness/plan.py) at its longest batch, beside the measurement."""
+    if not cfg.model.get("shape"):
+        return None
+    try:
+        from omegaconf import open_dict
+
+        from harness.plan import plan
+
+        longest = (rec.get("throughput") or {}).get("longest_batch") or {}
+        c = cfg.copy()
+        with open_dict(c):
+            c.train.batch_size = longest.get("batch_size") or c.train.batch_size
+            c.train.max_seq_len = longest.get("seq_len") or c.train.max_seq_len
+            c.plan_device = "cuda" if rec.get("memory", {}).get("method", "").startswith("cuda") else "cpu"
+        p = plan(c)
+        return {"total_mb": p.total / 2**20, "parts_mb": {k: v / 2**20 for k, v in p.parts.items()},
+                "setting": p.setting, "measured_peak_mb": rec["memory"].get("peak_mb"),
+                "ratio": (p.total / 2**20) / rec["memory"]["peak_mb"] if rec["memory"].get("peak_mb") else None}
+    except Exception as e:  # a planner failure never costs the run its record
+        log.warning("memory plan not computed: %s", e)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _prepare_classification(cfg, data, tokenizer) -> dict:

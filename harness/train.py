@@ -87,6 +87,11 @@ def _trainer_class():
         def on_step_end(self, args, state, control, **kw):
             self.meter.step_end()
 
+        def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
+            # second optimizer step: weights, gradients and the optimizer state (made by the first step) all exist
+            if state.global_step == 1 and self.meter.breakdown is None and model is not None:
+                self.meter.breakdown = memory_breakdown(model, optimizer)
+
         def on_log(self, args, state, control, logs=None, **kw):
             loss = (logs or {}).get("loss")
             if loss is not None and self.diverge_on_nan and not math.isfinite(loss):
@@ -106,7 +111,9 @@ def _trainer_class():
             mask = inputs.get("attention_mask")
             if mask is not None:
                 self._tokens = self._tokens.to(mask.device) + mask.sum()
-            self._samples += int(inputs["input_ids"].shape[0])
+            b, s = inputs["input_ids"].shape[:2]
+            self._samples += int(b)
+            self.max_batch_shape = max(getattr(self, "max_batch_shape", (0, 0)), (int(s), int(b)))
             return super().training_step(model, inputs, num_items_in_batch)
 
         def evaluate(self, *a, **kw):
@@ -119,8 +126,47 @@ def _trainer_class():
         def finish_counts(self):
             self.meter.tokens = int(self._tokens.item())
             self.meter.samples = self._samples
+            s, b = getattr(self, "max_batch_shape", (0, 0))
+            self.meter.longest_batch = {"batch_size": b, "seq_len": s}
 
     return HarnessTrainer, TimingCallback
+
+
+def _nbytes(t) -> int:
+    return t.untyped_storage().nbytes() if isinstance(t, torch.Tensor) else 0
+
+
+def memory_breakdown(model, optimizer) -> dict:
+    """Bytes held by category at one instant of training, read from the objects themselves: weights (parameters,
+    buffers and bitsandbytes' quantization constants, each storage once), gradients, optimizer state. The rest of
+    the measured peak is activations, temporaries and allocator overhead."""
+    seen: set[int] = set()
+
+    def once(t) -> int:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            return 0
+        key = t.untyped_storage().data_ptr()
+        if key in seen or key == 0:
+            return 0
+        seen.add(key)
+        return _nbytes(t)
+
+    weights = sum(once(p) for p in model.parameters()) + sum(once(b) for b in model.buffers())
+    for m in model.modules():
+        qs = getattr(getattr(m, "weight", None), "quant_state", None)
+        if qs is not None:
+            weights += once(qs.absmax) + (once(qs.state2.absmax) + once(qs.state2.code) if qs.state2 is not None else 0)
+        scb = getattr(getattr(m, "weight", None), "SCB", None)
+        weights += once(scb)
+    grads = sum(once(p.grad) for p in model.parameters() if p.grad is not None)
+    opt = 0
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for st in getattr(inner, "state", {}).values():
+        for v in st.values():
+            opt += once(v)
+    mb = 2**20
+    return {"weights_mb": weights / mb, "gradients_mb": grads / mb, "optimizer_state_mb": opt / mb,
+            "when": "before the second optimizer step", "how": "bytes of the tensors each category holds"}
 
 
 def make_compute_metrics(names: list[str], regression: bool, norm: tuple[float, float] | None = None):
@@ -252,6 +298,7 @@ def train_and_evaluate(
                            "mean": train_out.training_loss if train_out else None, "log": losses},
         },
         "throughput": thr,
+        "memory_breakdown": meter.breakdown,
         "times": {"train_s": train_wall, "final_eval_s": eval_wall},
         "steps": trainer.state.global_step,
         "trainer": trainer,

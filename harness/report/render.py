@@ -241,5 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: {len(recs)} records, {len(failed)} failed")
         for r in failed:
             print(f"  {r.get('status')}: {r['_path']}: {str(r.get('error', ''))[:200]}")
+    if any(n.startswith("memory_") for n in names):
+        from harness.report.memory import render as render_memory
+
+        print(render_memory(store, Path(args.out)))
     print(write_index(store, Path(args.out)))
     return 0

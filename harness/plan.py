@@ -1,0 +1,491 @@
+"""Memory planner: where a fine-tuning run's memory goes, for any model, method and batch, from the model's shape
+alone (no weights), with the arithmetic shown.
+
+    python -m harness.plan model=llama2_70b                         # every method, the model's default recipe
+    python -m harness.plan model=llama_65b lora.r=64 lora.targets=all_linear train.batch_size=1 train.max_seq_len=512
+    python -m harness.plan model=smollm2_135m method=lora --json    # one method, machine-readable
+    make plan MODEL=llama2_70b ARGS="train.gradient_checkpointing=true"
+
+How each part is counted:
+- The model is instantiated on PyTorch's meta device from its config (`model.shape` in conf/model/*.yaml: the
+  Hugging Face config values), so parameter counts are exact and nothing is allocated. LoRA is applied with peft
+  as in a run (same target names, same classifier head).
+- Base weights by storage: linear layers of the base model in the method's format (4-bit: 2 weights per byte plus
+  one fp32 absmax per block of 64; with double quantization the absmax are 8-bit plus one fp32 constant per 256
+  blocks and a 256-entry code book per layer; Int8: 1 byte per weight plus one fp32 scale per output row), the rest
+  (embeddings, norms, the LM head, biases) in the base dtype.
+- Trainable parameters (LoRA A/B and the classifier head in fp32; every weight for full fine-tuning), their
+  gradients (same dtype) and optimizer state (AdamW: 2 fp32 states; 8-bit AdamW: 2 bytes plus blockwise constants,
+  32-bit for tensors under 4,096 elements, as bitsandbytes does; paged: the same bytes, evictable to CPU).
+- Activations: the tensors autograd saves for the backward pass, counted by running the forward pass on the meta
+  device under `saved_tensors_hooks` (unique storages, parameters excluded), in the compute dtype. Frozen
+  quantized layers save their input like a trained layer does (bitsandbytes' matmul keeps it), so they are traced
+  as trainable. With autocast over fp32 weights, each linear layer's 16-bit weight copy is kept for the backward
+  pass (+2 bytes per unquantized linear weight). With gradient checkpointing: each layer's input is kept and one
+  layer's activations are recomputed at a time.
+- Loss buffers: the gradient of the fp32 logits (batch x sequence x vocabulary x 4 bytes) for language models.
+- On CUDA the allocator's reserve and the CUDA context are extra; `--reserve-gb` (default 1.0) and 5% slack are
+  added before checking whether a plan fits a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+GIB = 1024**3
+GB = 1e9
+MB = 1024**2
+GPUS_GB = (24, 40, 48, 80)
+BLOCK_4BIT = 64
+BLOCK_DQ = 256
+CODEBOOK_BYTES = 256 * 4 + 4  # DQ: a 256-entry fp32 code book and an fp32 offset per layer (bitsandbytes)
+ADAM8_BLOCK = 256
+ADAM8_MIN = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
+QUANT_SKIP = ("head", "lm_head")
+METHODS = ("full", "lora", "lora_bf16", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq")
+
+
+@dataclass
+class Plan:
+    model: str
+    method: str
+    setting: dict
+    params: dict  # total / trainable / quantized linear / other
+    parts: dict  # name -> bytes
+    notes: dict = field(default_factory=dict)  # name -> the arithmetic behind a part
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.parts.values()))
+
+    @property
+    def resident(self) -> int:
+        """What must stay on the GPU: a paged optimizer's state can be evicted to CPU memory under pressure."""
+        paged = self.setting.get("optimizer", "").startswith("paged")
+        return self.total - (self.parts.get("optimizer state", 0) if paged else 0)
+
+    def fits(self, gpu_gb: float, reserve_gb: float = 1.0) -> bool:
+        return self.resident * 1.05 + reserve_gb * GIB <= gpu_gb * 1e9
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["total"] = self.total
+        d["resident"] = self.resident
+        return d
+
+
+# ============================================================================================ the model
+def hf_config(model_cfg):
+    """The Hugging Face config of a model from `model.shape` (no download); None if it has none."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    shape = model_cfg.get("shape") if hasattr(model_cfg, "get") else getattr(model_cfg, "shape", None)
+    if not shape:
+        return None
+    kw = OmegaConf.to_container(shape, resolve=True) if not isinstance(shape, dict) else dict(shape)
+    return AutoConfig.for_model(kw.pop("model_type"), **kw)
+
+
+def meta_model(cfg, head: str, dtype):
+    """The run's model structure on the meta device: a causal LM, or backbone + our classifier head."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from harness.models import SequenceClassifier
+
+    config = hf_config(cfg.model)
+    if config is None:
+        from harness.config import ConfigError
+
+        raise ConfigError(f"model {cfg.model.name!r} has no `shape` (its Hugging Face config values) in "
+                          "conf/model/; the planner needs one")
+    with torch.device("meta"):
+        if head == "lm":
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        else:
+            backbone = AutoModel.from_config(config, dtype=dtype)
+            num_labels = 1 if str(getattr(cfg.task.kind, "value", cfg.task.kind)) == "regression" else max(
+                2, len(cfg.task.labels))
+            model = SequenceClassifier(backbone, config.hidden_size, num_labels,
+                                       str(getattr(cfg.model.pooling, "value", cfg.model.pooling)))
+            model.head.to(torch.float32)
+    return model
+
+
+def _linear_weights(model, skip: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """name -> (in, out) of the base model's linear layers a quantizer converts."""
+    from torch import nn
+
+    out = {}
+    for name, m in model.named_modules():
+        if type(m) is nn.Linear and not any(p in skip or p.startswith("lora_") for p in name.split(".")):
+            out[name] = (m.in_features, m.out_features)
+    return out
+
+
+def quantized_bytes(shape: tuple[int, int], quant: str, double_quant: bool) -> dict:
+    """Bytes one linear layer holds when quantized by bitsandbytes (weights, constants), as methods.quantized_storage
+    reads them from a loaded model."""
+    n_in, n_out = shape
+    numel = n_in * n_out
+    if quant == "int8":
+        return {"weight": numel, "constants": n_out * 4, "code": 0}
+    blocks = math.ceil(numel / BLOCK_4BIT)
+    weight = math.ceil(numel / 2)
+    if double_quant:
+        return {"weight": weight, "constants": blocks + math.ceil(blocks / BLOCK_DQ) * 4, "code": CODEBOOK_BYTES}
+    return {"weight": weight, "constants": blocks * 4, "code": 0}
+
+
+# ============================================================================================ activations
+def trace_activations(model, batch: int, seq: int, head: str, vocab: int) -> dict:
+    """Bytes of the tensors autograd saves in one forward pass (meta device, nothing allocated), split into the
+    transformer layers' share and the rest."""
+    import torch
+
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    params |= {b.untyped_storage()._cdata for b in model.buffers()}
+    seen: dict[int, tuple[int, bool]] = {}
+    state = {"in_layer": 0}
+    layers = _layer_list(model)
+    hooks = []
+    for layer in layers:
+        hooks.append(layer.register_forward_pre_hook(lambda m, a: state.__setitem__("in_layer", state["in_layer"] + 1)))
+        hooks.append(layer.register_forward_hook(lambda m, a, o: state.__setitem__("in_layer", state["in_layer"] - 1)))
+
+    def pack(t):
+        key = t.untyped_storage()._cdata
+        if key not in params and key not in seen:
+            seen[key] = (t.untyped_storage().nbytes(), state["in_layer"] > 0)
+        return t
+
+    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
+    mask = torch.ones(batch, seq, dtype=torch.long, device="meta")
+    kw = {"input_ids": ids, "attention_mask": mask}
+    kw["labels"] = ids if head == "lm" else torch.zeros(batch, dtype=torch.long, device="meta")
+    from unittest import mock
+
+    import transformers.masking_utils as mu
+
+    try:
+        # a mask of ones lets attention skip the mask (as a batch without padding does); transformers checks that
+        # with .item(), which a meta tensor cannot answer
+        with mock.patch.object(mu, "fast_all", lambda t: True), \
+                mock.patch.object(mu, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: True), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    in_layers = sum(b for b, inside in seen.values() if inside)
+    outside = sum(b for b, inside in seen.values() if not inside)
+    return {"layers": in_layers, "outside": outside, "n_layers": len(layers)}
+
+
+def _layer_list(model):
+    from torch import nn
+
+    best = None
+    for _, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) and (best is None or len(m) > len(best)):
+            best = m
+    return list(best or [])
+
+
+# ============================================================================================ the plan
+def plan(cfg) -> Plan:
+    """The memory plan of the run `cfg` describes (plan_device: cuda|cpu picks the compute dtype for `auto`;
+    plan_lora_dtype: fp32|bf16)."""
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from harness import methods
+    from harness.config import effective_rank, is_causal
+
+    m = cfg.method
+    quant = str(getattr(m.quant, "value", m.quant))
+    adapter = bool(m.adapter)
+    head = "lm" if is_causal(cfg.task) else "classifier"
+    compute = methods.compute_dtype(m.compute_dtype) if str(getattr(m.compute_dtype, "value", m.compute_dtype)) != "auto" \
+        else (torch.bfloat16 if cfg.get("plan_device", "cuda") == "cuda" else methods.compute_dtype("auto"))
+    base = methods.base_dtype(m)
+    b, s = int(cfg.train.batch_size), int(cfg.train.max_seq_len)
+    ckpt = bool(cfg.train.gradient_checkpointing)
+    optim = str(getattr(cfg.train.optimizer, "value", cfg.train.optimizer))
+
+    # --- structure and parameters (in the base dtype; quantized layers are re-counted below)
+    model = meta_model(cfg, head, base)
+    # bitsandbytes (through transformers) converts every linear layer of the base model but the LM's output
+    # layer; our classifier head is outside the quantized backbone
+    linear = _linear_weights(model, QUANT_SKIP) if quant != "none" else {}
+    if adapter:
+        lcfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with open_dict(lcfg):
+            lcfg.method.quant = "none"
+            lcfg.method.double_quant = False
+        model = methods.apply(model, lcfg, gradient_checkpointing=False)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    counted = methods.count_parameters(model)
+    q_names = {n + ".weight" for n in linear}
+    parts, notes = {}, {}
+    q_params = sum(i * o for i, o in linear.values())
+    qb = {"weight": 0, "constants": 0, "code": 0}
+    for shape in linear.values():
+        for k, v in quantized_bytes(shape, quant, bool(m.double_quant)).items():
+            qb[k] += v
+    seen, other, trainable, trainable_list = set(), 0, 0, []
+    for name, p in model.named_parameters():
+        key = p.untyped_storage()._cdata
+        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if key in seen:
+            continue
+        seen.add(key)
+        if p.requires_grad:
+            trainable += p.numel()
+            trainable_list.append(p.numel())
+        if clean in q_names and not p.requires_grad:
+            continue
+        if "modules_to_save" in name or "original_module" in name or "lora_" in name or p.requires_grad:
+            if adapter:
+                continue  # counted as trainable below (LoRA and the head are fp32)
+        other += p.numel() * p.element_size()
+    if quant != "none":
+        parts["base weights: quantized linear layers"] = qb["weight"]
+        parts["base weights: quantization constants"] = qb["constants"] + qb["code"]
+        bits = 8 * (qb["weight"] + qb["constants"]) / max(q_params, 1)
+        notes["base weights: quantized linear layers"] = (
+            f"{q_params:,} weights in {len(linear)} linear layers x "
+            f"{'1 byte' if quant == 'int8' else '0.5 byte'} = {qb['weight'] / GIB:.3f} GiB")
+        notes["base weights: quantization constants"] = (
+            ("one fp32 scale per output row" if quant == "int8" else
+             f"{'8-bit absmax per 64 weights + fp32 per 256 blocks + code book' if m.double_quant else 'fp32 absmax per 64 weights'}")
+            + f" -> {bits:.3f} bits per weight in all")
+    parts["base weights: kept in " + str(base).replace("torch.", "")] = other
+    notes["base weights: kept in " + str(base).replace("torch.", "")] = (
+        "embeddings, norms, LM head, biases" + ("" if quant != "none" else " and every linear layer")
+        + (" (full fine-tuning: trained)" if not adapter else ""))
+    # peft keeps LoRA weights in fp32 (autocast_adapter_dtype); the QLoRA paper's code keeps them in bf16
+    lora_bytes = 2 if cfg.get("plan_lora_dtype", "fp32") == "bf16" else 4
+    t_bytes = lora_bytes if adapter else base.itemsize
+    if adapter:
+        parts["trainable: LoRA and head"] = trainable * lora_bytes
+        notes["trainable: LoRA and head"] = (f"{trainable:,} parameters x {lora_bytes} bytes "
+                                             f"(r={effective_rank(cfg.lora)}, targets {cfg.lora.targets})")
+    parts["gradients"] = trainable * t_bytes
+    notes["gradients"] = f"{trainable:,} x {t_bytes} bytes"
+    parts["optimizer state"], notes["optimizer state"] = _optimizer_bytes(optim, trainable_list)
+
+    # --- activations: a traced forward pass on the meta device
+    tr_model = model
+    if quant != "none" or compute != base:
+        # quantized frozen layers save their input (bitsandbytes' matmul does): trace them as trainable;
+        # the trace runs in the compute dtype, as autocast would
+        for n, p in tr_model.named_parameters():
+            if n.replace("base_model.model.", "").replace(".base_layer", "") in q_names:
+                p.requires_grad_(True)
+        if compute != base:
+            tr_model.to(compute)
+    if ckpt:
+        per = trace_activations(tr_model, b, s, head, 0)
+        per_layer = per["layers"] / max(per["n_layers"], 1)
+        hidden = _hidden(cfg)
+        kept = per["n_layers"] * b * s * hidden * compute.itemsize
+        acts = per["outside"] + kept + per_layer
+        notes["activations"] = (f"gradient checkpointing: {per['n_layers']} layer inputs ({b}x{s}x{hidden}) kept "
+                                f"= {kept / MB:.0f} MB, one layer recomputed ({per_layer / MB:.0f} MB), outside "
+                                f"the layers {per['outside'] / MB:.0f} MB")
+    else:
+        per = trace_activations(tr_model, b, s, head, 0)
+        acts = per["layers"] + per["outside"]
+        notes["activations"] = (f"saved for backward, traced: {per['layers'] / MB:.0f} MB in {per['n_layers']} "
+                                f"layers ({per['layers'] / max(per['n_layers'], 1) / MB:.1f} MB each at batch {b} x "
+                                f"{s} tokens) + {per['outside'] / MB:.0f} MB outside them (embeddings, head, loss)")
+    parts["activations"] = acts
+    if compute != base and base == torch.float32:
+        n_lin = sum(i * o for i, o in _linear_weights(model, methods.EXCLUDE_FROM_ALL_LINEAR).values()) - q_params
+        if not adapter:
+            n_lin = sum(i * o for i, o in _linear_weights(model, ()).values())
+        parts["autocast weight copies"] = n_lin * compute.itemsize
+        notes["autocast weight copies"] = f"{n_lin:,} fp32 linear weights cast to {str(compute).replace('torch.', '')} " \
+                                          "and kept for the backward pass"
+    if head == "lm":
+        vocab = int(hf_config(cfg.model).vocab_size)
+        parts["loss buffers"] = b * s * vocab * 4
+        notes["loss buffers"] = f"gradient of the fp32 logits: {b} x {s} x {vocab:,} x 4 bytes"
+    return Plan(model=cfg.model.name, method=m.name,
+                setting={"batch_size": b, "max_seq_len": s, "gradient_checkpointing": ckpt, "optimizer": optim,
+                         "r": effective_rank(cfg.lora) if adapter else None,
+                         "targets": cfg.lora.targets if adapter else None, "compute_dtype": str(compute)[6:],
+                         "base_dtype": str(base)[6:], "head": head},
+                params={"total": counted["total"], "trainable": trainable, "quantized_linear": q_params},
+                parts={k: int(v) for k, v in parts.items()}, notes=notes)
+
+
+def _hidden(cfg) -> int:
+    c = hf_config(cfg.model)
+    return int(getattr(c, "hidden_size", None) or getattr(c, "n_embd"))
+
+
+def _optimizer_bytes(optim: str, sizes: list[int]) -> tuple[int, str]:
+    n = sum(sizes)
+    if optim in ("adamw", "paged_adamw"):
+        paged = " (paged: evictable to CPU memory under pressure)" if optim.startswith("paged") else ""
+        return 8 * n, f"AdamW: 2 fp32 states x {n:,} = 8 bytes per trainable parameter{paged}"
+    big = sum(x for x in sizes if x >= ADAM8_MIN)
+    small = n - big
+    b = 2 * big + 2 * 4 * math.ceil(big / ADAM8_BLOCK) + 8 * small
+    return b, (f"8-bit AdamW: 2 bytes per parameter + fp32 constants per {ADAM8_BLOCK} for {big:,} parameters; "
+               f"32-bit state for {small:,} in tensors under {ADAM8_MIN:,} elements")
+
+
+def compose_plan_config(overrides: list[str], method: str | None = None, device: str = "cuda",
+                        lora_dtype: str = "fp32"):
+    """The run config for these overrides (a decoder without a named task is planned for instruction tuning)."""
+    from omegaconf import open_dict
+
+    from harness.config import is_causal
+    from harness.search import compose
+
+    ovr = [o for o in overrides if not (method and o.startswith("method="))] + ([f"method={method}"] if method else [])
+    cfg = compose(ovr)
+    if not is_causal(cfg.task) and cfg.model.arch in ("llama", "gpt2", "opt") and not any(
+            o.startswith("task=") for o in ovr):
+        cfg = compose(ovr + ["task=alpaca"])
+    with open_dict(cfg):
+        cfg.plan_device = device
+        cfg.plan_lora_dtype = lora_dtype
+    return cfg
+
+
+def make_plan(overrides: list[str], method: str | None = None, **kw) -> Plan:
+    """plan() of the run `python -m harness.run <overrides> [method=<method>]` would be."""
+    return plan(compose_plan_config(overrides, method, **kw))
+
+
+BATCH_PARTS = ("activations", "loss buffers")  # the parts that grow with the batch (linearly: every saved tensor
+# and the logits are per sequence); everything else is fixed
+
+
+def largest_batch(p: Plan, gpu_gb: float, reserve_gb: float = 1.0) -> int:
+    """The largest batch size that fits at the plan's sequence length (0: not even one sequence)."""
+    per_seq = sum(p.parts.get(k, 0) for k in BATCH_PARTS) / max(p.setting["batch_size"], 1)
+    fixed = p.resident - per_seq * p.setting["batch_size"]
+    room = (gpu_gb * 1e9 - reserve_gb * GIB) / 1.05 - fixed
+    if room < per_seq or per_seq <= 0:
+        return 0 if room < per_seq else 10**6
+    return int(room // per_seq)
+
+
+# ============================================================================================ printing
+def fmt_gb(n: float) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def table(plans: list[Plan], gpus=GPUS_GB, reserve_gb: float = 1.0, batches: dict | None = None) -> str:
+    parts = []
+    for p in plans:
+        for k in p.parts:
+            if k not in parts:
+                parts.append(k)
+    head = ["part (GiB)"] + [p.method for p in plans]
+    rows = [[k] + [fmt_gb(p.parts.get(k, 0)) if k in p.parts else "-" for p in plans] for k in parts]
+    rows.append(["**total**"] + [f"**{fmt_gb(p.total)}**" for p in plans])
+    if any(p.resident != p.total for p in plans):
+        rows.append(["on the GPU (paged optimizer state evictable)"] + [fmt_gb(p.resident) for p in plans])
+    rows.append(["trainable parameters"] + [f"{p.params['trainable']:,}" for p in plans])
+    for g in gpus:
+        cells = []
+        for p in plans:
+            ok = p.fits(g, reserve_gb)
+            mb = (batches or {}).get((p.method, g))
+            cells.append(("yes" if ok else "no") + (f", batch <= {mb}" if mb is not None else ""))
+        rows.append([f"fits {g} GB"] + cells)
+    w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows])
+
+
+USAGE = "usage: python -m harness.plan model=NAME [method=NAME] [run overrides ...] [--all-methods] [--json] " \
+        "[--gpus 24,40,48,80] [--reserve-gb 1.0] [--no-batch] [--device cuda|cpu] [--lora-dtype fp32|bf16]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = {"json": False, "gpus": GPUS_GB, "reserve": 1.0, "all": None, "batch": True, "device": "cuda",
+            "lora_dtype": "fp32"}
+    ovr = []
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help"):
+            print(USAGE + "\n\n" + __doc__)
+            return 0
+        if a == "--json":
+            opts["json"] = True
+        elif a == "--all-methods":
+            opts["all"] = True
+        elif a == "--no-batch":
+            opts["batch"] = False
+        elif a.startswith("--gpus"):
+            v = a.split("=", 1)[1] if "=" in a else next(it, "")
+            opts["gpus"] = tuple(float(x) for x in v.split(","))
+        elif a.startswith("--reserve-gb"):
+            opts["reserve"] = float(a.split("=", 1)[1] if "=" in a else next(it, "1"))
+        elif a.startswith("--lora-dtype"):
+            opts["lora_dtype"] = a.split("=", 1)[1] if "=" in a else next(it, "fp32")
+            if opts["lora_dtype"] not in ("fp32", "bf16"):
+                print(f"error: --lora-dtype={opts['lora_dtype']!r} is not valid; valid: fp32, bf16", file=sys.stderr)
+                return 2
+        elif a.startswith("--device"):
+            opts["device"] = a.split("=", 1)[1] if "=" in a else next(it, "cuda")
+        elif a.startswith("-"):
+            print(f"error: unknown option {a!r}\n{USAGE}", file=sys.stderr)
+            return 2
+        else:
+            ovr.append(a)
+    one = any(o.startswith("method=") for o in ovr) and not opts["all"]
+    names = [None] if one else list(METHODS)
+    try:
+        cfgs = [compose_plan_config(ovr, n, opts["device"], opts["lora_dtype"]) for n in names]
+        plans = [plan(c) for c in cfgs]
+    except Exception as e:  # a bad override or a model without a shape
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = cfgs[0]
+    batches = {}
+    if opts["batch"]:
+        for p in plans:
+            for g in opts["gpus"]:
+                batches[(p.method, g)] = largest_batch(p, g, opts["reserve"])
+    if opts["json"]:
+        print(json.dumps([{**p.as_dict(), "largest_batch": {str(g): batches.get((p.method, g)) for g in opts["gpus"]}}
+                          for p in plans], indent=2))
+        return 0
+    s = plans[0].setting
+    print(f"# {cfg.model.name}: {plans[0].params['total']:,} parameters; batch {s['batch_size']} x {s['max_seq_len']} "
+          f"tokens, {s['head']} head, gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, "
+          f"optimizer {s['optimizer']}, LoRA r={cfg.lora.r} on {cfg.lora.targets}, compute {s['compute_dtype']}\n")
+    print(table(plans, opts["gpus"], opts["reserve"], batches))
+    print(f"\nFits = total x 1.05 + {opts['reserve']} GiB (CUDA context, allocator) <= the GPU's memory; "
+          "'batch <=' is the largest batch size that fits at this sequence length.\n")
+    for p in plans:
+        print(f"## {p.method}")
+        for k, v in p.notes.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

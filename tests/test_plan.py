@@ -1,0 +1,135 @@
+"""Memory planner: exact weight bytes against models loaded with each method (tiny random models built from a
+config), the papers' arithmetic, activations that scale with the batch, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness import methods, models
+from harness.plan import GB, largest_batch, make_plan, quantized_bytes
+from tests.conftest import REPO, save_random_llama
+
+QUANT = ["qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq"]
+
+
+def shape_overrides(path, arch: str) -> list[str]:
+    cfg = json.loads((path / "config.json").read_text())
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings", "type_vocab_size")
+    shape = ", ".join(f"{k}: {str(cfg[k]).lower() if isinstance(cfg[k], bool) else cfg[k]}" for k in keys if k in cfg)
+    # smollm2_135m's shape has the same keys (Llama), each replaced by the tiny model's value
+    return ["model=smollm2_135m", f"model.source={path}", f"model.arch={arch}", "model.name=tiny",
+            "model.max_position=128", f"++model.shape={{{shape}}}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_lm(tmp_path_factory):
+    """A random 2-layer Llama with an untied LM head (as a causal LM folder) and its shape overrides."""
+    d = tmp_path_factory.mktemp("tiny_llama_lm")
+    save_random_llama(d, 128, 2, 4, 2, 256)
+    return d
+
+
+def held_bytes(model) -> dict:
+    """What a loaded model holds: quantized linear layers (weights + constants) and everything else."""
+    st = methods.quantized_storage(model)
+    q = {x["name"] for x in st}
+    other = 0
+    for n, p in model.named_parameters():
+        if n.rsplit(".", 1)[0] in q and n.endswith(".weight"):
+            continue
+        other += p.numel() * p.element_size()
+    return {"quantized": sum(x["weight_bytes"] for x in st),
+            "constants": sum(x["absmax_bytes"] + x["absmax2_bytes"] + x["per_tensor_bytes"] for x in st),
+            "other": other}
+
+
+@pytest.mark.parametrize("method", QUANT + ["lora", "lora_bf16"])
+def test_planned_weight_bytes_equal_the_bytes_a_loaded_model_holds(tiny_llama_lm, method):
+    ovr = shape_overrides(tiny_llama_lm, "llama") + [f"method={method}", "task=wikisql"]
+    p = make_plan(ovr, device="cpu")
+    from harness.search import compose
+
+    cfg = compose(ovr)
+    bnb = methods.bnb_config(cfg.method, torch.bfloat16)
+    model = models.load_causal_lm(str(tiny_llama_lm), cfg.model, quantization_config=bnb,
+                                  dtype=methods.base_dtype(cfg.method), device="cpu")
+    held = held_bytes(model)
+    assert p.parts.get("base weights: quantized linear layers", 0) == held["quantized"]
+    assert p.parts.get("base weights: quantization constants", 0) == held["constants"]
+    kept = next(v for k, v in p.parts.items() if k.startswith("base weights: kept"))
+    assert kept == held["other"]
+
+
+def test_double_quantization_saves_0_373_bits_per_weight():
+    shape = (8192, 8192)
+    n = shape[0] * shape[1]
+    nf4, dq = quantized_bytes(shape, "nf4", False), quantized_bytes(shape, "nf4", True)
+    assert 8 * nf4["constants"] / n == pytest.approx(0.5)
+    assert 8 * dq["constants"] / n == pytest.approx(8 / 64 + 32 / (64 * 256))
+    assert 8 * (nf4["constants"] - dq["constants"]) / n == pytest.approx(0.373, abs=5e-4)
+    assert quantized_bytes((4096, 11008), "int8", False) == {"weight": 4096 * 11008, "constants": 11008 * 4, "code": 0}
+
+
+def test_paper_scale_figures_from_the_shape_alone():
+    # LLaMA-65B, 16-bit full fine-tuning: 12 bytes per parameter before activations -> more than 780 GB
+    full = make_plan(["model=llama_65b", "method=full", "method.base_dtype=bf16", "train.batch_size=1",
+                      "train.max_seq_len=256", "train.gradient_checkpointing=true"])
+    assert 65e9 < full.params["total"] < 66.5e9
+    fixed = sum(v for k, v in full.parts.items() if k != "activations" and k != "loss buffers")
+    assert fixed == pytest.approx(12 * full.params["total"], rel=1e-6) and fixed > 780 * GB
+    # QLoRA of LLaMA-65B, the paper's recipe: under 48 GB
+    q = make_plan(["model=llama_65b", "method=qlora_nf4_dq", "method.base_dtype=bf16", "lora.r=64",
+                   "lora.targets=all_linear", "train.optimizer=paged_adamw", "train.batch_size=1",
+                   "train.max_seq_len=512", "train.gradient_checkpointing=true"], lora_dtype="bf16")
+    assert q.total < 48 * GB and q.resident < q.total
+    assert q.fits(80) and not q.fits(24)
+
+
+def test_activations_grow_with_the_batch_and_checkpointing_cuts_them():
+    base = ["model=smollm2_135m", "method=lora", "task=wikisql", "train.max_seq_len=64"]
+    p1 = make_plan(base + ["train.batch_size=1"], device="cpu")
+    p4 = make_plan(base + ["train.batch_size=4"], device="cpu")
+    assert p4.parts["activations"] == pytest.approx(4 * p1.parts["activations"], rel=0.02)
+    assert p4.parts["loss buffers"] == 4 * p1.parts["loss buffers"] == 4 * 64 * 49152 * 4
+    ck = make_plan(base + ["train.batch_size=4", "train.gradient_checkpointing=true"], device="cpu")
+    assert ck.parts["activations"] < p4.parts["activations"] / 3
+    # the largest batch is where the next sequence no longer fits
+    b = largest_batch(p4, 24)
+    assert b > 4
+    per = (p4.parts["activations"] + p4.parts["loss buffers"]) / 4
+    assert (p4.resident + (b - 4) * per) * 1.05 + 2**30 <= 24e9 < (p4.resident + (b - 3) * per) * 1.05 + 2**30
+
+
+def test_lora_trainable_parameters_match_the_formula():
+    p = make_plan(["model=llama_7b", "method=qlora_nf4", "lora.r=8", "lora.targets=qv", "train.batch_size=1",
+                   "train.max_seq_len=32"])
+    assert p.params["trainable"] == 32 * 2 * 8 * (4096 + 4096)
+    assert p.parts["trainable: LoRA and head"] == 4 * p.params["trainable"]
+    assert p.parts["optimizer state"] == 8 * p.params["trainable"]
+
+
+def test_plan_cli_prints_every_method_and_rejects_bad_input():
+    p = subprocess.run([sys.executable, "-m", "harness.plan", "model=smollm2_135m", "train.batch_size=2",
+                        "train.max_seq_len=64"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for m in ("full", "lora", "qlora_int8", "qlora_fp4_dq", "qlora_nf4_dq", "fits 24 GB", "batch <="):
+        assert m in p.stdout
+    bad = subprocess.run([sys.executable, "-m", "harness.plan", "model=llama_9000"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "llama_65b" in bad.stderr  # Hydra lists the valid models
+    bad = subprocess.run([sys.executable, "-m", "harness.plan", "model=smollm2_135m", "--lora-dtype", "fp8"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "valid: fp32, bf16" in bad.stderr
+
+
+def test_a_plan_only_model_cannot_run():
+    from harness.models import ModelError, resolve
+
+    with pytest.raises(ModelError, match="memory planner only"):
+        resolve("plan-only:gpt3_175b", "/tmp", "gpt3_175b")

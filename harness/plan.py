@@ -144,13 +144,47 @@ def quantized_bytes(shape: tuple[int, int], quant: str, double_quant: bool) -> d
 
 
 # ============================================================================================ activations
-def trace_activations(model, batch: int, seq: int, head: str, vocab: int) -> dict:
+def _autocast_mode(dtype, quantized: set[int], excluded: set[int]):
+    """Autocast on the meta device (which torch.autocast does not cover): matmul-like ops cast their floating
+    inputs to `dtype`, every other op follows type promotion, as autocast on CPU and CUDA does. A cast of a
+    quantized layer's weight is not kept (bitsandbytes dequantizes it again in the backward pass)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_map
+
+    lowp = {F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.Tensor.matmul,
+            torch.Tensor.__matmul__, F.scaled_dot_product_attention, torch.einsum}
+
+    class Autocast(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in lowp:
+                def cast(t):
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+                        out = t.to(dtype)
+                        if t.untyped_storage()._cdata in quantized:
+                            excluded.add(out.untyped_storage()._cdata)
+                        return out
+                    return t
+
+                args, kwargs = tree_map(cast, args), tree_map(cast, kwargs)
+            return func(*args, **kwargs)
+
+    return Autocast()
+
+
+def trace_activations(model, batch: int, seq: int, head: str, compute=None, quantized: set[int] = frozenset()) -> dict:
     """Bytes of the tensors autograd saves in one forward pass (meta device, nothing allocated), split into the
-    transformer layers' share and the rest."""
+    transformer layers' share and the rest. `compute`: the autocast dtype (None: no autocast); `quantized`: storages
+    of the weights a quantizer holds (their 16-bit casts are not kept)."""
+    import contextlib
+
     import torch
 
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     params |= {b.untyped_storage()._cdata for b in model.buffers()}
+    excluded: set[int] = set()
     seen: dict[int, tuple[int, bool]] = {}
     state = {"in_layer": 0}
     layers = _layer_list(model)
@@ -161,7 +195,7 @@ def trace_activations(model, batch: int, seq: int, head: str, vocab: int) -> dic
 
     def pack(t):
         key = t.untyped_storage()._cdata
-        if key not in params and key not in seen:
+        if key not in params and key not in seen and key not in excluded:
             seen[key] = (t.untyped_storage().nbytes(), state["in_layer"] > 0)
         return t
 
@@ -178,7 +212,8 @@ def trace_activations(model, batch: int, seq: int, head: str, vocab: int) -> dic
         # with .item(), which a meta tensor cannot answer
         with mock.patch.object(mu, "fast_all", lambda t: True), \
                 mock.patch.object(mu, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: True), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                (_autocast_mode(compute, quantized, excluded) if compute is not None else contextlib.nullcontext()):
             model(**kw)
     finally:
         for h in hooks:
@@ -283,39 +318,31 @@ def plan(cfg) -> Plan:
     notes["gradients"] = f"{trainable:,} x {t_bytes} bytes"
     parts["optimizer state"], notes["optimizer state"] = _optimizer_bytes(optim, trainable_list)
 
-    # --- activations: a traced forward pass on the meta device
-    tr_model = model
-    if quant != "none" or compute != base:
-        # quantized frozen layers save their input (bitsandbytes' matmul does): trace them as trainable;
-        # the trace runs in the compute dtype, as autocast would
-        for n, p in tr_model.named_parameters():
-            if n.replace("base_model.model.", "").replace(".base_layer", "") in q_names:
-                p.requires_grad_(True)
-        if compute != base:
-            tr_model.to(compute)
+    # --- activations: a traced forward pass on the meta device, under emulated autocast
+    # quantized frozen layers save their input (bitsandbytes' matmul does): trace them as trainable
+    qkeys = set()
+    for n, p in model.named_parameters():
+        if n.replace("base_model.model.", "").replace(".base_layer", "") in q_names:
+            p.requires_grad_(True)
+            qkeys.add(p.untyped_storage()._cdata)
+    amp = compute if compute != base else None
+    per = trace_activations(model, b, s, head, amp, qkeys)
     if ckpt:
-        per = trace_activations(tr_model, b, s, head, 0)
         per_layer = per["layers"] / max(per["n_layers"], 1)
         hidden = _hidden(cfg)
-        kept = per["n_layers"] * b * s * hidden * compute.itemsize
+        kept = per["n_layers"] * b * s * hidden * base.itemsize
         acts = per["outside"] + kept + per_layer
         notes["activations"] = (f"gradient checkpointing: {per['n_layers']} layer inputs ({b}x{s}x{hidden}) kept "
                                 f"= {kept / MB:.0f} MB, one layer recomputed ({per_layer / MB:.0f} MB), outside "
                                 f"the layers {per['outside'] / MB:.0f} MB")
     else:
-        per = trace_activations(tr_model, b, s, head, 0)
         acts = per["layers"] + per["outside"]
         notes["activations"] = (f"saved for backward, traced: {per['layers'] / MB:.0f} MB in {per['n_layers']} "
                                 f"layers ({per['layers'] / max(per['n_layers'], 1) / MB:.1f} MB each at batch {b} x "
-                                f"{s} tokens) + {per['outside'] / MB:.0f} MB outside them (embeddings, head, loss)")
+                                f"{s} tokens) + {per['outside'] / MB:.0f} MB outside them (embeddings, head, loss)"
+                                + (f"; autocast to {str(amp)[6:]} emulated (its 16-bit weight copies included)"
+                                   if amp is not None else ""))
     parts["activations"] = acts
-    if compute != base and base == torch.float32:
-        n_lin = sum(i * o for i, o in _linear_weights(model, methods.EXCLUDE_FROM_ALL_LINEAR).values()) - q_params
-        if not adapter:
-            n_lin = sum(i * o for i, o in _linear_weights(model, ()).values())
-        parts["autocast weight copies"] = n_lin * compute.itemsize
-        notes["autocast weight copies"] = f"{n_lin:,} fp32 linear weights cast to {str(compute).replace('torch.', '')} " \
-                                          "and kept for the backward pass"
     if head == "lm":
         vocab = int(hf_config(cfg.model).vocab_size)
         parts["loss buffers"] = b * s * vocab * 4

@@ -71,7 +71,7 @@ def measured_section(store) -> tuple[list[str], dict]:
           "The last two columns split the peak: weights / gradients / optimizer state / the rest (activations, "
           "temporaries, allocator). Measured: the bytes of the tensors each category holds before the second optimizer "
           "step (`memory.breakdown`), the rest = measured peak minus those; planned: the planner's parts (the rest = "
-          "activations (with autocast's 16-bit weight copies) + loss buffers).", "",
+          "activations + autocast weight copies + loss buffers).", "",
           tables.md_table(["Model", "Method", "Batch x tokens", "Measured MB", "Planned MB", "Planned / measured",
                            f"Within {TOLERANCE:.0%}", "Measured W / G / O / rest", "Planned W / G / O / rest"], rows,
                           ["l", "l", "r", "r", "r", "r", "l", "r", "r"]), ""]

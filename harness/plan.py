@@ -416,6 +416,19 @@ def _optimizer_bytes(optim: str, sizes: list[int]) -> tuple[int, str]:
                f"32-bit state for {small:,} in tensors under {ADAM8_MIN:,} elements")
 
 
+def plan_for_record(rec: dict) -> Plan:
+    """The plan of a recorded run at its longest batch (its config is in the record), on the device it ran on."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = OmegaConf.create(rec["config"])
+    longest = (rec.get("throughput") or {}).get("longest_batch") or {}
+    with open_dict(cfg):
+        cfg.train.batch_size = longest.get("batch_size") or cfg.train.batch_size
+        cfg.train.max_seq_len = longest.get("seq_len") or cfg.train.max_seq_len
+        cfg.plan_device = (rec.get("host") or {}).get("device", "cpu")
+    return plan(cfg)
+
+
 def compose_plan_config(overrides: list[str], method: str | None = None, device: str = "cuda",
                         lora_dtype: str = "fp32"):
     """The run config for these overrides (a decoder without a named task is planned for instruction tuning)."""

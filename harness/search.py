@@ -699,8 +699,9 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
 
 def load(overrides: list[str]):
     """(search spec, the trials' base overrides, a composed run config for checks) from the command line."""
-    search_ovr = merge_overrides([o for o in overrides if _key(o) == "search" or _key(o).startswith("search.")])
-    run_ovr = [o for o in overrides if o not in search_ovr]
+    is_search = [_key(o) == "search" or _key(o).startswith("search.") for o in overrides]
+    search_ovr = merge_overrides([o for o, s in zip(overrides, is_search) if s])
+    run_ovr = [o for o, s in zip(overrides, is_search) if not s]
     spec = compose(search_ovr).search
     if spec is None:
         raise ConfigError("no search space selected: pass search=<name> (conf/search/)")

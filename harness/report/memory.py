@@ -24,12 +24,23 @@ def _latest(store, name: str) -> list[dict]:
     return chosen
 
 
+def _plan_mb(rec: dict) -> dict:
+    """The current planner's prediction for a recorded run (recomputed from its config and longest batch, so the
+    table follows the planner; the record's own memory.plan is what the planner said when it ran)."""
+    from harness.plan import plan_for_record
+
+    p = plan_for_record(rec)
+    return {"total_mb": p.total / MIB, "parts_mb": {k: v / MIB for k, v in p.parts.items()}, "setting": p.setting}
+
+
 def measured_section(store) -> tuple[list[str], dict]:
     rows, wrows, stats = [], [], {"n": 0, "within": 0, "weights_exact": 0, "weights_n": 0}
     for name in EXPERIMENTS:
         for r in sorted(_latest(store, name), key=lambda r: (r["config"]["method"]["name"],
                                                              r["config"]["train"]["batch_size"])):
-            p = (r.get("memory") or {}).get("plan") or {}
+            if not (r.get("throughput") or {}).get("longest_batch"):
+                continue  # recorded before runs kept their longest batch
+            p = _plan_mb(r)
             meas = (r.get("memory") or {}).get("peak_mb")
             if not p or "total_mb" not in p or not meas:
                 continue
@@ -41,7 +52,9 @@ def measured_section(store) -> tuple[list[str], dict]:
             pm = p["parts_mb"]
             pw = sum(v for k, v in pm.items() if k.startswith(("base weights", "trainable")))
             pg, po = pm.get("gradients", 0), pm.get("optimizer state", 0)
-            planned = f"{pw:,.0f} / {pg:,.0f} / {po:,.0f} / {p['total_mb'] - pw - pg - po:,.0f}"
+            rest = pm.get("activations", 0) + pm.get("loss buffers", 0) + pm.get("autocast weight copies", 0) + \
+                pm.get("framework working memory (CPU)", 0)
+            planned = f"{pw:,.0f} / {pg:,.0f} / {po:,.0f} / {rest:,.0f}"
             bd = (r.get("memory") or {}).get("breakdown")
             held = (f"{bd['weights_mb']:,.0f} / {bd['gradients_mb']:,.0f} / {bd['optimizer_state_mb']:,.0f} / "
                     f"{bd.get('activations_and_other_mb', 0):,.0f}") if bd else "-"
@@ -71,7 +84,10 @@ def measured_section(store) -> tuple[list[str], dict]:
           "The last two columns split the peak: weights / gradients / optimizer state / the rest (activations, "
           "temporaries, allocator). Measured: the bytes of the tensors each category holds before the second optimizer "
           "step (`memory.breakdown`), the rest = measured peak minus those; planned: the planner's parts (the rest = "
-          "activations + autocast weight copies + loss buffers).", "",
+          "activations + autocast weight copies + loss buffers + the CPU framework's working memory). The planned "
+          "peak is not their sum: it is the larger of the start of the backward pass (activations and loss buffers "
+          "alive, gradients still to come) and the optimizer step (gradients and AdamW's temporaries, activations "
+          "freed).", "",
           tables.md_table(["Model", "Method", "Batch x tokens", "Measured MB", "Planned MB", "Planned / measured",
                            f"Within {TOLERANCE:.0%}", "Measured W / G / O / rest", "Planned W / G / O / rest"], rows,
                           ["l", "l", "r", "r", "r", "r", "l", "r", "r"]), ""]
@@ -107,12 +123,14 @@ def paper_section() -> list[str]:
     full = make_plan(["model=llama_65b", "method=full", "method.base_dtype=bf16", "train.batch_size=1",
                       "train.max_seq_len=512", "train.gradient_checkpointing=true"])
     n = full.params["total"]
-    states = sum(full.parts[k] for k in full.parts if k.startswith(("base weights", "gradients", "optimizer")))
+    states = sum(v for k, v in full.parts.items() if k.startswith("base weights") or k in ("gradients",
+                                                                                           "optimizer state"))
     L += ["### 16-bit full fine-tuning of LLaMA-65B needs more than 780 GB", "",
           f"{n:,} parameters x (2 bytes of bf16 weights + 2 of gradients + 8 of AdamW's two fp32 states) = "
           f"**{states / GB:,.0f} GB** before any activation (the paper: more than 780 GB); with batch 1 x 512 tokens "
-          f"and gradient checkpointing the plan totals {full.total / GB:,.0f} GB. Mixed precision with fp32 master "
-          f"weights adds 4 bytes per parameter ({4 * n / GB:,.0f} GB more). "
+          f"and gradient checkpointing the planned peak is {full.total / GB:,.0f} GB (at the optimizer step, torch's "
+          f"foreach AdamW adds one fp32 temporary per parameter). Mixed precision with fp32 master weights would add "
+          f"4 bytes per parameter more ({4 * n / GB:,.0f} GB). "
           "`python -m harness.plan model=llama_65b method=full method.base_dtype=bf16 train.batch_size=1 "
           "train.max_seq_len=512 train.gradient_checkpointing=true`", ""]
     # 3. QLoRA 65B under 48 GB

@@ -365,6 +365,8 @@ def reap_dead_trials(study, max_retry: int) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive(t.user_attrs.get("worker", "")) is False:
             try:
+                study._storage.set_trial_user_attr(t._trial_id, "error", f"its worker ({t.user_attrs['worker']}) died "
+                                                                         "mid-trial (killed or out of memory)")
                 if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     reaped.append(t.number)
                     retry(study, study._storage.get_trial(t._trial_id))

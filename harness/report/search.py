@@ -214,6 +214,9 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
             note.append(f"same config as `{r['record']}`: its record reused")
         if pd.notna(r["retry_of"]) and r["retry_of"] is not None:
             note.append(f"retry of trial {int(r['retry_of'])}")
+        if r["state"] == "FAIL" and not r["error"]:
+            retried = df[df["retry_of"] == r["trial"]]["trial"].tolist() if "retry_of" in df else []
+            note.append("did not finish (its worker stopped)" + (f"; retried as trial {int(retried[0])}" if retried else ""))
         if r["error"]:
             note.append(str(r["error"]).splitlines()[0][:160].replace("|", "\\|"))
         all_rows.append([str(int(r["trial"])), r["state"].lower(), _val(r["value"])] + _params_of(r, pnames)

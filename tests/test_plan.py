@@ -137,3 +137,24 @@ def test_a_plan_only_model_cannot_run():
 
     with pytest.raises(ModelError, match="memory planner only"):
         resolve("plan-only:gpt3_175b", "/tmp", "gpt3_175b")
+
+
+@pytest.mark.slow
+def test_a_run_records_the_plan_beside_its_measured_peak_within_15_percent(tmp_path):
+    """MiniLM-L6, QLoRA NF4+DQ, batch 32 x 32 tokens, 4 steps (reports/memory/ has every method at two batches)."""
+    from tests.conftest import DATA
+
+    if not DATA.is_dir():
+        pytest.skip("../shared/data is not beside the repo")
+    p = subprocess.run([sys.executable, "-m", "harness.run", "+experiment=memory_minilm", "model=minilm_l6",
+                        "task=stsb", "method=qlora_nf4_dq", "train.batch_size=32", f"paths.output_root={tmp_path}",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    mem = rec["memory"]
+    assert rec["throughput"]["longest_batch"] == {"batch_size": 32, "seq_len": 32}
+    assert 0.85 <= mem["plan"]["ratio"] <= 1.15, mem["plan"]
+    bd = mem["breakdown"]  # measured by category: the weights the planner counts, to the byte (in MB here)
+    planned_w = sum(v for k, v in mem["plan"]["parts_mb"].items() if k.startswith(("base weights", "trainable")))
+    assert bd["weights_mb"] == pytest.approx(planned_w, rel=0.01)
+    assert bd["optimizer_state_mb"] == pytest.approx(mem["plan"]["parts_mb"]["optimizer state"], rel=0.01)

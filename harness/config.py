@@ -288,6 +288,21 @@ class Config:
     search: Optional[SearchConfig] = None  # python -m harness.search search=<name> (conf/search/)
 
 
+def compose(overrides: list[str]):
+    """The run config for these overrides, as `python -m harness.run <overrides>` composes it (no run directory)."""
+    from pathlib import Path
+
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return hcompose(config_name="config", overrides=list(overrides))
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     # The group YAMLs merge into this typed tree, so each is checked against its dataclass.

@@ -435,7 +435,7 @@ def compose_plan_config(overrides: list[str], method: str | None = None, device:
     from omegaconf import open_dict
 
     from harness.config import is_causal
-    from harness.search import compose
+    from harness.config import compose
 
     ovr = [o for o in overrides if not (method and o.startswith("method="))] + ([f"method={method}"] if method else [])
     cfg = compose(ovr)

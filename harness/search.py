@@ -35,11 +35,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.config import ConfigError
+from harness.config import ConfigError, compose
 
 log = logging.getLogger("harness.search")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT_SEARCH = "stsb_minilm"
 STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # objectives read from the record rather than the task's metrics: name -> (path in the record, direction hint)
@@ -55,20 +54,6 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 
 # ============================================================================================ config
-def compose(overrides: list[str]):
-    """The run config for these overrides, as `python -m harness.run <overrides>` composes it."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from harness.config import register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides))
-
-
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 

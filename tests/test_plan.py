@@ -53,7 +53,7 @@ def held_bytes(model) -> dict:
 def test_planned_weight_bytes_equal_the_bytes_a_loaded_model_holds(tiny_llama_lm, method):
     ovr = shape_overrides(tiny_llama_lm, "llama") + [f"method={method}", "task=wikisql"]
     p = make_plan(ovr, device="cpu")
-    from harness.search import compose
+    from harness.config import compose
 
     cfg = compose(ovr)
     bnb = methods.bnb_config(cfg.method, torch.bfloat16)

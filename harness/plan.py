@@ -307,7 +307,7 @@ def plan(cfg) -> Plan:
     seen, other, trainable, trainable_list = set(), 0, 0, []
     for name, p in model.named_parameters():
         key = p.untyped_storage()._cdata
-        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        clean = _base_name(name)
         if key in seen:
             continue
         seen.add(key)
@@ -359,7 +359,7 @@ def plan(cfg) -> Plan:
     # quantized frozen layers save their input (bitsandbytes' matmul does): trace them as trainable
     qkeys = set()
     for n, p in model.named_parameters():
-        if n.replace("base_model.model.", "").replace(".base_layer", "") in q_names:
+        if _base_name(n) in q_names:
             p.requires_grad_(True)
             qkeys.add(p.untyped_storage()._cdata)
     amp = compute if compute != base else None
@@ -397,6 +397,11 @@ def plan(cfg) -> Plan:
                          "base_dtype": str(base)[6:], "head": head},
                 params={"total": counted["total"], "trainable": trainable, "quantized_linear": q_params},
                 parts={k: int(v) for k, v in parts.items()}, notes=notes)
+
+
+def _base_name(name: str) -> str:
+    """A parameter's name in the base model (without peft's wrapping)."""
+    return name.replace("base_model.model.", "").replace(".base_layer", "")
 
 
 def _hidden(cfg) -> int:

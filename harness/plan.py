@@ -421,17 +421,24 @@ def _optimizer_bytes(optim: str, sizes: list[int]) -> tuple[int, str]:
                f"32-bit state for {small:,} in tensors under {ADAM8_MIN:,} elements")
 
 
-def plan_for_record(rec: dict) -> Plan:
-    """The plan of a recorded run at its longest batch (its config is in the record), on the device it ran on."""
+def plan_at(cfg, longest: dict | None, device: str) -> Plan:
+    """The plan of a run's config at its longest batch ({batch_size, seq_len}, as its record keeps it)."""
     from omegaconf import OmegaConf, open_dict
 
-    cfg = OmegaConf.create(rec["config"])
-    longest = (rec.get("throughput") or {}).get("longest_batch") or {}
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)) if not isinstance(cfg, dict) else \
+        OmegaConf.create(cfg)
+    longest = longest or {}
     with open_dict(cfg):
         cfg.train.batch_size = longest.get("batch_size") or cfg.train.batch_size
         cfg.train.max_seq_len = longest.get("seq_len") or cfg.train.max_seq_len
-        cfg.plan_device = (rec.get("host") or {}).get("device", "cpu")
+        cfg.plan_device = device
     return plan(cfg)
+
+
+def plan_for_record(rec: dict) -> Plan:
+    """The plan of a recorded run at its longest batch (its config is in the record), on the device it ran on."""
+    return plan_at(rec["config"], (rec.get("throughput") or {}).get("longest_batch"),
+                   (rec.get("host") or {}).get("device", "cpu"))
 
 
 def compose_plan_config(overrides: list[str], method: str | None = None, device: str = "cuda",

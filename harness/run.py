@@ -231,17 +231,10 @@ def _plan_for(cfg, rec: dict) -> dict | None:
     if not cfg.model.get("shape"):
         return None
     try:
-        from omegaconf import open_dict
+        from harness.plan import plan_at
 
-        from harness.plan import plan
-
-        longest = (rec.get("throughput") or {}).get("longest_batch") or {}
-        c = cfg.copy()
-        with open_dict(c):
-            c.train.batch_size = longest.get("batch_size") or c.train.batch_size
-            c.train.max_seq_len = longest.get("seq_len") or c.train.max_seq_len
-            c.plan_device = "cuda" if rec.get("memory", {}).get("method", "").startswith("cuda") else "cpu"
-        p = plan(c)
+        device = "cuda" if rec.get("memory", {}).get("method", "").startswith("cuda") else "cpu"
+        p = plan_at(cfg, (rec.get("throughput") or {}).get("longest_batch"), device)
         return {"total_mb": p.total / 2**20, "parts_mb": {k: v / 2**20 for k, v in p.parts.items()},
                 "setting": p.setting, "measured_peak_mb": rec["memory"].get("peak_mb"),
                 "ratio": (p.total / 2**20) / rec["memory"]["peak_mb"] if rec["memory"].get("peak_mb") else None}

@@ -22,16 +22,9 @@ DATA = REPO.parent / "shared" / "data"
 
 def compose(overrides: list[str] | None = None):
     """The run config as `python -m harness.run <overrides>` would compose it (no Hydra run dir)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from harness.config import compose as run_compose
 
-    from harness.config import register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides or []))
+    return run_compose(list(overrides or []))
 
 
 @pytest.fixture(scope="session")

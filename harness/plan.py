@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 GIB = 1024**3
 GB = 1e9
@@ -381,8 +379,8 @@ def plan(cfg) -> Plan:
     parts["activations"] = acts
     if per["weight_copies"]:
         parts["autocast weight copies"] = per["weight_copies"]
-        notes["autocast weight copies"] = (f"16-bit copies of the fp32 weights autocast casts and keeps for the "
-                                           f"backward pass (quantized layers dequantize again instead)")
+        notes["autocast weight copies"] = ("16-bit copies of the fp32 weights autocast casts and keeps for the "
+                                           "backward pass (quantized layers dequantize again instead)")
     if cfg.get("plan_device", "cuda") == "cpu":
         parts["framework working memory (CPU)"] = CPU_FRAMEWORK_BYTES
         notes["framework working memory (CPU)"] = "measured constant (plan.CPU_FRAMEWORK_BYTES)"

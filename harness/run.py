@@ -145,21 +145,11 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
              data.source[first])
 
     # model + method
-    transformers.set_seed(cfg.train.seed)
-    dtype = methods.compute_dtype(cfg.method.compute_dtype)
-    bnb = methods.bnb_config(cfg.method, dtype)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    meter = MemoryMeter(device=device)
+    meter = MemoryMeter(device="cuda" if torch.cuda.is_available() else "cpu")
     meter.start()
     t = time.perf_counter()
-    load_dtype = methods.base_dtype(cfg.method)
-    if causal:
-        model = models.load_causal_lm(model_path, cfg.model, quantization_config=bnb, dtype=load_dtype, device=device)
-    else:
-        num_labels = 1 if prep["norm"] is not None else len(task.labels)
-        model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
-                                       device=device)
-    model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    num_labels = None if causal else (1 if prep["norm"] is not None else len(task.labels))
+    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels)
     meter.loaded()
     rec["times"]["load_s"] = time.perf_counter() - t
     params = methods.count_parameters(model)
@@ -224,6 +214,29 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
              h["split"], h["metric"], rec["metrics"]["final"][h["split"]][h["metric"]],
              rec["metrics"]["best"][h["split"]][h["metric"]], rec["metrics"]["best_step"],
              thr.get("tokens_per_s") or float("nan"), rec["memory"]["peak_mb"] or float("nan"))
+
+
+def build_model(cfg, model_path: str, num_labels: int | None = None):
+    """The model a run trains: base weights loaded (quantized per the method), wrapped by the method, seeded by
+    train.seed. `num_labels` None = a causal LM, else a sequence classifier with that many outputs.
+    Returns (model, compute dtype, base dtype, BitsAndBytesConfig or None)."""
+    import torch
+    import transformers
+
+    from harness import methods, models
+
+    transformers.set_seed(cfg.train.seed)
+    dtype = methods.compute_dtype(cfg.method.compute_dtype)
+    bnb = methods.bnb_config(cfg.method, dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    load_dtype = methods.base_dtype(cfg.method)
+    if num_labels is None:
+        model = models.load_causal_lm(model_path, cfg.model, quantization_config=bnb, dtype=load_dtype, device=device)
+    else:
+        model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
+                                       device=device)
+    model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    return model, dtype, load_dtype, bnb
 
 
 def _plan_for(cfg, rec: dict) -> dict | None:

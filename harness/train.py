@@ -182,29 +182,11 @@ def make_compute_metrics(names: list[str], regression: bool, norm: tuple[float, 
     return compute
 
 
-def train_and_evaluate(
-    model,
-    tokenizer,
-    train_ds,
-    eval_sets: dict,
-    cfg,
-    out_dir: str,
-    *,
-    dtype: torch.dtype,
-    on_trained=None,
-    label_norm: tuple[float, float] | None = None,
-    final_evaluate=None,
-    on_evaluate=None,
-) -> dict:
-    """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
-
-    `label_norm`: the (mean, std) the regression labels of `train_ds`/`eval_sets` were standardised with.
-    Causal-LM tasks: batches are padded with `SFTCollator` (labels IGNORE on prompt and padding), evaluations
-    during training report the held-out answer loss, and `final_evaluate()` -> {split: metrics} (generation,
-    perplexity, multiple choice: harness/evaluate.py) gives the final numbers. train.max_steps=0 trains nothing.
-    `on_evaluate(step, {split: {metric: value}})` is called after each evaluation during training (every
-    `train.eval_every` steps); it may raise `Pruned` to stop the run (a search's pruner does).
-    """
+def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str, *, dtype: torch.dtype, meter,
+                 label_norm: tuple[float, float] | None = None, on_evaluate=None, callbacks=()):
+    """The Trainer every run trains with: bf16 autocast where `dtype` says so, batches padded to their longest
+    example (rounded to train.pad_to_multiple_of) and grouped by length, loss logged ~25 times a run (each
+    reading is a host sync), tokens counted without a sync per step. `callbacks` are added to ours."""
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     t = cfg.train
@@ -212,7 +194,6 @@ def train_and_evaluate(
     regression = is_regression(task)
     causal = is_causal(task)
     train_steps = int(t.max_steps) != 0
-    meter = Throughput(warmup_steps=t.warmup_steps_excluded)
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=out_dir,
@@ -258,9 +239,43 @@ def train_and_evaluate(
                        else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of)),
         compute_metrics=None if causal else make_compute_metrics(list(task.metrics), regression, label_norm),
         callbacks=[timing_cls(meter, on_evaluate=on_evaluate, splits={s: None for s in eval_sets},
-                              names=task.metrics)],
+                              names=task.metrics), *callbacks],
         meter=meter,
     )
+
+    return trainer
+
+
+def train_and_evaluate(
+    model,
+    tokenizer,
+    train_ds,
+    eval_sets: dict,
+    cfg,
+    out_dir: str,
+    *,
+    dtype: torch.dtype,
+    on_trained=None,
+    label_norm: tuple[float, float] | None = None,
+    final_evaluate=None,
+    on_evaluate=None,
+) -> dict:
+    """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
+
+    `label_norm`: the (mean, std) the regression labels of `train_ds`/`eval_sets` were standardised with.
+    Causal-LM tasks: batches are padded with `SFTCollator` (labels IGNORE on prompt and padding), evaluations
+    during training report the held-out answer loss, and `final_evaluate()` -> {split: metrics} (generation,
+    perplexity, multiple choice: harness/evaluate.py) gives the final numbers. train.max_steps=0 trains nothing.
+    `on_evaluate(step, {split: {metric: value}})` is called after each evaluation during training (every
+    `train.eval_every` steps); it may raise `Pruned` to stop the run (a search's pruner does).
+    """
+    t = cfg.train
+    task = cfg.task
+    train_steps = int(t.max_steps) != 0
+    meter = Throughput(warmup_steps=t.warmup_steps_excluded)
+    first_split = next(iter(eval_sets))
+    trainer = make_trainer(model, tokenizer, train_ds, eval_sets, cfg, out_dir, dtype=dtype, meter=meter,
+                           label_norm=label_norm, on_evaluate=on_evaluate)
 
     t0 = time.perf_counter()
     train_out = trainer.train() if train_steps else None

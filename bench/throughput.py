@@ -1,0 +1,423 @@
+"""`make bench`: lora-harness's training path against the recipe most users copy, in one process, on the same data,
+model, method and settings. Writes reports/bench/results.json (every measurement) and reports/bench/README.md.
+
+Paths (`PATHS`):
+  seed      the seed recipe: texts tokenized with padding="max_length" to train.max_seq_len, then
+            `default_data_collator` (sequence classification, as transformers' run_glue.py with pad_to_max_length)
+            or `DataCollatorForLanguageModeling(mlm=False)` (causal LM); a `Trainer` with default arguments
+            (fp32, random order, logging every 500 steps).
+  dynamic   ours without length grouping and in fp32: only padding to the batch's longest example differs.
+  grouped   ours in fp32: + length grouping.
+  ours      harness.train.make_trainer exactly as `python -m harness.run` trains: + bf16 autocast where the CPU
+            has AVX512-BF16/AMX (method.compute_dtype=auto).
+Every path trains the same model (harness.run.build_model with the same seed: same weights, same LoRA init),
+on the same examples and token ids, with the same objective (classification: cross entropy of the head;
+causal LM: next-token loss on every real token, which is what DataCollatorForLanguageModeling trains), learning
+rate, batch size and number of steps. Only the pipeline differs.
+
+Measured per path: real (non-pad) tokens per second over the steps after the first `WARMUP` (data loading,
+forward, backward and optimizer step all inside the timed span), the held-out loss after training (fp32, same
+examples for every path) and the model FLOP utilisation: training FLOPs per real token (`train_flops`, stated in
+the report) x tokens/s / the dense matmul peak measured in this process with the same threads, in the dtype the
+path computes in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parent.parent
+WARMUP = 2  # steps left out of the rate (first-shape kernel selection, allocator growth)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: str
+    task: str
+    batch_size: int
+    max_seq_len: int
+    steps: int
+    lr: float
+    heldout: int = 64  # held-out examples the final loss is computed on
+
+    def overrides(self, method: str, path: str, seed: int = 0) -> list[str]:
+        ov = [f"model={self.model}", f"task={self.task}", f"method={method}",
+              f"train.batch_size={self.batch_size}", f"train.max_seq_len={self.max_seq_len}",
+              f"train.max_steps={self.steps}", f"train.lr={self.lr}", f"train.seed={seed}",
+              f"task.train_size={self.batch_size * self.steps}", f"task.eval_size={self.heldout}",
+              "train.eval_every=0", "train.warmup_ratio=0", "lora.dropout=0.0"]
+        if path in ("dynamic", "grouped") or (path == "seed" and method == "lora"):
+            # no autocast; the seed QLoRA recipe keeps bnb_4bit_compute_dtype=bfloat16 (as peft's and the
+            # QLoRA repository's examples do), which method.compute_dtype=auto gives on a bf16 CPU
+            ov.append("method.compute_dtype=fp32")
+        if path in ("dynamic", "seed"):
+            ov.append("train.group_by_length=false")
+        return ov
+
+
+# STS-B (a task MiniLM learns at this scale) with run_glue.py's default max_seq_length (128), WikiSQL with our
+# recipe's limit (recipe/default/wikisql.yaml). lora.dropout 0 so that the paths' losses on one batch can be
+# compared exactly.
+WORKLOADS = {
+    "minilm": Workload("minilm_stsb", "minilm_l6", "stsb", batch_size=32, max_seq_len=128, steps=24, lr=3e-3),
+    "smollm2": Workload("smollm2_wikisql", "smollm2_135m", "wikisql", batch_size=8, max_seq_len=256, steps=8,
+                        lr=2e-3),
+}
+METHODS = ("lora", "qlora_nf4_dq")
+PATHS = ("seed", "dynamic", "grouped", "ours")
+LEVERS_FOR = ("lora",)  # the in-between paths run by default for these methods only (QLoRA: seed and ours)
+
+
+# ------------------------------------------------------------------------------------------- machine peak
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """Dense `torch.matmul` FLOP/s of an n x n product in `dtype` on the current threads (best of 3 rounds)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+    return best
+
+
+# ------------------------------------------------------------------------------------------- FLOP count
+def train_flops(model) -> dict:
+    """Training FLOPs per real token from the linear layers that run per token: a frozen weight of n elements
+    costs 2n forward + 2n for the input gradient (4n); a trained one adds 2n for its weight gradient (6n), so full
+    fine-tuning is 6N and LoRA 4N_frozen + 6N_adapter. Attention-score products (O(seq) per token, <3% here),
+    norms and activations are left out. The BERT pooler and peft's frozen copy of a trained head do not run."""
+    frozen = trained = 0
+    for name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or "pooler" in name or "original_module" in name:
+            continue
+        n = m.in_features * m.out_features
+        if m.weight.requires_grad:
+            trained += n
+        else:
+            frozen += n
+    return {"per_token": 4 * frozen + 6 * trained, "frozen_linear": frozen, "trained_linear": trained,
+            "formula": "4 x frozen linear weights + 6 x trained linear weights, per real token"}
+
+
+# ------------------------------------------------------------------------------------------- data
+def _texts(cfg, data) -> list[list[str]]:
+    """Per example, the text fields a tokenizer gets: the task's fields (classification) or prompt + answer."""
+    from harness.config import is_causal
+
+    if is_causal(cfg.task):
+        return [[p + a] for p, a in zip(data["prompt"], data["answer"])]
+    return [[data[f].iloc[i] for f in cfg.task.text_fields] for i in range(len(data))]
+
+
+def tokenized(cfg, data_df, tokenizer, *, seed_recipe: bool, norm=None):
+    """The training set one path sees. Ours: harness.train.tokenize (classification) or harness.lm.encode_example
+    with an empty prompt, i.e. the loss on every token (causal). Seed: tokenizer(..., padding="max_length")."""
+    import datasets
+
+    from harness.config import is_causal, is_regression
+
+    n = cfg.train.max_seq_len
+    causal = is_causal(cfg.task)
+    if seed_recipe:
+        texts = _texts(cfg, data_df)
+        enc = tokenizer(*zip(*texts), padding="max_length", truncation=True, max_length=n)
+        cols = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        if not causal:
+            mean, std = norm or (0.0, 1.0)
+            cols["labels"] = ([(float(x) - mean) / std for x in data_df["label"]] if is_regression(cfg.task)
+                              else [int(x) for x in data_df["label"]])
+        return datasets.Dataset.from_dict(cols)
+    if causal:
+        from harness.lm import encode_example
+
+        rows = [encode_example(tokenizer, "", t[0], n, add_eos=False) for t in _texts(cfg, data_df)]
+        for r in rows:
+            r.pop("truncated")
+        return datasets.Dataset.from_list(rows)
+    from harness.train import tokenize
+
+    return tokenize(data_df, tokenizer, list(cfg.task.text_fields), n, is_regression(cfg.task), norm)
+
+
+class CountingCollator:
+    """Wraps a collator; keeps each batch's real-token count (attention_mask sum) in order."""
+
+    def __init__(self, inner):
+        self.inner, self.tokens = inner, []
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+
+def seed_collator(cfg, tokenizer):
+    from transformers import DataCollatorForLanguageModeling, default_data_collator
+
+    from harness.config import is_causal
+
+    return DataCollatorForLanguageModeling(tokenizer, mlm=False) if is_causal(cfg.task) else default_data_collator
+
+
+def ours_collator(cfg, tokenizer):
+    """The collator harness.train.make_trainer uses."""
+    from transformers import DataCollatorWithPadding
+
+    from harness.config import is_causal
+    from harness.train import _sft_collator
+
+    m = cfg.train.pad_to_multiple_of
+    return _sft_collator(tokenizer, m) if is_causal(cfg.task) else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=m)
+
+
+def batch_loss(model, batch) -> float:
+    """The model's own loss on one collated batch, fp32, no autocast, no dropout."""
+    model.eval()
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def heldout_loss(cfg, model, tokenizer, ds, batch_size: int = 16) -> float:
+    """Mean loss over the held-out examples (token-weighted for causal LMs), batches padded dynamically."""
+    from harness.config import is_causal
+
+    collate = ours_collator(cfg, tokenizer)
+    model.eval()
+    total = weight = 0.0
+    keep = [c for c in ds.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")]
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            feats = [{k: r[k] for k in keep} for r in ds.select(range(i, min(i + batch_size, len(ds))))]
+            batch = collate(feats)
+            w = int((batch["labels"][:, 1:] != -100).sum()) if is_causal(cfg.task) else len(feats)
+            total += float(model(**batch).loss) * w
+            weight += w
+    return total / weight
+
+
+# ------------------------------------------------------------------------------------------- one path
+class StepClock:
+    """TrainerCallback: perf_counter at the end of every optimizer step."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Clock(TrainerCallback):
+            def __init__(self):
+                self.ends: list[float] = []
+                self.start = None
+
+            def on_train_begin(self, args, state, control, **kw):
+                self.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                self.ends.append(time.perf_counter())
+
+        return _Clock()
+
+
+def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
+    """Config, tokenizer, data and a freshly built model for one path (the same weights for every path)."""
+    from harness import models
+    from harness.config import compose, is_causal, is_regression
+    from harness.run import build_model
+    from harness.tasks import find_data_dir, load_task
+    from harness.train import label_norm
+
+    cfg = compose(w.overrides(method, path, seed))
+    data = load_task(cfg.task, find_data_dir(cfg.paths.data_dir), seed=0)  # same examples for every path and seed
+    model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
+    tokenizer = models.load_tokenizer(model_path, cfg.model)
+    norm = label_norm(data.train) if is_regression(cfg.task) else None
+    heldout_df = next(iter(data.evals.values()))
+    causal = is_causal(cfg.task)
+    model, dtype, _, _ = build_model(cfg, model_path, None if causal else (1 if norm else len(cfg.task.labels)))
+    return {
+        "cfg": cfg, "tokenizer": tokenizer, "model": model, "dtype": dtype,
+        "train": tokenized(cfg, data.train, tokenizer, seed_recipe=path == "seed", norm=norm),
+        "heldout": tokenized(cfg, heldout_df, tokenizer, seed_recipe=False, norm=norm),
+    }
+
+
+def seed_trainer(p: dict, out_dir: str, collator, callbacks):
+    """The seed recipe's Trainer: default arguments, the recipe's learning rate, batch size and steps."""
+    from transformers import Trainer, TrainingArguments
+
+    t = p["cfg"].train
+    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=t.batch_size, learning_rate=t.lr,
+                             max_steps=t.max_steps, seed=t.seed, report_to=[], save_strategy="no",
+                             use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+    return Trainer(model=p["model"], args=args, train_dataset=p["train"], data_collator=collator, callbacks=callbacks)
+
+
+def run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
+    from harness.profile import Throughput
+    from harness.train import make_trainer
+
+    p = prepare(w, method, path, seed)
+    cfg, model, tokenizer = p["cfg"], p["model"], p["tokenizer"]
+    flops = train_flops(model)
+    loss0 = heldout_loss(cfg, model, tokenizer, p["heldout"]) if path == "seed" else None
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        if path == "seed":
+            collator = CountingCollator(seed_collator(cfg, tokenizer))
+            trainer = seed_trainer(p, tmp, collator, [clock])
+        else:
+            trainer = make_trainer(model, tokenizer, p["train"], {"heldout": p["heldout"]}, cfg, tmp,
+                                   dtype=p["dtype"], meter=Throughput(WARMUP), callbacks=[clock])
+            collator = trainer.data_collator = CountingCollator(trainer.data_collator)
+        t0 = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - t0
+    ends, toks = clock.ends, collator.tokens
+    assert len(ends) == len(toks) == w.steps, (len(ends), len(toks), w.steps)
+    timed_tokens = sum(toks[WARMUP:])
+    timed_s = ends[-1] - ends[WARMUP - 1]
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    tps = timed_tokens / timed_s
+    return {
+        "workload": w.name, "model": w.model, "task": w.task, "method": method, "path": path, "seed": seed,
+        # the dtype the frozen base's matmuls run in (autocast, or bitsandbytes' compute dtype): MFU's peak
+        "compute_dtype": "bf16" if p["dtype"] == torch.bfloat16 else "fp32",
+        "steps": w.steps, "batch_size": w.batch_size, "max_seq_len": w.max_seq_len,
+        "real_tokens": sum(toks), "timed_real_tokens": timed_tokens, "timed_s": timed_s, "train_wall_s": wall,
+        "tokens_per_s": tps, "step_s_median": statistics.median(b - a for a, b in zip(ends[WARMUP - 1:], ends[WARMUP:])),
+        "padded_tokens_per_step": _padded(path, w, p), "train_loss_logged": losses,
+        "heldout_loss_before": loss0, "heldout_loss_after": heldout_loss(cfg, model, tokenizer, p["heldout"]),
+        "flops_per_token": flops["per_token"], "flops": flops, "achieved_flops": flops["per_token"] * tps,
+    }
+
+
+def _padded(path: str, w: Workload, p: dict) -> float | None:
+    if path == "seed":
+        return float(w.batch_size * w.max_seq_len)
+    return None  # dynamic: varies by batch; see real_tokens
+
+
+# ------------------------------------------------------------------------------------------- fixed cost
+def fixed_cost(w: Workload) -> dict:
+    """One `python -m harness.run` of 1 training step in a fresh process (model cache warm): wall time split
+    into process start + config, imports, data (read + tokenize), model load, training, final evaluation."""
+    with tempfile.TemporaryDirectory() as out:
+        ov = [f"model={w.model}", f"task={w.task}", "method=lora", f"task.train_size={w.batch_size}",
+              f"task.eval_size={w.heldout}", "train.max_steps=1", f"train.batch_size={w.batch_size}",
+              f"paths.output_root={out}", "train.save_adapter=false"]
+        if w.task == "wikisql":
+            ov.append("task.max_new_tokens=32")
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "harness.run", *ov], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+        rec = json.loads(next(Path(out).rglob("record.json")).read_text())
+    times = rec["times"]
+    other = {k: times[k] for k in ("imports_s", "data_s", "load_s", "train_s", "final_eval_s")}
+    other["process_start_and_config_s"] = wall - times["total_s"]
+    other["wall_s"] = wall
+    other["fixed_s"] = wall - times["train_s"] - times["final_eval_s"]
+    return other
+
+
+# ------------------------------------------------------------------------------------------- driver
+def machine() -> dict:
+    from harness.methods import host_has_bf16
+
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    import transformers
+    import peft
+    import bitsandbytes
+
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "bf16_native": host_has_bf16(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__, "python": platform.python_version()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(WORKLOADS), help=f"comma list of {list(WORKLOADS)}")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {list(METHODS)}")
+    ap.add_argument("--paths", default="", help=f"comma list of {list(PATHS)} (default: all for "
+                    f"{list(LEVERS_FOR)}, seed and ours otherwise)")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
+    ap.add_argument("--no-fixed-cost", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][bench] %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(os.cpu_count() or 1)
+    chosen = {k: _choices(getattr(a, k), v, k) for k, v in (("models", WORKLOADS), ("methods", METHODS),
+                                                            ("paths", PATHS))}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "warmup_steps": WARMUP,
+           "workloads": {k: asdict(WORKLOADS[k]) for k in chosen["models"]}, "runs": [], "fixed_cost": {}}
+    res["peak_flops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    log.info("matmul peak: fp32 %.0f, bf16 %.0f GFLOP/s", res["peak_flops"]["fp32"] / 1e9, res["peak_flops"]["bf16"] / 1e9)
+    for mk in chosen["models"]:
+        w = WORKLOADS[mk]
+        for method in chosen["methods"]:
+            paths = chosen["paths"] or (PATHS if method in LEVERS_FOR else ("seed", "ours"))
+            for path in paths:
+                r = run_path(w, method, path)
+                r["mfu"] = r["achieved_flops"] / res["peak_flops"][r["compute_dtype"]]
+                res["runs"].append(r)
+                log.info("%s %s %-8s %7.0f tokens/s  held-out loss %.4f  MFU %.1f%%", w.name, method, path,
+                         r["tokens_per_s"], r["heldout_loss_after"], 100 * r["mfu"])
+                _save(out, res)
+            if "ours" in paths:  # a second data order: the loss spread that is noise
+                r = run_path(w, method, "ours", seed=1)
+                r["mfu"] = r["achieved_flops"] / res["peak_flops"][r["compute_dtype"]]
+                res["runs"].append(r)
+                _save(out, res)
+        if not a.no_fixed_cost:
+            res["fixed_cost"][w.name] = fixed_cost(w)
+            _save(out, res)
+    res["peak_flops_after"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    _save(out, res)
+    from bench.report import render
+
+    (out / "README.md").write_text(render(res))
+    log.info("wrote %s", out / "README.md")
+
+
+def _choices(value: str, valid, what: str) -> list[str]:
+    got = [v for v in value.split(",") if v]
+    bad = [v for v in got if v not in valid]
+    if bad:
+        raise SystemExit(f"--{what}: {bad} not among {list(valid)}")
+    return got
+
+
+def _save(out: Path, res: dict) -> None:
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1, default=float))
+    os.replace(tmp, out / "results.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -133,6 +133,7 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
 
         # explicit: peft would otherwise turn gradient checkpointing on for QLoRA only
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_trainable(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not method.adapter:
@@ -151,6 +152,21 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
         bias=cfg.lora.bias,
     )
     return get_peft_model(model, lcfg)
+
+
+def keep_4bit_trainable(model: nn.Module) -> int:
+    """bitsandbytes (0.49+) on a CPU with AVX512-BF16 repacks a Linear4bit's weight, in place and for good, into an
+    inference-only layout the first time the layer runs in eval mode on an input without grad (any evaluation
+    under no_grad). Training forwards after that go through a kernel autograd cannot see through: no gradient
+    reaches the layers below (LoRA A/B there get none), and a layer with a bias fails. Evaluations during
+    training (train.eval_every, a search's pruner, MMLU before training) would corrupt the rest of the run
+    silently, so the repacking is switched off on every 4-bit layer. Returns the number of layers."""
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def _numel(p: torch.Tensor) -> int:

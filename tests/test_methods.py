@@ -129,6 +129,37 @@ def test_lora_gradients_through_4bit_match_dequantized_fp32_reference(tiny_llama
     assert checked == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
 
 
+def test_4bit_gradients_survive_an_evaluation_under_no_grad(tiny_llama):
+    """bitsandbytes repacks 4-bit weights into an inference-only layout on an eval-mode, no-grad forward (CPUs with
+    AVX512-BF16); training after that lost every gradient below the top layer. methods.apply switches it off:
+    the gradients after an evaluation equal those before."""
+    import bitsandbytes as bnb
+
+    extra = ["method=qlora_nf4", "lora.targets=qv", "lora.dropout=0", "lora.r=4"]
+    cfg, q = build(tiny_llama, "llama", "last", extra)
+    with torch.no_grad():
+        randomize_lora_b(q)
+    x = batch(tiny_llama)
+
+    def grads():
+        q.train()
+        q.zero_grad()
+        torch.manual_seed(0)  # the head's dropout
+        q(**x).loss.backward()
+        return {n: p.grad.clone() for n, p in q.named_parameters() if p.requires_grad and "lora_" in n}
+
+    before = grads()
+    q.eval()
+    with torch.no_grad():
+        q(**x)
+    layers = [m for m in q.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    after = grads()
+    assert len(before) == 2 * 2 * 2
+    for n, g in before.items():
+        assert torch.equal(after[n], g), n
+
+
 @pytest.mark.parametrize("method,expected", [
     ("qlora_nf4", 4 + 32 / 64),
     ("qlora_fp4", 4 + 32 / 64),

@@ -1,0 +1,117 @@
+"""bench/throughput.py: its two paths (seed recipe, ours) compute the same loss on the same batch; its FLOP count
+agrees with torch's FLOP counter; its report's verdicts. No timings are asserted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import report, throughput
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def _features(ds, n):
+    return [{k: ds[i][k] for k in MODEL_KEYS if k in ds.column_names} for i in range(n)]
+
+
+def _both_batches(p, n=8):
+    cfg, tok = p["cfg"], p["tokenizer"]
+    df = p["train_df"].iloc[:n]
+    seed_ds = throughput.tokenized(cfg, df, tok, seed_recipe=True, norm=p["norm"])
+    ours_ds = throughput.tokenized(cfg, df, tok, seed_recipe=False, norm=p["norm"])
+    seed = throughput.seed_collator(cfg, tok)(_features(seed_ds, n))
+    ours = throughput.ours_collator(cfg, tok)(_features(ours_ds, n))
+    return seed, ours
+
+
+def _check_same_batch(seed, ours, max_len):
+    assert seed["input_ids"].shape[1] == max_len  # the seed recipe pads every example to the limit
+    assert ours["input_ids"].shape[1] < max_len  # ours to the batch's longest (rounded to 8)
+    for i in range(seed["input_ids"].shape[0]):  # the same real tokens, in the same places
+        k = int(ours["attention_mask"][i].sum())
+        assert int(seed["attention_mask"][i].sum()) == k
+        assert torch.equal(seed["input_ids"][i, :k], ours["input_ids"][i, :k])
+
+
+def test_classification_paths_same_loss_on_same_batch():
+    w = throughput.WORKLOADS["minilm"]
+    p = throughput.prepare(w, "lora", "seed")
+    seed, ours = _both_batches(p)
+    _check_same_batch(seed, ours, w.max_seq_len)
+    assert torch.allclose(seed["labels"].float(), ours["labels"].float())
+    a, b = throughput.batch_loss(p["model"], seed), throughput.batch_loss(p["model"], ours)
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_causal_lm_paths_same_loss_on_same_batch():
+    """DataCollatorForLanguageModeling (labels = ids, pads ignored) and ours (SFTCollator, empty prompt)."""
+    w = throughput.WORKLOADS["smollm2"]
+    p = throughput.prepare(w, "lora", "seed")
+    seed, ours = _both_batches(p, 4)
+    _check_same_batch(seed, ours, w.max_seq_len)
+    for i in range(4):
+        k = int(ours["attention_mask"][i].sum())
+        assert torch.equal(seed["labels"][i, :k], ours["labels"][i, :k])
+        assert (seed["labels"][i, k:] == -100).all() and (ours["labels"][i, k:] == -100).all()
+    a, b = throughput.batch_loss(p["model"], seed), throughput.batch_loss(p["model"], ours)
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_flop_count_matches_torch_flop_counter():
+    """4 x frozen + 6 x trained linear weights per token vs torch's count of one forward + backward on an
+    unpadded batch (the difference: attention-score products, and layer 0's input gradients are not needed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    w = throughput.WORKLOADS["minilm"]
+    p = throughput.prepare(w, "lora", "seed")
+    model = p["model"]
+    model.train()
+    ds = throughput.tokenized(p["cfg"], p["train_df"].iloc[:4], p["tokenizer"], seed_recipe=False, norm=p["norm"])
+    lengths = ds["length"]
+    total = 0
+    for i in range(4):  # one example per batch: no padding
+        batch = throughput.ours_collator(p["cfg"], p["tokenizer"])(_features(ds.select([i]), 1))
+        batch = {k: v[:, :lengths[i]] if v.dim() == 2 else v for k, v in batch.items()}
+        with FlopCounterMode(display=False) as fc:
+            model(**batch).loss.backward()
+        total += fc.get_total_flops()
+    est = throughput.train_flops(model)["per_token"] * sum(lengths)
+    assert throughput.train_flops(model)["trained_linear"] > 0
+    assert est == pytest.approx(total, rel=0.08)
+
+
+def _run(model, method, path, tps, loss, seed=0, mfu=0.1):
+    return {"workload": f"{model}_w", "model": model, "task": "t", "method": method, "path": path, "seed": seed,
+            "tokens_per_s": tps, "heldout_loss_after": loss, "heldout_loss_before": 1.0, "mfu": mfu,
+            "compute_dtype": "fp32" if path == "seed" else "bf16", "step_s_median": 1.0, "real_tokens": 100,
+            "flops": {"per_token": 1e6, "frozen_linear": 2e5, "trained_linear": 1e3}}
+
+
+@pytest.mark.parametrize("ratio2,loss1,verdict,noise_word", [
+    (1.6, 0.505, "holds", "within noise"),
+    (1.2, 0.505, "fails", "within noise"),
+    (1.6, 0.7, "holds", "LARGER than the seed-to-seed gap"),
+])
+def test_report_verdicts(ratio2, loss1, verdict, noise_word):
+    res = {"machine": {"cpu": "x", "logical_cpus": 2, "torch_threads": 2, "bf16_native": True, "torch": "t",
+                       "transformers": "t", "peft": "p", "bitsandbytes": "b", "python": "3"},
+           "started": "s", "finished": "f", "warmup_steps": 2, "peak_flops": {"fp32": 1e11, "bf16": 1e12},
+           "workloads": {}, "fixed_cost": {},
+           "runs": [_run("a", "lora", "seed", 100, 0.5), _run("a", "lora", "ours", 300, 0.51),
+                    _run("a", "lora", "ours", 300, 0.52, seed=1),
+                    _run("b", "lora", "seed", 100, 0.5), _run("b", "lora", "ours", 100 * ratio2, loss1),
+                    _run("b", "lora", "ours", 100 * ratio2, loss1 + 0.01, seed=1)]}
+    rows = report.summary(res)
+    assert [r["ratio"] for r in rows] == pytest.approx([3.0, ratio2])
+    assert report.goal(rows)[0] == verdict
+    md = report.render(res)
+    assert f"**{verdict}**" in md and noise_word in md
+
+
+def test_bad_choice_names_the_valid_ones():
+    with pytest.raises(SystemExit, match=r"\['bert'\] not among \['minilm', 'smollm2'\]"):
+        throughput.main(["--models", "bert"])

@@ -10,7 +10,7 @@ MODEL   ?= llama2_70b
 export MALLOC_MMAP_THRESHOLD_ := 131072
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep search plan report results test test-fast clean-outputs
+.PHONY: setup run sweep search plan report results bench test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -40,6 +40,9 @@ report: setup  ## reports/<experiment>/README.md + plots for every experiment in
 
 results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
 	$(PY) -m harness.store $(ARGS)
+
+bench: setup  ## throughput: our training path vs the seed recipe (Trainer + peft, pad to max length), MFU; ~20 min
+	$(PY) -m bench.throughput $(ARGS)
 
 test: setup  ## the test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q $(ARGS)

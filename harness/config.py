@@ -75,7 +75,8 @@ class ModelConfig:
     arch: str = MISSING  # bert | roberta | llama | gpt2 | opt: picks the LoRA target names
     pooling: Pooling = Pooling.cls
     max_position: int = 512
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # never on unless a config says so: it runs the model folder's Python code
+    use_safetensors: bool = True  # false also loads pickle checkpoints (.bin): only for weights you trust
     revision: Optional[str] = None
     # the Hugging Face config values (model_type, hidden_size, num_hidden_layers, ...): the memory planner
     # (harness/plan.py) builds the model from them on the meta device, with no weights or download
@@ -163,6 +164,9 @@ class TrainConfig:
     threads: int = 0  # 0 = all cores
     eval_every: int = 0  # evaluate every N optimizer steps (0 = only at the end)
     warmup_steps_excluded: int = 2  # steps left out of the median step time
+    # a NaN/inf training loss stops the run, recorded with status `diverged`; false: train on, and the record
+    # counts the non-finite loss readings (metrics.train_loss.nonfinite)
+    stop_on_nonfinite_loss: bool = True
     save_adapter: bool = True
 
 
@@ -309,6 +313,29 @@ def register() -> None:
     cs.store(name="config_schema", node=Config)
 
 
+_PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
+
+
+def safe_path_part(value, what: str) -> str:
+    """A name that becomes part of an output path (experiment, model, task, method, study): letters, digits and
+    _ . , = + -, parts joined by '/'; never '..', an absolute path or an empty part, so that no config value can
+    put outputs outside the output root."""
+    s = str(value)
+    if not s or any(p in (".", "..") or not _PATH_PART.match(p) for p in s.split("/")):
+        raise ConfigError(f"{what} {s!r} cannot be part of an output path: use letters, digits and _ . , = + - "
+                          "(parts separated by '/'), with no '..', leading '/' or empty part")
+    return s
+
+
+def register_resolvers() -> None:
+    """conf/config.yaml builds the run and sweep directories from names through ${path_part:...}."""
+    if not OmegaConf.has_resolver("path_part"):
+        OmegaConf.register_new_resolver("path_part", lambda v: safe_path_part(v, "name"))
+
+
+register_resolvers()  # on import too: a submitit job unpickles harness.run's task function and never calls main()
+
+
 # ----------------------------------------------------------------------------------------------- checks
 TARGET_LETTERS = "qkvo"
 TARGET_RE = re.compile(r"^(?!.*(.).*\1)[qkvo]+$")  # letters from qkvo, each at most once
@@ -349,6 +376,9 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Value checks that the schema's types cannot express. Raises ConfigError naming the bad value."""
+    for what, v in (("experiment_name", cfg.experiment_name), ("model.name", cfg.model.name),
+                    ("task.name", cfg.task.name), ("method.name", cfg.method.name)):
+        safe_path_part(v, what)
     lr = cfg.lora
     if cfg.method.adapter:
         _positive("lora.r", lr.r)

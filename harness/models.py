@@ -160,6 +160,22 @@ def _config(path: str, model_cfg):
         raise ModelError(f"model {model_cfg.name!r}: no model at {path!r} ({str(e).splitlines()[0]})") from None
 
 
+def _from_pretrained(auto_cls, path: str, model_cfg, **kw):
+    """from_pretrained that loads safetensors only unless model.use_safetensors=false: pickle-based checkpoints
+    (.bin/.pt) can run code when they are loaded."""
+    safe = bool(model_cfg.use_safetensors)
+    try:
+        return auto_cls.from_pretrained(path, use_safetensors=safe if safe else None, **kw)
+    except OSError as e:
+        if safe and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+            bins = sorted(p.name for p in Path(path).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise ModelError(
+                f"model {model_cfg.name!r}: {path} holds no .safetensors weights (found: {bins or 'none'}). Only "
+                "safetensors are loaded by default: pickle checkpoints can run code when loaded. Convert it, or set "
+                "model.use_safetensors=false for a checkpoint you trust") from None
+        raise ModelError(f"model {model_cfg.name!r}: cannot load weights from {path!r} ({str(e).splitlines()[0]})") from None
+
+
 def load_causal_lm(path: str, model_cfg, quantization_config=None, dtype: torch.dtype = torch.float32,
                    device: Optional[str] = None):
     """A causal LM (its own LM head, tied or not) for supervised fine-tuning, generation and scoring."""
@@ -169,11 +185,11 @@ def load_causal_lm(path: str, model_cfg, quantization_config=None, dtype: torch.
     if not getattr(config, "is_decoder", False) and config.model_type in ("bert", "roberta", "deberta", "deberta-v2"):
         raise ModelError(f"model {model_cfg.name!r} ({config.model_type}) is an encoder, not a causal language model")
     kw = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype,
-              use_safetensors=True, disable_mmap=True)
+              disable_mmap=True)
     if quantization_config is not None:
         kw["quantization_config"] = quantization_config
         kw["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, **kw)
+    model = _from_pretrained(AutoModelForCausalLM, path, model_cfg, config=config, **kw)
     if getattr(model.config, "pad_token_id", None) is None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
@@ -196,11 +212,11 @@ def load_classifier(
     config = _config(path, model_cfg)
     # disable_mmap: read the weights into memory instead of mapping the file, so that RSS measures what
     # the model holds (mapped file pages would count too, quantized or not)
-    load_kw = dict(dtype=dtype, use_safetensors=True, disable_mmap=True, **kw)
+    load_kw = dict(dtype=dtype, disable_mmap=True, **kw)
     if quantization_config is not None:
         load_kw["quantization_config"] = quantization_config
         load_kw["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
-    backbone = AutoModel.from_pretrained(path, config=config, **load_kw)
+    backbone = _from_pretrained(AutoModel, path, model_cfg, config=config, **load_kw)
     if getattr(backbone.config, "pad_token_id", None) is None and hasattr(backbone.config, "eos_token_id"):
         backbone.config.pad_token_id = backbone.config.eos_token_id
     model = SequenceClassifier(backbone, config.hidden_size, num_labels, str(getattr(model_cfg.pooling, "value", model_cfg.pooling)))

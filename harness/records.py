@@ -16,12 +16,22 @@ RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
 HASH_EXCLUDE = ("paths", "tags", "report", "search")
+# ... and keys inside groups: planner metadata; the checkpoint format allowed (same weights either way); stopping
+# on a non-finite loss (a run that never meets one computes the same, and one that did is not `ok`, so reruns)
+HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "train": ("stop_on_nonfinite_loss",)}
+
+
+def hashed_config(resolved_cfg: dict) -> dict:
+    """The part of a resolved config that decides what a run computes (what the config hash covers)."""
+    core = {k: v for k, v in resolved_cfg.items() if k not in HASH_EXCLUDE}
+    for group, keys in HASH_EXCLUDE_KEYS.items():
+        if isinstance(core.get(group), dict):
+            core[group] = {k: v for k, v in core[group].items() if k not in keys}
+    return core
 
 
 def config_hash(resolved_cfg: dict) -> str:
-    core = {k: v for k, v in resolved_cfg.items() if k not in HASH_EXCLUDE}
-    if isinstance(core.get("model"), dict) and "shape" in core["model"]:  # planner metadata, not what runs
-        core["model"] = {k: v for k, v in core["model"].items() if k != "shape"}
+    core = hashed_config(resolved_cfg)
     blob = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -82,6 +92,24 @@ def host() -> dict:
         "gpu": gpu,
         "device": "cuda" if gpu else "cpu",
     }
+
+
+class OutputError(RuntimeError):
+    """The output directory cannot be written (missing permission, not a directory, disk full)."""
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Create `directory` and write (then remove) a probe file in it, so that a run fails before any work when
+    its record could not be written. Raises OutputError naming the directory and the reason."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write results to {str(d)!r}: {e.strerror or e}") from e
+    return d
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

@@ -17,7 +17,10 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.config import register_resolvers
 from harness.profile import MALLOC_ENV
+
+register_resolvers()  # the run directories are built with ${path_part:}, also in a submitit job's process
 
 log = logging.getLogger("harness.run")
 
@@ -41,8 +44,7 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
     from harness.config import resolved, validate
 
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = records.check_writable(out_dir)  # an unwritable output fails now, not after training
     started = datetime.now(timezone.utc).isoformat()
     rcfg = resolved(cfg)
     rec: dict = {
@@ -70,6 +72,10 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
             rec["status"] = "diverged" if isinstance(e, DivergedError) else "failed"
             rec["error"] = f"{type(e).__name__}: {e}"
             rec["traceback"] = traceback.format_exc()
+            if type(e).__name__ in ("OutOfMemoryError", "MemoryError"):
+                rec["hint"] = ("out of memory: lower train.batch_size (raise train.grad_accum to keep the batch) or "
+                               "train.max_seq_len, set train.gradient_checkpointing=true, or use a quantized method; "
+                               "`python -m harness.plan` shows what each setting needs")
         raise
     finally:
         if rec["status"] != "running":  # KeyboardInterrupt/SystemExit: no record, the run is not done
@@ -81,7 +87,13 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
                 rec["host"] = records.host()
             except Exception as e:  # never lose a record over host details
                 rec["host"] = {"error": str(e)}
-            path = records.write_json_atomic(out_dir / records.RECORD_NAME, rec)
+            try:
+                path = records.write_json_atomic(out_dir / records.RECORD_NAME, rec)
+            except OSError as e:  # disk full, directory gone: say so; the records written before are untouched
+                raise records.OutputError(
+                    f"the record of this run (status {rec['status']}) could not be written to "
+                    f"{str(out_dir / records.RECORD_NAME)!r}: {e.strerror or e}; records written before are untouched"
+                ) from e
             log.info("record: %s (status %s)", path, rec["status"])
             _index(cfg, path, rec)
     return rec
@@ -146,11 +158,9 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
 
     # model + method
     meter = MemoryMeter(device="cuda" if torch.cuda.is_available() else "cpu")
-    meter.start()
     t = time.perf_counter()
     num_labels = None if causal else (1 if prep["norm"] is not None else len(task.labels))
-    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels)
-    meter.loaded()
+    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels, meter=meter)
     rec["times"]["load_s"] = time.perf_counter() - t
     params = methods.count_parameters(model)
     params["adapter"] = methods.adapter_parameters(model)
@@ -216,9 +226,11 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
              thr.get("tokens_per_s") or float("nan"), rec["memory"]["peak_mb"] or float("nan"))
 
 
-def build_model(cfg, model_path: str, num_labels: int | None = None):
+def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None):
     """The model a run trains: base weights loaded (quantized per the method), wrapped by the method, seeded by
-    train.seed. `num_labels` None = a causal LM, else a sequence classifier with that many outputs.
+    train.seed. `num_labels` None = a causal LM, else a sequence classifier with that many outputs. `meter`
+    (profile.MemoryMeter) starts once the method's libraries are imported (bitsandbytes' native code is not the
+    model's memory) and marks the end of loading.
     Returns (model, compute dtype, base dtype, BitsAndBytesConfig or None)."""
     import torch
     import transformers
@@ -230,12 +242,16 @@ def build_model(cfg, model_path: str, num_labels: int | None = None):
     bnb = methods.bnb_config(cfg.method, dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load_dtype = methods.base_dtype(cfg.method)
+    if meter is not None:
+        meter.start()
     if num_labels is None:
         model = models.load_causal_lm(model_path, cfg.model, quantization_config=bnb, dtype=load_dtype, device=device)
     else:
         model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
                                        device=device)
     model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    if meter is not None:
+        meter.loaded()
     return model, dtype, load_dtype, bnb
 
 

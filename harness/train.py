@@ -67,6 +67,47 @@ def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, 
     return ds.map(enc, batched=True, remove_columns=list(df.columns), desc="tokenize", keep_in_memory=True)
 
 
+class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
+    """Batches of similar length in a random order. A seeded permutation is cut into mega-batches of `mega`
+    batches, each sorted by length and cut into batches of `batch_size`; then every full batch is put in a
+    random order (a short last batch stays last), except that the longest batch comes first.
+    transformers' LengthGroupedSampler keeps each mega-batch in
+    descending length, a long-to-short curriculum that a short run's final loss measurably follows
+    (reports/bench/README.md); here only the batch composition is grouped, the order stays random."""
+
+    def __init__(self, lengths, batch_size: int, seed: int = 0, mega: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = list(lengths), int(batch_size), seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.mega * self.batch_size
+        out: list[list[int]] = []
+        for i in range(0, len(perm), size):
+            chunk = sorted(perm[i:i + size], key=lambda j: self.lengths[j], reverse=True)
+            out += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        full = [b for b in out if len(b) == self.batch_size]
+        short = [b for b in out if len(b) < self.batch_size]
+        order = torch.randperm(len(full), generator=g).tolist()
+        batches = [full[i] for i in order] + short
+        # the batch holding the longest example goes first, as transformers does: an out-of-memory shows at step
+        # one, and the allocator's first blocks are the largest (a later long batch would grow the peak)
+        top = max(range(len(batches)), key=lambda i: max(self.lengths[j] for j in batches[i]))
+        if top < len(full):
+            batches.insert(0, batches.pop(top))
+        return batches
+
+    def __iter__(self):
+        for b in self.batches():
+            yield from b
+
+
 def _trainer_class():
     from transformers import Trainer, TrainerCallback
 
@@ -98,7 +139,16 @@ def _trainer_class():
                 raise DivergedError(f"training loss became {loss} at step {state.global_step}")
 
     class HarnessTrainer(Trainer):
-        """Counts non-pad tokens without a host sync per step; times evaluation separately."""
+        """Counts non-pad tokens without a host sync per step; times evaluation separately; groups training
+        batches by length in a random order (`ShuffledLengthGroupedSampler`)."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(ds, "column_names", ()):
+                return super()._get_train_sampler(train_dataset)
+            group = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return ShuffledLengthGroupedSampler(ds["length"], group, seed)
 
         def __init__(self, *a, meter: Throughput, **kw):
             super().__init__(*a, **kw)
@@ -238,7 +288,8 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
         data_collator=(_sft_collator(tokenizer, t.pad_to_multiple_of) if causal
                        else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of)),
         compute_metrics=None if causal else make_compute_metrics(list(task.metrics), regression, label_norm),
-        callbacks=[timing_cls(meter, on_evaluate=on_evaluate, splits={s: None for s in eval_sets},
+        callbacks=[timing_cls(meter, diverge_on_nan=t.stop_on_nonfinite_loss, on_evaluate=on_evaluate,
+                              splits={s: None for s in eval_sets},
                               names=task.metrics), *callbacks],
         meter=meter,
     )
@@ -310,7 +361,8 @@ def train_and_evaluate(
             "best_step": best["step"],
             "history": history,
             "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                           "mean": train_out.training_loss if train_out else None, "log": losses},
+                           "mean": train_out.training_loss if train_out else None, "log": losses,
+                           "nonfinite": sum(1 for x in losses if not math.isfinite(x))},
         },
         "throughput": thr,
         "memory_breakdown": meter.breakdown,

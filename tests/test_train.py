@@ -70,3 +70,61 @@ def test_regression_labels_are_standardised_on_the_training_split(minilm_path):
     ds = tokenize(train, AutoTokenizer.from_pretrained(minilm_path), ["sentence1", "sentence2"], 16, True, (mean, std))
     assert ds["labels"] == pytest.approx([(y - 2.5) / std for y in (0.0, 1.0, 4.0, 5.0)])
     assert label_norm(pd.DataFrame({"label": [3.0, 3.0]})) == (3.0, 1.0)  # constant labels: no division by zero
+
+
+def test_length_grouped_sampler_groups_batches_in_random_order():
+    import random
+
+    from harness.train import ShuffledLengthGroupedSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 120) for _ in range(1000)]
+    s = ShuffledLengthGroupedSampler(lengths, batch_size=10, seed=3, mega=5)
+    idx = list(s)
+    assert sorted(idx) == list(range(1000))  # every example once per epoch
+    batches = [idx[i:i + 10] for i in range(0, 1000, 10)]
+    assert batches == s.batches()  # the order the Trainer's batch sampler cuts is the grouped one
+
+    def spread(b):
+        return max(lengths[i] for i in b) - min(lengths[i] for i in b)
+
+    rand = list(range(1000))
+    rng.shuffle(rand)
+    grouped = sum(spread(b) for b in batches) / len(batches)
+    random_ = sum(spread(rand[i:i + 10]) for i in range(0, 1000, 10)) / 100
+    assert grouped < random_ / 3  # much less padding inside a batch
+    # the order of batches is not a long-to-short curriculum: longest lengths are not monotone in the order
+    tops = [max(lengths[i] for i in b) for b in batches]
+    assert sum(a > b for a, b in zip(tops, tops[1:])) < 0.7 * len(tops)
+    assert sum(a < b for a, b in zip(tops, tops[1:])) > 0.3 * len(tops)
+    assert list(ShuffledLengthGroupedSampler(lengths, 10, seed=3, mega=5)) == idx  # seeded
+    s.set_epoch(1)
+    assert list(s) != idx
+
+
+def test_trainer_uses_the_shuffled_length_sampler(tmp_path, tiny_bert):
+    from harness.profile import Throughput
+    from harness.run import build_model, _prepare_classification
+    from harness.tasks import find_data_dir, load_task
+    from harness.models import load_tokenizer
+    from harness.train import ShuffledLengthGroupedSampler, make_trainer
+
+    cfg = compose(tiny_overrides(tiny_bert, "bert", "cls") + SMALL)
+    data = load_task(cfg.task, find_data_dir(cfg.paths.data_dir), seed=0)
+    tok = load_tokenizer(tiny_bert, cfg.model)
+    prep = _prepare_classification(cfg, data, tok)
+    model, dtype, _, _ = build_model(cfg, tiny_bert, 2)
+    tr = make_trainer(model, tok, prep["train"], prep["evals"], cfg, str(tmp_path), dtype=dtype, meter=Throughput())
+    assert isinstance(tr._get_train_sampler(), ShuffledLengthGroupedSampler)
+    cfg2 = compose(tiny_overrides(tiny_bert, "bert", "cls") + SMALL + ["train.group_by_length=false"])
+    tr2 = make_trainer(model, tok, prep["train"], prep["evals"], cfg2, str(tmp_path), dtype=dtype, meter=Throughput())
+    assert not isinstance(tr2._get_train_sampler(), ShuffledLengthGroupedSampler)
+
+
+def test_length_grouped_sampler_puts_the_longest_batch_first():
+    from harness.train import ShuffledLengthGroupedSampler
+
+    lengths = list(range(1, 401))
+    for seed in range(5):
+        b = ShuffledLengthGroupedSampler(lengths, 8, seed=seed, mega=10).batches()
+        assert 399 in b[0]

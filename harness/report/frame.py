@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from harness.metrics import higher_is_better
-from harness.records import HASH_EXCLUDE
+from harness.records import hashed_config
 from harness.store import headline
 
 # the columns that identify a configuration apart from its seed
@@ -30,7 +30,7 @@ def _get(d: dict, *path, default=None):
 
 def group_key(rec: dict) -> str:
     """Hash of the config without its seed: records that differ only by seed share it."""
-    cfg = {k: v for k, v in (rec.get("config") or {}).items() if k not in HASH_EXCLUDE}
+    cfg = hashed_config(rec.get("config") or {})
     train = dict(cfg.get("train") or {})
     train.pop("seed", None)
     cfg["train"] = train

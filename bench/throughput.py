@@ -61,7 +61,7 @@ class Workload:
               f"train.batch_size={self.batch_size}", f"train.max_seq_len={self.max_seq_len}",
               f"train.max_steps={self.steps}", f"train.lr={self.lr}", f"train.seed={seed}",
               f"task.train_size={self.batch_size * self.steps}", f"task.eval_size={self.heldout}",
-              "train.eval_every=0", "train.warmup_ratio=0", "lora.dropout=0.0"]
+              "train.eval_every=0", "train.warmup_ratio=0", "train.weight_decay=0", "lora.dropout=0.0"]
         if path in ("dynamic", "grouped") or (path == "seed" and method == "lora"):
             # no autocast; the seed QLoRA recipe keeps bnb_4bit_compute_dtype=bfloat16 (as peft's and the
             # QLoRA repository's examples do), which method.compute_dtype=auto gives on a bf16 CPU
@@ -72,8 +72,8 @@ class Workload:
 
 
 # STS-B (a task MiniLM learns at this scale) with run_glue.py's default max_seq_length (128), WikiSQL with our
-# recipe's limit (recipe/default/wikisql.yaml). lora.dropout 0 so that the paths' losses on one batch can be
-# compared exactly.
+# recipe's limit (recipe/default/wikisql.yaml). No warmup and no weight decay (the Trainer's defaults, which the seed
+# recipe keeps), lora.dropout 0 so that the paths' losses on one batch can be compared exactly.
 WORKLOADS = {
     "minilm": Workload("minilm_stsb", "minilm_l6", "stsb", batch_size=32, max_seq_len=128, steps=24, lr=1e-3),
     "smollm2": Workload("smollm2_wikisql", "smollm2_135m", "wikisql", batch_size=8, max_seq_len=256, steps=8,

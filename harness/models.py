@@ -92,6 +92,10 @@ class SequenceClassifier(nn.Module):
     entropy for classification and mean squared error for regression (num_labels == 1).
     """
 
+    # the loss is a mean over this process's batch: the Trainer must not pass num_items_in_batch nor, under
+    # DDP, scale the loss by the number of processes for it (it did: the logged loss of 2 processes was 2x)
+    accepts_loss_kwargs = False
+
     def __init__(self, backbone: nn.Module, hidden: int, num_labels: int, pooling: str, dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
@@ -198,6 +202,16 @@ def load_causal_lm(path: str, model_cfg, quantization_config=None, dtype: torch.
     return model
 
 
+def head_dropout(config) -> float:
+    """The classification head's dropout, as transformers' own heads take it: classifier_dropout, else the
+    backbone's hidden_dropout_prob (BERT/RoBERTa: 0.1), else 0.1 (decoders)."""
+    for key in ("classifier_dropout", "hidden_dropout_prob"):
+        v = getattr(config, key, None)
+        if v is not None:
+            return float(v)
+    return 0.1
+
+
 def load_classifier(
     path: str,
     model_cfg,
@@ -219,7 +233,8 @@ def load_classifier(
     backbone = _from_pretrained(AutoModel, path, model_cfg, config=config, **load_kw)
     if getattr(backbone.config, "pad_token_id", None) is None and hasattr(backbone.config, "eos_token_id"):
         backbone.config.pad_token_id = backbone.config.eos_token_id
-    model = SequenceClassifier(backbone, config.hidden_size, num_labels, str(getattr(model_cfg.pooling, "value", model_cfg.pooling)))
+    model = SequenceClassifier(backbone, config.hidden_size, num_labels, str(getattr(model_cfg.pooling, "value", model_cfg.pooling)),
+                               dropout=head_dropout(config))
     model.head.to(torch.float32)
     if device is not None and quantization_config is None:
         model.to(device)

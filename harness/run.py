@@ -44,7 +44,9 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
     from harness.config import resolved, validate
 
     t_start = time.perf_counter()
-    out_dir = records.check_writable(out_dir)  # an unwritable output fails now, not after training
+    main_process = _process_rank() == 0
+    # an unwritable output fails now, not after training; under `accelerate launch` only process 0 writes
+    out_dir = records.check_writable(out_dir) if main_process else Path(out_dir)
     started = datetime.now(timezone.utc).isoformat()
     rcfg = resolved(cfg)
     rec: dict = {
@@ -78,7 +80,7 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
                                "`python -m harness.plan` shows what each setting needs")
         raise
     finally:
-        if rec["status"] != "running":  # KeyboardInterrupt/SystemExit: no record, the run is not done
+        if rec["status"] != "running" and main_process:  # KeyboardInterrupt/SystemExit: no record, not done
             rec["finished_at"] = datetime.now(timezone.utc).isoformat()
             rec.setdefault("times", {})["total_s"] = time.perf_counter() - t_start
             rec["versions"] = records.versions()
@@ -97,6 +99,14 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
             log.info("record: %s (status %s)", path, rec["status"])
             _index(cfg, path, rec)
     return rec
+
+
+def _process_rank() -> int:
+    """This process's rank in a multi-process launch (`accelerate launch`, torchrun set RANK); 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _index(cfg, path: Path, rec: dict) -> None:
@@ -214,7 +224,13 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     rec["times"].update(out["times"])
     rec["steps"] = out["steps"]
     rec["method"]["optimizer"] = out["optimizer"]
-    if cfg.method.adapter and cfg.train.save_adapter and train_steps:
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        dist = torch.distributed
+        rec["distributed"] = {"world_size": world,
+                              "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
+                              "throughput": "process 0's batches; the run's total is about world_size times it"}
+    if cfg.method.adapter and cfg.train.save_adapter and train_steps and _process_rank() == 0:
         adir = out_dir / "adapter"
         model.save_pretrained(adir)
         rec["adapter"] = {"path": str(adir), "bytes": sum(f.stat().st_size for f in adir.glob("*.safetensors"))}

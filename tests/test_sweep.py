@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import random
 import subprocess
 import sys
 import time
@@ -161,10 +162,12 @@ def test_killed_sweep_reruns_only_the_missing_jobs_and_a_killed_job_is_recorded_
         time.sleep(0.1)
     time.sleep(1.0)
     child.send_signal(signal.SIGKILL)
-    # then the whole sweep dies while the third job runs
+    # then the whole sweep dies at a random point of the third job (the delay is printed for a rerun)
     while len(records(out)) < 2 and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)
+    delay = random.Random(time.time_ns()).uniform(0.1, 4.0)
+    print(f"killing the sweep {delay:.2f} s into its third job")
+    time.sleep(delay)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     first = records(out)
@@ -178,6 +181,20 @@ def test_killed_sweep_reruns_only_the_missing_jobs_and_a_killed_job_is_recorded_
     assert sorted(r["config"]["lora"]["r"] for r in final) == [1, 2, 4]
     assert len({r["config_hash"] for r in final}) == 3
     assert Path(first[0]["_file"]).stat().st_mtime_ns == ok_mtime  # the finished run was not redone
+    # what an uninterrupted sweep records: these 3 config hashes, one ok record each; no partial or temp files
+    from harness.config import resolved
+    from harness.records import config_hash
+    from harness.report.frame import latest_per_config
+
+    import shlex
+
+    jobs = {tuple(shlex.split(f.read_text())[3:-1]) for f in out.rglob("command.txt")}  # python -m harness.run ...
+    assert len(jobs) == 3
+    expected = {config_hash(resolved(compose([o for o in job if not o.startswith("hydra.")]))) for job in jobs}
+    assert {r["config_hash"] for r in final} == expected
+    chosen, _ = latest_per_config(records(out))
+    assert sorted(r["status"] for r in chosen) == ["ok"] * 3
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".record.json.*"))
 
 
 @pytest.mark.parametrize("launcher, target", [

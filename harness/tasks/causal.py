@@ -43,7 +43,10 @@ class FormatError(ValueError):
 
 
 def _read_jsonl_or_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 text ({e})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -58,16 +61,25 @@ def _read_jsonl_or_json(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise FormatError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise FormatError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
-def _need(row: dict, keys: tuple[str, ...], where: str) -> None:
+def _need(row: dict, keys: tuple[str, ...], where: str, text: tuple[str, ...] = ()) -> None:
+    """The row is an object holding `keys`; those in `text` hold strings."""
+    if not isinstance(row, dict):
+        raise FormatError(f"{where}: expected an object, got {type(row).__name__}")
     missing = [k for k in keys if k not in row]
     if missing:
         raise FormatError(f"{where}: missing key(s) {missing}; the row has {sorted(row)}")
+    bad = [k for k in text if not isinstance(row[k], str)]
+    if bad:
+        raise FormatError(f"{where}: {', '.join(f'{k!r} is {type(row[k]).__name__}' for k in bad)}, not text")
 
 
 # ------------------------------------------------------------------------------------------ WikiSQL
@@ -78,7 +90,7 @@ def wikisql_prompt(table_id: str, header: list[str], question: str) -> str:
 def _wikisql_text(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
     out = []
     for i, r in enumerate(rows, 1):
-        _need(r, ("text",), f"{where}:{i}")
+        _need(r, ("text",), f"{where}:{i}", text=("text",))
         text = r["text"]
         cut = text.rfind("\nA:")
         if cut < 0:
@@ -110,7 +122,7 @@ def _wikisql(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
     tables = ctx.get("tables") or {}
     out = []
     for i, r in enumerate(rows, 1):
-        _need(r, ("question", "sql"), f"{where}:{i}")
+        _need(r, ("question", "sql"), f"{where}:{i}", text=("question",))
         table = r.get("table")  # Hub rows carry the table inline
         tid = r.get("table_id") or (table or {}).get("id")
         if table is None:
@@ -144,7 +156,9 @@ def alpaca_prompt(instruction: str, input_: str = "") -> str:
 def _alpaca(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
     out = []
     for i, r in enumerate(rows, 1):
-        _need(r, ("instruction", "output"), f"{where}:{i}")
+        _need(r, ("instruction", "output"), f"{where}:{i}", text=("instruction", "output"))
+        if r.get("input") is not None and not isinstance(r["input"], str):
+            raise FormatError(f"{where}:{i}: 'input' is {type(r['input']).__name__}, not text")
         out.append({"prompt": alpaca_prompt(r["instruction"], r.get("input") or ""), "answer": r["output"]})
     return out
 
@@ -186,7 +200,7 @@ def mmlu_question(q: dict, with_answer: bool) -> str:
 def _mmlu_jsonl(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
     out = []
     for i, r in enumerate(rows, 1):
-        _need(r, ("subject", "input", "output"), f"{where}:{i}")
+        _need(r, ("subject", "input", "output"), f"{where}:{i}", text=("subject", "input", "output"))
         if r["output"].strip() not in CHOICES:
             raise FormatError(f"{where}:{i}: answer {r['output']!r} is not one of {CHOICES}")
         out.append({"prompt": r["input"], "answer": " " + r["output"].strip(), "subject": r["subject"]})
@@ -276,7 +290,13 @@ def reader_of(spec: Optional[dict], task) -> str:
 
 
 def convert(rows: list[dict], where: str, task, ctx: dict, spec: Optional[dict] = None) -> pd.DataFrame:
-    examples = FORMATS[reader_of(spec, task)](rows, where, task, ctx)
+    fmt = reader_of(spec, task)
+    try:
+        examples = FORMATS[fmt](rows, where, task, ctx)
+    except FormatError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:  # a field of an unexpected shape
+        raise FormatError(f"{where}: a row does not fit format {fmt!r} ({type(e).__name__}: {e})") from None
     if not examples:
         raise FormatError(f"{where}: no examples")
     return pd.DataFrame(examples)

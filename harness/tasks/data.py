@@ -68,7 +68,10 @@ def _read_table(path: Path, spec: dict) -> tuple[pd.DataFrame, int]:
     """Returns the frame and the file line number of its first data row."""
     fmt = spec.get("format", "tsv")
     if fmt == "parquet":
-        return pd.read_parquet(path), 1
+        try:
+            return pd.read_parquet(path), 1
+        except Exception as e:  # pyarrow's ArrowInvalid and friends: not a readable parquet file
+            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e)[:200]})") from None
     if fmt not in ("tsv", "csv"):
         raise DataError(f"{path}: unknown format {fmt!r}; valid: parquet, tsv, csv")
     header = spec.get("header", True)

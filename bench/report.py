@@ -18,6 +18,7 @@ PATH_NAMES = {
     "dynamic": "+ pad to the batch's longest (random order)",
     "grouped": "+ length grouping",
     "ours": "+ bf16 autocast = lora-harness",
+    "ours_1thread": "lora-harness on 1 thread instead of all",
 }
 
 
@@ -111,9 +112,10 @@ def render(res: dict) -> str:
                  f"{r['noise']:.4f} (largest seed-to-seed gap) -> {'within noise' if r['within_noise'] else 'LARGER than the seed-to-seed gap'}"
                  " (criterion: at most twice the seed-to-seed gap).")
     L += ["", "## Where the speed comes from (LoRA)", "",
-          "Each row adds one change to the one above, same model, data, steps and seed.", "",
-          "| model | path | compute | real tokens/s | x seed | median step (s) | held-out loss | MFU |",
-          "|---|---|---|---:|---:|---:|---:|---:|"]
+          "Each row adds one change to the one above (the last: the same as ours on fewer threads), same model, "
+          "data, steps and seed.", "",
+          "| model | path | compute | threads | real tokens/s | x seed | median step (s) | held-out loss | MFU |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for wname in dict.fromkeys(r["workload"] for r in res["runs"]):
         seed = _one(res, workload=wname, method="lora", path="seed", seed=0)
         for path in PATH_NAMES:
@@ -121,7 +123,8 @@ def render(res: dict) -> str:
             if r is None:
                 continue
             x = f"{r['tokens_per_s'] / seed['tokens_per_s']:.2f}" if seed else "–"
-            L.append(f"| {r['model']} | {PATH_NAMES[path]} | {r['compute_dtype']} | {r['tokens_per_s']:.0f} | {x} "
+            L.append(f"| {r['model']} | {PATH_NAMES[path]} | {r['compute_dtype']} | {r.get('threads', '–')} "
+                     f"| {r['tokens_per_s']:.0f} | {x} "
                      f"| {r['step_s_median']:.2f} | {r['heldout_loss_after']:.4f} | {100 * r['mfu']:.1f}% |")
     same = []
     for wname in dict.fromkeys(r["workload"] for r in res["runs"]):

@@ -10,6 +10,7 @@ Paths (`PATHS`):
   grouped   ours in fp32: + length grouping.
   ours      harness.train.make_trainer exactly as `python -m harness.run` trains: + bf16 autocast where the CPU
             has AVX512-BF16/AMX (method.compute_dtype=auto).
+  ours_1thread  ours on one thread instead of all cores (the thread-count lever).
 Every path trains the same model (harness.run.build_model with the same seed: same weights, same LoRA init),
 on the same examples and token ids, with the same objective (classification: cross entropy of the head;
 causal LM: next-token loss on every real token, which is what DataCollatorForLanguageModeling trains), learning
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -80,7 +80,7 @@ WORKLOADS = {
                         lr=2e-3),
 }
 METHODS = ("lora", "qlora_nf4_dq")
-PATHS = ("seed", "dynamic", "grouped", "ours")
+PATHS = ("seed", "dynamic", "grouped", "ours", "ours_1thread")
 LEVERS_FOR = ("lora",)  # the in-between paths run by default for these methods only (QLoRA: seed and ours)
 
 
@@ -270,6 +270,17 @@ def seed_trainer(p: dict, out_dir: str, collator, callbacks):
 
 
 def run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
+    threads = torch.get_num_threads()
+    if path == "ours_1thread":  # the thread lever: ours on one core of the machine's
+        torch.set_num_threads(1)
+    try:
+        return _run_path(w, method, "ours" if path == "ours_1thread" else path, seed) | {
+            "path": path, "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
     from harness.profile import Throughput
     from harness.train import make_trainer
 

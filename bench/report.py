@@ -131,12 +131,15 @@ def render(res: dict) -> str:
         a = _one(res, workload=wname, method="lora", path="seed", seed=0)
         b = _one(res, workload=wname, method="lora", path="dynamic", seed=0)
         if a and b:
-            same.append(f"{a['model']} {a['heldout_loss_after']:.4f} vs {b['heldout_loss_after']:.4f}")
+            d = abs(a["heldout_loss_after"] - b["heldout_loss_after"])
+            same.append(f"{a['model']} {a['heldout_loss_after']:.4f} vs {b['heldout_loss_after']:.4f} "
+                        + ("(identical)" if d < 5e-4 else "(different)"))
     if same:
         L += ["", "The first two rows see the same batches in the same order (random sampler, same seed) with the same "
-              "optimizer settings and differ only in padding: their held-out losses after training, " + "; ".join(same) + ", show that padding "
-              "to the batch's longest changes no maths. Length grouping and bf16 change the batch order and the "
-              "rounding; the seed-to-seed gaps above are the yardstick for those."]
+              "optimizer settings and differ only in padding. Held-out losses after training: " + "; ".join(same)
+              + ". Identical means padding changed no maths; where they differ, the model has dropout, whose "
+              "random masks are drawn over the padded tensor, so other padding draws other masks. Length grouping "
+              "and bf16 change the batch order and the rounding; the seed-to-seed gaps above are the yardstick."]
     L += ["", "## Settings and FLOP count", ""]
     for wname, w in res["workloads"].items():
         r = _one(res, workload=w["name"], method="lora", seed=0) or _one(res, workload=w["name"])
@@ -153,7 +156,8 @@ def render(res: dict) -> str:
     L += ["", "MFU = FLOPs per real token x real tokens/s / the measured matmul peak in the dtype the frozen "
           "weights' matmuls run in (fp32 without autocast; bf16 under autocast and for bitsandbytes' bf16 compute). "
           "Full fine-tuning would count 6N. Attention-score products, norms and elementwise work are not counted, "
-          "and pad tokens count as waste, so MFU is useful work only.", ""]
+          "and pad tokens count as waste, so MFU is useful work only. Every row, the 1-thread one too, is measured "
+          "against the all-thread peak: the share of this machine it uses.", ""]
     fc = res.get("fixed_cost") or {}
     if fc:
         L += ["## Per-run fixed cost", "",

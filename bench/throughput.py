@@ -313,16 +313,12 @@ def _run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
         "steps": w.steps, "batch_size": w.batch_size, "max_seq_len": w.max_seq_len,
         "real_tokens": sum(toks), "timed_real_tokens": timed_tokens, "timed_s": timed_s, "train_wall_s": wall,
         "tokens_per_s": tps, "step_s_median": statistics.median(b - a for a, b in zip(ends[WARMUP - 1:], ends[WARMUP:])),
-        "padded_tokens_per_step": _padded(path, w, p), "train_loss_logged": losses,
+        # tokens computed per step, pad included: fixed for the seed recipe, per batch otherwise (see real_tokens)
+        "padded_tokens_per_step": float(w.batch_size * w.max_seq_len) if path == "seed" else None,
+        "train_loss_logged": losses,
         "heldout_loss_before": loss0, "heldout_loss_after": heldout_loss(cfg, model, tokenizer, p["heldout"]),
         "flops_per_token": flops["per_token"], "flops": flops, "achieved_flops": flops["per_token"] * tps,
     }
-
-
-def _padded(path: str, w: Workload, p: dict) -> float | None:
-    if path == "seed":
-        return float(w.batch_size * w.max_seq_len)
-    return None  # dynamic: varies by batch; see real_tokens
 
 
 # ------------------------------------------------------------------------------------------- fixed cost

@@ -101,12 +101,16 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
     return rec
 
 
-def _process_rank() -> int:
-    """This process's rank in a multi-process launch (`accelerate launch`, torchrun set RANK); 0 otherwise."""
+def _launch_env(name: str, default: int) -> int:
+    """RANK / WORLD_SIZE of a multi-process launch (`accelerate launch`, torchrun set them); default otherwise."""
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get(name) or default)
     except ValueError:
-        return 0
+        return default
+
+
+def _process_rank() -> int:
+    return _launch_env("RANK", 0)
 
 
 def _index(cfg, path: Path, rec: dict) -> None:
@@ -224,7 +228,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     rec["times"].update(out["times"])
     rec["steps"] = out["steps"]
     rec["method"]["optimizer"] = out["optimizer"]
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = _launch_env("WORLD_SIZE", 1)
     if world > 1:
         dist = torch.distributed
         rec["distributed"] = {"world_size": world,

@@ -180,13 +180,9 @@ def seed_collator(cfg, tokenizer):
 
 def ours_collator(cfg, tokenizer):
     """The collator harness.train.make_trainer uses."""
-    from transformers import DataCollatorWithPadding
+    from harness.train import make_collator
 
-    from harness.config import is_causal
-    from harness.train import _sft_collator
-
-    m = cfg.train.pad_to_multiple_of
-    return _sft_collator(tokenizer, m) if is_causal(cfg.task) else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=m)
+    return make_collator(cfg, tokenizer)
 
 
 def batch_loss(model, batch) -> float:
@@ -224,10 +220,6 @@ class StepClock:
         class _Clock(TrainerCallback):
             def __init__(self):
                 self.ends: list[float] = []
-                self.start = None
-
-            def on_train_begin(self, args, state, control, **kw):
-                self.start = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
                 self.ends.append(time.perf_counter())
@@ -238,8 +230,8 @@ class StepClock:
 def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
     """Config, tokenizer, data and a freshly built model for one path (the same weights for every path)."""
     from harness import models
-    from harness.config import compose, is_causal, is_regression
-    from harness.run import build_model
+    from harness.config import compose, is_regression
+    from harness.run import build_model, num_labels
     from harness.tasks import find_data_dir, load_task
     from harness.train import label_norm
 
@@ -249,8 +241,7 @@ def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     norm = label_norm(data.train) if is_regression(cfg.task) else None
     heldout_df = next(iter(data.evals.values()))
-    causal = is_causal(cfg.task)
-    model, dtype, _, _ = build_model(cfg, model_path, None if causal else (1 if norm else len(cfg.task.labels)))
+    model, dtype, _, _ = build_model(cfg, model_path, num_labels(cfg.task, norm))
     return {
         "cfg": cfg, "tokenizer": tokenizer, "model": model, "dtype": dtype, "train_df": data.train, "norm": norm,
         "train": tokenized(cfg, data.train, tokenizer, seed_recipe=path == "seed", norm=norm),
@@ -388,19 +379,13 @@ def main(argv=None) -> None:
         w = WORKLOADS[mk]
         for method in chosen["methods"]:
             paths = chosen["paths"] or (PATHS if method in LEVERS_FOR else ("seed", "ours"))
-            for path in paths:
-                r = run_path(w, method, path)
+            # then a second seed of the two compared paths: what noise is
+            for path, seed in [(p, 0) for p in paths] + [(p, 1) for p in ("seed", "ours") if p in paths]:
+                r = run_path(w, method, path, seed=seed)
                 r["mfu"] = r["achieved_flops"] / res["peak_flops"][r["compute_dtype"]]
                 res["runs"].append(r)
-                log.info("%s %s %-8s %7.0f tokens/s  held-out loss %.4f  MFU %.1f%%", w.name, method, path,
-                         r["tokens_per_s"], r["heldout_loss_after"], 100 * r["mfu"])
-                _save(out, res)
-            for path in [p for p in ("seed", "ours") if p in paths]:  # a second seed: what noise is
-                r = run_path(w, method, path, seed=1)
-                r["mfu"] = r["achieved_flops"] / res["peak_flops"][r["compute_dtype"]]
-                res["runs"].append(r)
-                log.info("%s %s %-8s seed 1: %7.0f tokens/s  held-out loss %.4f", w.name, method, path,
-                         r["tokens_per_s"], r["heldout_loss_after"])
+                log.info("%s %s %-8s seed %d: %7.0f tokens/s  held-out loss %.4f  MFU %.1f%%", w.name, method,
+                         path, seed, r["tokens_per_s"], r["heldout_loss_after"], 100 * r["mfu"])
                 _save(out, res)
         if not a.no_fixed_cost:
             res["fixed_cost"][w.name] = fixed_cost(w)

@@ -173,8 +173,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     # model + method
     meter = MemoryMeter(device="cuda" if torch.cuda.is_available() else "cpu")
     t = time.perf_counter()
-    num_labels = None if causal else (1 if prep["norm"] is not None else len(task.labels))
-    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels, meter=meter)
+    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels(task, prep["norm"]), meter=meter)
     rec["times"]["load_s"] = time.perf_counter() - t
     params = methods.count_parameters(model)
     params["adapter"] = methods.adapter_parameters(model)
@@ -244,6 +243,14 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
              h["split"], h["metric"], rec["metrics"]["final"][h["split"]][h["metric"]],
              rec["metrics"]["best"][h["split"]][h["metric"]], rec["metrics"]["best_step"],
              thr.get("tokens_per_s") or float("nan"), rec["memory"]["peak_mb"] or float("nan"))
+
+
+def num_labels(task, norm) -> int | None:
+    """What build_model takes: None for a causal LM, 1 for a regression (labels standardised with `norm`), else
+    the number of classes."""
+    from harness.config import is_causal
+
+    return None if is_causal(task) else (1 if norm is not None else len(task.labels))
 
 
 def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None):

@@ -237,7 +237,7 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
     """The Trainer every run trains with: bf16 autocast where `dtype` says so, batches padded to their longest
     example (rounded to train.pad_to_multiple_of) and grouped by length, loss logged ~25 times a run (each
     reading is a host sync), tokens counted without a sync per step. `callbacks` are added to ours."""
-    from transformers import DataCollatorWithPadding, TrainingArguments
+    from transformers import TrainingArguments
 
     t = cfg.train
     task = cfg.task
@@ -285,8 +285,7 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_arg,
-        data_collator=(_sft_collator(tokenizer, t.pad_to_multiple_of) if causal
-                       else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of)),
+        data_collator=make_collator(cfg, tokenizer),
         compute_metrics=None if causal else make_compute_metrics(list(task.metrics), regression, label_norm),
         callbacks=[timing_cls(meter, diverge_on_nan=t.stop_on_nonfinite_loss, on_evaluate=on_evaluate,
                               splits={s: None for s in eval_sets},
@@ -372,11 +371,18 @@ def train_and_evaluate(
     }
 
 
-def _sft_collator(tokenizer, multiple: int):
-    from harness.lm import SFTCollator
+def make_collator(cfg, tokenizer):
+    """The collator a run trains with: batches padded to their longest example, rounded up to
+    train.pad_to_multiple_of; causal-LM tasks with `SFTCollator` (labels IGNORE on padding)."""
+    m = cfg.train.pad_to_multiple_of
+    if is_causal(cfg.task):
+        from harness.lm import SFTCollator
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return SFTCollator(pad, multiple)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return SFTCollator(pad, m)
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=m)
 
 
 def describe_optimizer(opt) -> str:

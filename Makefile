@@ -10,7 +10,7 @@ MODEL   ?= llama2_70b
 export MALLOC_MMAP_THRESHOLD_ := 131072
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep search plan report results bench test test-fast clean-outputs
+.PHONY: setup run sweep sanity search plan report results bench test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -28,6 +28,10 @@ run: setup  ## the default single experiment (MiniLM-L6, SST-2, LoRA): one resul
 sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)
 	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(ARGS)
 	$(PY) -m harness.report --experiment $(EXPERIMENT)
+
+sanity: setup  ## does fine-tuning beat its baselines on every local task? 3 seeds each, fp32 -> reports/sanity/
+	$(PY) -m harness.run -m +experiment=sanity $(ARGS)
+	$(PY) -m harness.report --experiment sanity
 
 search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report
 	$(PY) -m harness.search search=$(SEARCH) --workers $(WORKERS) $(ARGS)

@@ -241,7 +241,7 @@ def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     norm = label_norm(data.train) if is_regression(cfg.task) else None
     heldout_df = next(iter(data.evals.values()))
-    model, dtype, _, _ = build_model(cfg, model_path, num_labels(cfg.task, norm))
+    model, dtype, _, _ = build_model(cfg, model_path, num_labels(cfg.task))
     return {
         "cfg": cfg, "tokenizer": tokenizer, "model": model, "dtype": dtype, "train_df": data.train, "norm": norm,
         "train": tokenized(cfg, data.train, tokenizer, seed_recipe=path == "seed", norm=norm),

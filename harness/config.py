@@ -50,6 +50,19 @@ class TaskKind(str, Enum):
 CAUSAL_KINDS = ("generation", "multiple_choice")
 
 
+class PairEncoding(str, Enum):
+    cross = "cross"  # both texts in one sequence, one pooled vector, a fresh head (BERT/RoBERTa on GLUE, the papers)
+    bi = "bi"  # each text encoded alone by the same encoder and pooled: cosine (regression) or (u, v, |u-v|) head
+
+
+class Baseline(str, Enum):
+    """What a method is when it is a baseline rather than a fine-tuning method (conf/method/)."""
+    none = "none"  # a fine-tuning method
+    majority = "majority"  # predict the train split's majority class (mean, for regression); loads no model
+    zero_shot = "zero_shot"  # the untrained model: cosine of a bi-encoder (a threshold fit on train for classes), the base LM
+    head_only = "head_only"  # frozen backbone, only the task head trains (a bi-encoder regression: a projection)
+
+
 class Optim(str, Enum):
     adamw = "adamw"
     adamw_8bit = "adamw_8bit"
@@ -110,6 +123,14 @@ class TaskConfig:
     max_new_tokens: int = 64  # generation limit for evaluation
     stop: list[str] = field(default_factory=lambda: ["\n"])  # generation stops at the first of these
     tables: Optional[str] = None  # WikiSQL *.tables.jsonl (column names; rows enable execution accuracy)
+    # sentence-pair tasks: cross-encoder (one sequence) or bi-encoder (siamese: each sentence alone, mean-pooled)
+    pair_encoding: PairEncoding = PairEncoding.cross
+    # hyperparameter selection: `carve_size` train rows (seeded by carve_seed, the same for every run seed) become
+    # the split `carved`, removed from the rows training draws from; with tune=true it is the only eval split,
+    # so recipes are chosen without reading the dev split that reports show
+    tune: bool = False
+    carve_size: int = 500
+    carve_seed: int = 0
     shots: int = 0  # MMLU: few-shot examples per question (from the dev split)
     per_subject: Optional[int] = None  # MMLU: at most this many questions per subject (seeded)
 
@@ -127,12 +148,17 @@ class MethodConfig:
     # the learning rate used is train.lr x this: full fine-tuning wants about 10x less than LoRA (method/full.yaml),
     # so one train recipe serves every method in a sweep
     lr_multiplier: float = 1.0
+    # a baseline rather than a fine-tuning method (majority, zero_shot, head_only); none = fine-tuning
+    baseline: Baseline = Baseline.none
 
 
 @dataclass
 class LoraConfig:
     r: int = 8
     alpha: float = 16.0
+    # alpha = alpha_per_r x r when set: the LoRA scale alpha/r stays the same across ranks (rank is then not
+    # confounded with step size); null keeps lora.alpha fixed, as the papers' rank tables do
+    alpha_per_r: Optional[float] = None
     dropout: float = 0.1
     # the papers' names: any combination of q, k, v, o (e.g. qv, qkvo), or all_linear
     targets: str = "qv"
@@ -145,6 +171,8 @@ class LoraConfig:
 class TrainConfig:
     optimizer: Optim = Optim.adamw
     lr: float = 5e-4
+    # full fine-tuning's own learning rate (method.adapter=false, not head_only); null = lr x method.lr_multiplier
+    lr_full: Optional[float] = None
     schedule: Schedule = Schedule.linear
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
@@ -174,7 +202,8 @@ class TrainConfig:
 class PathsConfig:
     data_dir: Optional[str] = None  # None: $HARNESS_DATA_DIR, then ../shared/data, then the Hub
     cache_dir: str = "${oc.env:HARNESS_CACHE_DIR,${oc.env:HOME}/.cache/lora-harness}"
-    output_root: str = "outputs"
+    # records, sweeps and the results store; $HARNESS_OUTPUT_ROOT as for `harness.report` and `harness.store`
+    output_root: str = "${oc.env:HARNESS_OUTPUT_ROOT,outputs}"
 
 
 class Aggregate(str, Enum):
@@ -383,6 +412,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.method.adapter:
         _positive("lora.r", lr.r)
         _positive("lora.alpha", lr.alpha)
+        if lr.alpha_per_r is not None:
+            _positive("lora.alpha_per_r", lr.alpha_per_r)
         if not 0 <= lr.dropout < 1:
             raise ConfigError(f"lora.dropout={lr.dropout!r} is out of range: it must be in [0, 1)")
         target_letters(lr.targets)
@@ -399,6 +430,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.double_quant=true needs method.quant=fp4 or nf4")
     t = cfg.train
     _positive("train.lr", t.lr)
+    if t.lr_full is not None:
+        _positive("train.lr_full", t.lr_full)
     _positive("method.lr_multiplier", cfg.method.lr_multiplier)
     _positive("train.batch_size", t.batch_size)
     _positive("train.eval_batch_size", t.eval_batch_size)
@@ -430,6 +463,8 @@ def validate(cfg: DictConfig) -> None:
     for m in task.metrics:
         if m not in valid:
             raise ConfigError(f"task {task.name!r} ({kind_of(task)}): unknown metric {m!r}; valid metrics: {sorted(valid)}")
+    _positive("task.carve_size", task.carve_size)
+    _validate_baseline(cfg)
     if is_causal(task):
         from harness.tasks.causal import FORMATS
 
@@ -453,6 +488,31 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task {task.name!r}: text_fields must name one or two columns, got {list(task.text_fields)}")
 
 
+def _validate_baseline(cfg) -> None:
+    """Which baseline makes sense for which task and model (ConfigError naming the ones that do)."""
+    b, task, m = baseline_of(cfg.method), cfg.task, cfg.method
+    pair = str(getattr(task.pair_encoding, "value", task.pair_encoding))
+    if pair == "bi" and (is_causal(task) or len(task.text_fields) != 2):
+        raise ConfigError(f"task.pair_encoding=bi needs a sentence-pair task (two text_fields), not task "
+                          f"{task.name!r} ({kind_of(task)}, text_fields {list(task.text_fields)})")
+    if b == "none":
+        return
+    if m.adapter:
+        raise ConfigError(f"method {m.name!r} is the {b} baseline: it cannot also train an adapter (method.adapter)")
+    if b == "majority" and is_causal(task):
+        raise ConfigError(f"the majority baseline needs a classification or regression task, not {task.name!r} "
+                          f"({kind_of(task)}); the baseline of a causal-LM task is method=zero_shot (the base model)")
+    if b == "zero_shot" and not is_causal(task) and pair != "bi":
+        raise ConfigError(f"method=zero_shot on task {task.name!r}: a cross-encoder's fresh head has no zero-shot "
+                          "score; use method=head_only or majority, or task.pair_encoding=bi for a sentence-pair task")
+    if b == "zero_shot" and pair == "bi" and kind_of(task) == "classification" and len(task.labels) != 2:
+        raise ConfigError(f"method=zero_shot on a bi-encoder classifies by a cosine threshold: two labels only, task "
+                          f"{task.name!r} has {len(task.labels)}; use method=head_only")
+    if b == "head_only" and is_causal(task):
+        raise ConfigError(f"method=head_only trains a task head; a causal-LM task ({task.name!r}) has none (its LM head "
+                          "is pretrained): its baseline is method=zero_shot")
+
+
 def kind_of(task) -> str:
     return str(getattr(task.kind, "value", task.kind))
 
@@ -467,9 +527,36 @@ def is_regression(task) -> bool:
     return str(getattr(task.kind, "value", task.kind)) == TaskKind.regression.value
 
 
+def baseline_of(method) -> str:
+    return str(getattr(method.baseline, "value", method.baseline))
+
+
+def is_full_finetune(method) -> bool:
+    return not method.adapter and baseline_of(method) == "none"
+
+
+def trains(cfg) -> bool:
+    """Whether the run takes optimizer steps: not with train.max_steps=0 nor for the majority/zero-shot baselines."""
+    return int(cfg.train.max_steps) != 0 and baseline_of(cfg.method) not in ("majority", "zero_shot")
+
+
 def effective_lr(cfg: DictConfig) -> float:
-    """The learning rate a run trains with: train.lr x method.lr_multiplier."""
+    """The learning rate a run trains with: train.lr_full for full fine-tuning when set, else train.lr x
+    method.lr_multiplier."""
+    if is_full_finetune(cfg.method) and cfg.train.get("lr_full") is not None:
+        return float(cfg.train.lr_full)
     return float(cfg.train.lr) * float(cfg.method.lr_multiplier)
+
+
+def effective_alpha(lora) -> float:
+    """lora.alpha, or alpha_per_r x the effective rank when lora.alpha_per_r is set."""
+    if lora.get("alpha_per_r") is not None:
+        return float(lora.alpha_per_r) * effective_rank(lora)
+    return float(lora.alpha)
+
+
+def is_bi_encoder(task) -> bool:
+    return not is_causal(task) and str(getattr(task.pair_encoding, "value", task.pair_encoding)) == "bi"
 
 
 def resolved(cfg: DictConfig) -> dict:

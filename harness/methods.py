@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from harness.config import ConfigError, Dtype, Quant, effective_rank, target_letters
+from harness.config import ConfigError, Dtype, Quant, baseline_of, effective_alpha, effective_rank, target_letters
 from harness.models import HEAD_NAME
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,22 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not method.adapter:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        baseline = baseline_of(method)
+        head_only = baseline == "head_only"
+        for p in model.parameters():  # full fine-tuning trains everything; a zero-shot baseline nothing
+            p.requires_grad_(baseline == "none")
+        if head_only:  # the baseline: a frozen backbone, only the task head (or a bi-encoder's projection) trains
+            head = getattr(model, HEAD_NAME, None)
+            if head is None:
+                raise ConfigError("method=head_only: this model has no task head to train")
+            for p in head.parameters():
+                p.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 
     lcfg = LoraConfig(
         r=effective_rank(cfg.lora),
-        lora_alpha=float(cfg.lora.alpha),
+        lora_alpha=effective_alpha(cfg.lora),
         lora_dropout=float(cfg.lora.dropout),
         target_modules=target_modules(cfg.model.arch, cfg.lora.targets, model),
         # the classifier's new head trains in full; a causal LM keeps its pretrained (often tied) LM head frozen

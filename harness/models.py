@@ -85,6 +85,18 @@ def resolve(source: str, cache_dir: str | os.PathLike, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the model
+def pool_hidden(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[batch, seq, hidden] -> [batch, hidden]: the first token (cls), the mean over real tokens (mean), or the
+    last real token (last; right padding, as the collators pad)."""
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1)
+    idx = mask.sum(1).clamp(min=1) - 1
+    return h[torch.arange(h.size(0), device=h.device), idx]
+
+
 class SequenceClassifier(nn.Module):
     """backbone -> pooled hidden state (cls | mean | last non-pad token) -> dropout -> linear head.
 
@@ -106,14 +118,7 @@ class SequenceClassifier(nn.Module):
         self.config = backbone.config  # peft and Trainer read model.config
 
     def pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
-            return h[:, 0]
-        if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(h.dtype)
-            return (h * m).sum(1) / m.sum(1).clamp(min=1)
-        # last non-pad token; works for right padding (the collator pads right)
-        idx = mask.sum(1).clamp(min=1) - 1
-        return h[torch.arange(h.size(0), device=h.device), idx]
+        return pool_hidden(h, mask, self.pooling)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -133,6 +138,99 @@ class SequenceClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     # Trainer / peft hooks, delegated to the backbone
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def enable_input_require_grads(self):
+        self.backbone.enable_input_require_grads()
+
+
+def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT (Su 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs (i, j) with y_i > y_j of
+    exp(scale * (cos_j - cos_i))). It asks only that pairs rated more similar get a higher cosine: the ranking
+    that Spearman and (nearly) Pearson measure, without tying the cosine to a fixed map of the 0-5 scale as
+    MSE-on-cosine does, so the pretrained model's cosine geometry is not pulled to the label scale."""
+    s = cos.float() * scale
+    diff = s[None, :] - s[:, None]  # [i, j] = s_j - s_i
+    # pairs with y_i <= y_j drop out (exp(-inf) = 0); masked rather than indexed, so it also runs on the meta device
+    diff = diff.masked_fill(~(labels.float()[:, None] > labels.float()[None, :]), float("-inf"))
+    return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.flatten()]), dim=0)
+
+
+class CosineHead(nn.Module):
+    """Two classes from a pair's cosine: logits (0, scale * (cos - threshold)), i.e. a logistic regression on the
+    cosine. The threshold starts where the untrained encoder separates the training pairs best (run.py fits it),
+    so training starts at the zero-shot classifier; scale starts at 20 (CoSENT's)."""
+
+    def __init__(self, threshold: float = 0.5, scale: float = 20.0):
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, cos: torch.Tensor) -> torch.Tensor:
+        z = self.scale * (cos - self.threshold)
+        return torch.stack([torch.zeros_like(z), z], dim=-1)
+
+
+class BiEncoder(nn.Module):
+    """Siamese sentence-pair model, as sentence-embedding encoders (MiniLM) are trained: each text is encoded alone
+    by the same backbone and pooled (model.pooling; mean for MiniLM), then compared by cosine similarity.
+
+    - regression (num_labels == 1): the score is cos(u, v), trained with CoSENT (`cosent_loss`); there is no head,
+      unless `projection` (the head-only baseline): a trainable linear map of both embeddings, identity at start.
+    - two classes: `CosineHead` on cos(u, v) with cross entropy (threshold classification, as paraphrase and
+      duplicate detection with sentence embeddings is scored); the zero-shot baseline is this head with its
+      threshold fit and nothing trained, so every method starts from it.
+    - more classes: a linear head on (u, v, |u - v|) (Reimers & Gurevych 2019, SoftmaxLoss).
+    """
+
+    accepts_loss_kwargs = False  # as SequenceClassifier: the loss is this batch's mean
+
+    def __init__(self, backbone: nn.Module, hidden: int, num_labels: int, pooling: str, projection: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.num_labels = num_labels
+        if num_labels == 2:
+            setattr(self, HEAD_NAME, CosineHead())
+        elif num_labels > 2:
+            setattr(self, HEAD_NAME, nn.Linear(3 * hidden, num_labels))
+        elif projection:
+            head = nn.Linear(hidden, hidden)
+            with torch.no_grad():
+                head.weight.copy_(torch.eye(hidden))
+                head.bias.zero_()
+            setattr(self, HEAD_NAME, head)
+        self.config = backbone.config
+
+    def encode(self, input_ids, attention_mask) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return pool_hidden(out.last_hidden_state, attention_mask, self.pooling)
+
+    def forward(self, input_ids=None, attention_mask=None, input_ids_b=None, attention_mask_b=None, labels=None,
+                **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        u = self.encode(input_ids, attention_mask).float()
+        v = self.encode(input_ids_b, attention_mask_b).float()
+        head = getattr(self, HEAD_NAME, None)
+        if self.num_labels > 2:
+            logits = head(torch.cat([u, v, (u - v).abs()], dim=-1).to(head.weight.dtype)).float()
+            loss = nn.functional.cross_entropy(logits, labels.long()) if labels is not None else None
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+        if head is not None and self.num_labels == 1:  # the head-only baseline's projection
+            u, v = head(u.to(head.weight.dtype)).float(), head(v.to(head.weight.dtype)).float()
+        cos = nn.functional.cosine_similarity(u, v, dim=-1)
+        if self.num_labels == 1:
+            return SequenceClassifierOutput(loss=cosent_loss(cos, labels) if labels is not None else None,
+                                            logits=cos.unsqueeze(-1))
+        logits = head(cos)
+        loss = nn.functional.cross_entropy(logits, labels.long()) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
@@ -219,7 +317,11 @@ def load_classifier(
     quantization_config=None,
     dtype: torch.dtype = torch.float32,
     device: Optional[str] = None,
-) -> SequenceClassifier:
+    bi_encoder: bool = False,
+    projection: bool = False,
+) -> nn.Module:
+    """A sequence classifier (cross-encoder: SequenceClassifier) or, with `bi_encoder`, a BiEncoder for sentence
+    pairs (`projection`: the head-only baseline's trainable projection of a bi-encoder regression)."""
     from transformers import AutoModel
 
     kw = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
@@ -233,11 +335,16 @@ def load_classifier(
     backbone = _from_pretrained(AutoModel, path, model_cfg, config=config, **load_kw)
     if getattr(backbone.config, "pad_token_id", None) is None and hasattr(backbone.config, "eos_token_id"):
         backbone.config.pad_token_id = backbone.config.eos_token_id
-    model = SequenceClassifier(backbone, config.hidden_size, num_labels, str(getattr(model_cfg.pooling, "value", model_cfg.pooling)),
-                               dropout=head_dropout(config))
-    model.head.to(torch.float32)
+    pooling = str(getattr(model_cfg.pooling, "value", model_cfg.pooling))
+    if bi_encoder:
+        model = BiEncoder(backbone, config.hidden_size, num_labels, pooling, projection=projection)
+    else:
+        model = SequenceClassifier(backbone, config.hidden_size, num_labels, pooling, dropout=head_dropout(config))
+    head = getattr(model, HEAD_NAME, None)
+    if head is not None:
+        head.to(torch.float32)
     if device is not None and quantization_config is None:
         model.to(device)
-    elif quantization_config is not None:
-        model.head.to(next(backbone.parameters()).device)
+    elif quantization_config is not None and head is not None:
+        head.to(next(backbone.parameters()).device)
     return model

@@ -117,7 +117,8 @@ def meta_model(cfg, head: str, dtype):
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from harness.models import SequenceClassifier
+    from harness.config import baseline_of, is_bi_encoder
+    from harness.models import BiEncoder, SequenceClassifier
 
     config = hf_config(cfg.model)
     if config is None:
@@ -132,9 +133,14 @@ def meta_model(cfg, head: str, dtype):
             backbone = AutoModel.from_config(config, dtype=dtype)
             num_labels = 1 if str(getattr(cfg.task.kind, "value", cfg.task.kind)) == "regression" else max(
                 2, len(cfg.task.labels))
-            model = SequenceClassifier(backbone, config.hidden_size, num_labels,
-                                       str(getattr(cfg.model.pooling, "value", cfg.model.pooling)))
-            model.head.to(torch.float32)
+            pooling = str(getattr(cfg.model.pooling, "value", cfg.model.pooling))
+            if is_bi_encoder(cfg.task):
+                model = BiEncoder(backbone, config.hidden_size, num_labels, pooling,
+                                  projection=baseline_of(cfg.method) == "head_only")
+            else:
+                model = SequenceClassifier(backbone, config.hidden_size, num_labels, pooling)
+            if getattr(model, "head", None) is not None:
+                model.head.to(torch.float32)
     return model
 
 
@@ -227,6 +233,11 @@ def trace_activations(model, batch: int, seq: int, head: str, compute=None, quan
     mask = torch.ones(batch, seq, dtype=torch.long, device="meta")
     kw = {"input_ids": ids, "attention_mask": mask}
     kw["labels"] = ids if head == "lm" else torch.zeros(batch, dtype=torch.long, device="meta")
+    if type(model).__name__ == "BiEncoder" or type(getattr(getattr(model, "base_model", None), "model", None)).__name__ \
+            == "BiEncoder":  # both sentences of each pair, each as long as the longest side
+        kw.update(input_ids_b=ids, attention_mask_b=mask)
+        if getattr(model, "num_labels", None) == 1:
+            kw["labels"] = torch.zeros(batch, dtype=torch.float32, device="meta")
     from unittest import mock
 
     import transformers.masking_utils as mu
@@ -285,15 +296,12 @@ def plan(cfg) -> Plan:
     # bitsandbytes (through transformers) converts every linear layer of the base model but the LM's output
     # layer; our classifier head is outside the quantized backbone
     linear = _linear_weights(model, QUANT_SKIP) if quant != "none" else {}
-    if adapter:
-        lcfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        with open_dict(lcfg):
-            lcfg.method.quant = "none"
-            lcfg.method.double_quant = False
-        model = methods.apply(model, lcfg, gradient_checkpointing=False)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    # what trains, as in a run: LoRA A/B and the head, every weight (full), or the head only (head_only baseline)
+    lcfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(lcfg):
+        lcfg.method.quant = "none"
+        lcfg.method.double_quant = False
+    model = methods.apply(model, lcfg, gradient_checkpointing=False)
     counted = methods.count_parameters(model)
     q_names = {n + ".weight" for n in linear}
     parts, notes = {}, {}

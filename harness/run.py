@@ -140,7 +140,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     import transformers
 
     from harness import methods, models
-    from harness.config import effective_lr, is_causal
+    from harness.config import baseline_of, effective_lr, is_bi_encoder, is_causal, trains
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
 
@@ -149,18 +149,23 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     rec["times"] = {"imports_s": time.perf_counter() - t0}
     task = cfg.task
     causal = is_causal(task)
-    train_steps = int(cfg.train.max_steps) != 0
+    baseline = baseline_of(cfg.method)
+    train_steps = trains(cfg)
+    # the majority and the bi-encoder zero-shot baselines read the train labels, though they take no step
+    need_train = train_steps or baseline == "majority" or (baseline == "zero_shot" and not causal)
 
     # data first: a missing or malformed file fails before any model loads
     t = time.perf_counter()
-    data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=train_steps)
+    data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=need_train)
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     prep = _prepare_causal(cfg, data, tokenizer) if causal else _prepare_classification(cfg, data, tokenizer)
     rec["task"] = {
         "name": task.name,
         "kind": str(getattr(task.kind, "value", task.kind)),
-        "train_examples": len(data.train) if train_steps else 0,
+        "train_examples": len(data.train) if need_train else 0,
+        "pair_encoding": None if causal else str(getattr(task.pair_encoding, "value", task.pair_encoding)),
+        "tune": bool(task.tune),
         "eval_examples": {s: len(df) for s, df in data.evals.items()},
         "data_source": data.source,
         **prep["info"],
@@ -169,22 +174,28 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     first = next(iter(data.evals))
     log.info("data: %d train, %s eval (%s)", rec["task"]["train_examples"], rec["task"]["eval_examples"],
              data.source[first])
+    if baseline == "majority":  # no model: the train split's majority class (or mean) on every eval split
+        from harness.baselines import majority_record
+
+        majority_record(cfg, data, rec)
+        return
 
     # model + method
     meter = MemoryMeter(device="cuda" if torch.cuda.is_available() else "cpu")
     t = time.perf_counter()
-    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels(task, prep["norm"]), meter=meter)
+    model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels(task), meter=meter)
     rec["times"]["load_s"] = time.perf_counter() - t
     params = methods.count_parameters(model)
     params["adapter"] = methods.adapter_parameters(model)
     rec["params"] = params
     rec["model"] = {"name": cfg.model.name, "source": cfg.model.source, "path": model_path, "arch": cfg.model.arch,
                     "pooling": None if causal else str(getattr(cfg.model.pooling, "value", cfg.model.pooling)),
-                    "head": "causal_lm" if causal else "sequence_classifier"}
+                    "head": head_kind(cfg)}
     rec["model"]["linear_storage"] = _storage_summary(methods.linear_storage(model))
     peft_cfg = getattr(model, "peft_config", {}).get("default") if cfg.method.adapter else None
     rec["method"] = {
         "name": cfg.method.name,
+        "baseline": baseline,
         "adapter": bool(cfg.method.adapter),
         "compute_dtype": str(dtype).replace("torch.", ""),
         "base_dtype": str(load_dtype).replace("torch.", ""),
@@ -201,6 +212,11 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
              params["trainable"], params["total"], params["trainable_pct"])
 
+    if is_bi_encoder(task) and len(task.labels) == 2 and len(prep["train"]):
+        # a two-class bi-encoder starts from the zero-shot classifier: the cosine threshold that fits the train pairs
+        from harness.baselines import fit_cosine_threshold
+
+        rec["cosine_threshold"] = fit_cosine_threshold(model, prep["train"], cfg, tokenizer)
     final_evaluate = None
     if causal:
         final_evaluate = _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, out_dir, rec)
@@ -245,12 +261,24 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
              thr.get("tokens_per_s") or float("nan"), rec["memory"]["peak_mb"] or float("nan"))
 
 
-def num_labels(task, norm) -> int | None:
-    """What build_model takes: None for a causal LM, 1 for a regression (labels standardised with `norm`), else
-    the number of classes."""
-    from harness.config import is_causal
+def num_labels(task) -> int | None:
+    """What build_model takes: None for a causal LM, 1 for a regression, else the number of classes."""
+    from harness.config import is_causal, is_regression
 
-    return None if is_causal(task) else (1 if norm is not None else len(task.labels))
+    return None if is_causal(task) else (1 if is_regression(task) else len(task.labels))
+
+
+def head_kind(cfg) -> str:
+    """What scores the task: the LM head, a cross-encoder's head, or a bi-encoder's cosine / (u, v, |u-v|) head."""
+    from harness.config import baseline_of, is_bi_encoder, is_causal, is_regression
+
+    if is_causal(cfg.task):
+        return "causal_lm"
+    if not is_bi_encoder(cfg.task):
+        return "sequence_classifier"
+    if is_regression(cfg.task):
+        return "bi_encoder_cosine" + ("+projection" if baseline_of(cfg.method) == "head_only" else "")
+    return "bi_encoder_cosine_threshold" if len(cfg.task.labels) == 2 else "bi_encoder_uv_head"
 
 
 def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None):
@@ -274,8 +302,11 @@ def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None)
     if num_labels is None:
         model = models.load_causal_lm(model_path, cfg.model, quantization_config=bnb, dtype=load_dtype, device=device)
     else:
+        from harness.config import baseline_of, is_bi_encoder
+
         model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
-                                       device=device)
+                                       device=device, bi_encoder=is_bi_encoder(cfg.task),
+                                       projection=baseline_of(cfg.method) == "head_only")
     model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
     if meter is not None:
         meter.loaded()
@@ -300,16 +331,19 @@ def _plan_for(cfg, rec: dict) -> dict | None:
 
 
 def _prepare_classification(cfg, data, tokenizer) -> dict:
-    from harness.config import is_regression
+    from harness.config import is_bi_encoder, is_regression
     from harness.metrics import majority_baseline
     from harness.train import label_norm, tokenize
 
     task = cfg.task
     regression = is_regression(task)
+    bi = is_bi_encoder(task)
     fields = list(task.text_fields)
-    norm = label_norm(data.train) if regression else None
-    train_ds = tokenize(data.train, tokenizer, fields, cfg.train.max_seq_len, regression, norm)
-    evals = {s: tokenize(df, tokenizer, fields, cfg.train.max_seq_len, regression, norm) for s, df in data.evals.items()}
+    # a bi-encoder regresses the cosine with CoSENT, which needs only the labels' order: they stay as they are
+    norm = label_norm(data.train) if regression and not bi and len(data.train) else None
+    n = cfg.train.max_seq_len
+    train_ds = tokenize(data.train, tokenizer, fields, n, regression, norm, bi=bi)
+    evals = {s: tokenize(df, tokenizer, fields, n, regression, norm, bi=bi) for s, df in data.evals.items()}
     info = {
         "majority_baseline": {
             s: majority_baseline(list(task.metrics), data.train["label"], df["label"], regression)

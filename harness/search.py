@@ -340,17 +340,26 @@ def _alive(wid: str) -> bool | None:
     return start == "?" or _start_time(int(pid)) == start
 
 
-def reap_dead_trials(study, max_retry: int) -> list[int]:
-    """Running trials whose worker died on this host -> failed, and their parameters queued again."""
+def locks(url: str) -> bool:
+    """Whether `study_lock` really locks this storage (SQLite, PostgreSQL)."""
+    return url.startswith(("sqlite:///", "postgresql", "postgres"))
+
+
+def reap_dead_trials(study, max_retry: int, locked: bool = True) -> list[int]:
+    """Running trials whose worker died on this host -> failed, and their parameters queued again. `locked`: the
+    caller holds the study lock (see run_worker), so an unnamed running trial is a dead worker's."""
     import optuna
     from optuna.trial import TrialState
 
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _alive(t.user_attrs.get("worker", "")) is False:
+        # a worker asks for a trial and names itself on it under the study lock, which the caller holds: a
+        # running trial with no name was asked by a worker that died between the two (a kill at that instant)
+        wid = t.user_attrs.get("worker")
+        if (wid is None and locked) or (wid is not None and _alive(wid) is False):
             try:
-                study._storage.set_trial_user_attr(t._trial_id, "error", f"its worker ({t.user_attrs['worker']}) died "
+                study._storage.set_trial_user_attr(t._trial_id, "error", f"its worker ({wid or 'unnamed'}) died "
                                                                          "mid-trial (killed or out of memory)")
                 if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     reaped.append(t.number)
@@ -489,7 +498,7 @@ def run_worker(spec, url: str, objective: Callable, *, echo: Callable[[str], Non
     failures = 0
     while True:
         with study_lock(url, spec.study):
-            reaped = reap_dead_trials(study, spec.max_retry)
+            reaped = reap_dead_trials(study, spec.max_retry, locked=locks(url))
             for n in reaped:
                 echo(f"[{spec.study}] trial {n}: its worker died; marked failed and queued again")
             c = counts(study)

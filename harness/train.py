@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from harness import metrics as metric_fns
-from harness.config import effective_lr, is_causal, is_regression
+from harness.config import effective_lr, is_bi_encoder, is_causal, is_regression, trains
 from harness.profile import Throughput
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ def label_norm(df: pd.DataFrame) -> tuple[float, float]:
 
 
 def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, regression: bool,
-             norm: tuple[float, float] | None = None):
+             norm: tuple[float, float] | None = None, bi: bool = False):
     """DataFrame -> datasets.Dataset with input_ids, attention_mask (token_type_ids), labels, length.
-    `norm` = (mean, std) standardises regression labels (see `label_norm`)."""
+    `norm` = (mean, std) standardises regression labels (see `label_norm`). `bi` (a bi-encoder's sentence pairs):
+    each text alone, as input_ids/attention_mask and input_ids_b/attention_mask_b; length = both together."""
     mean, std = norm or (0.0, 1.0)
     import datasets
 
@@ -58,6 +59,15 @@ def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, 
 
     def enc(batch):
         texts = [batch[f] for f in text_fields]
+        if bi:
+            a = tokenizer(texts[0], truncation=True, max_length=max_len, return_token_type_ids=False)
+            b = tokenizer(texts[1], truncation=True, max_length=max_len, return_token_type_ids=False)
+            out = {"input_ids": a["input_ids"], "attention_mask": a["attention_mask"],
+                   "input_ids_b": b["input_ids"], "attention_mask_b": b["attention_mask"]}
+            out["labels"] = ([(float(x) - mean) / std for x in batch["label"]] if regression
+                             else [int(x) for x in batch["label"]])
+            out["length"] = [len(x) + len(y) for x, y in zip(a["input_ids"], b["input_ids"])]
+            return out
         out = tokenizer(*texts, truncation=True, max_length=max_len)
         out["labels"] = ([(float(x) - mean) / std for x in batch["label"]] if regression
                          else [int(x) for x in batch["label"]])
@@ -158,10 +168,13 @@ def _trainer_class():
             self.eval_seconds = 0.0
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            mask = inputs.get("attention_mask")
-            if mask is not None:
-                self._tokens = self._tokens.to(mask.device) + mask.sum()
+            for key in ("attention_mask", "attention_mask_b"):  # a bi-encoder's batch holds both sentences
+                mask = inputs.get(key)
+                if mask is not None:
+                    self._tokens = self._tokens.to(mask.device) + mask.sum()
             b, s = inputs["input_ids"].shape[:2]
+            if "input_ids_b" in inputs:  # a bi-encoder: the longer side (the planner traces both at that length)
+                s = max(s, inputs["input_ids_b"].shape[1])
             self._samples += int(b)
             self.max_batch_shape = max(getattr(self, "max_batch_shape", (0, 0)), (int(s), int(b)))
             return super().training_step(model, inputs, num_items_in_batch)
@@ -243,7 +256,7 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
     task = cfg.task
     regression = is_regression(task)
     causal = is_causal(task)
-    train_steps = int(t.max_steps) != 0
+    train_steps = trains(cfg)
     on_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=out_dir,
@@ -321,7 +334,7 @@ def train_and_evaluate(
     """
     t = cfg.train
     task = cfg.task
-    train_steps = int(t.max_steps) != 0
+    train_steps = trains(cfg)
     meter = Throughput(warmup_steps=t.warmup_steps_excluded)
     first_split = next(iter(eval_sets))
     trainer = make_trainer(model, tokenizer, train_ds, eval_sets, cfg, out_dir, dtype=dtype, meter=meter,
@@ -375,6 +388,8 @@ def make_collator(cfg, tokenizer):
     """The collator a run trains with: batches padded to their longest example, rounded up to
     train.pad_to_multiple_of; causal-LM tasks with `SFTCollator` (labels IGNORE on padding)."""
     m = cfg.train.pad_to_multiple_of
+    if is_bi_encoder(cfg.task):
+        return PairCollator(tokenizer.pad_token_id or 0, m)
     if is_causal(cfg.task):
         from harness.lm import SFTCollator
 
@@ -383,6 +398,27 @@ def make_collator(cfg, tokenizer):
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=m)
+
+
+class PairCollator:
+    """A bi-encoder's batch: each side padded (right) to its own longest text, rounded up to `multiple`."""
+
+    def __init__(self, pad_id: int, multiple: int = 8):
+        self.pad_id, self.multiple = pad_id, multiple
+
+    def _pad(self, seqs: list[list[int]], value: int) -> torch.Tensor:
+        n = max(len(x) for x in seqs)
+        n = -(-n // self.multiple) * self.multiple
+        return torch.tensor([list(x) + [value] * (n - len(x)) for x in seqs], dtype=torch.long)
+
+    def __call__(self, features: list[dict]) -> dict:
+        out = {}
+        for side in ("", "_b"):
+            out["input_ids" + side] = self._pad([f["input_ids" + side] for f in features], self.pad_id)
+            out["attention_mask" + side] = self._pad([f["attention_mask" + side] for f in features], 0)
+        dtype = torch.float32 if isinstance(features[0]["labels"], float) else torch.long
+        out["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        return out
 
 
 def describe_optimizer(opt) -> str:

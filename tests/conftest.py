@@ -10,8 +10,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import tempfile
+
 import pytest
 import torch
+
+# Tests write only to temp dirs: a run composed without paths.output_root (and every subprocess) would otherwise
+# index its record into the user's outputs/results.sqlite. Set before any config is composed.
+_OUT = tempfile.TemporaryDirectory(prefix="harness-test-outputs-")
+os.environ["HARNESS_OUTPUT_ROOT"] = _OUT.name
 
 torch.set_num_threads(1)
 

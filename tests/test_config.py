@@ -104,7 +104,7 @@ def test_cli_cfg_job_and_help_load_no_model(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "quant: nf4" in out.stdout and "targets: qkvo" in out.stdout
     out = _cli("--help", no_torch_dir=tmp_path)
-    assert out.returncode == 0 and "method: full, lora, lora_bf16, qlora_fp4" in out.stdout
+    assert out.returncode == 0 and "method: full, head_only, lora, lora_bf16, majority, qlora_fp4" in out.stdout
 
 
 def test_cli_reports_bad_group_option():

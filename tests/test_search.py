@@ -168,7 +168,9 @@ def test_a_killed_worker_is_resumed_its_trial_failed_and_retried_with_the_same_p
             trials = study_of(u).trials
         except Exception:  # the study is not created yet
             continue
-        if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
+        # trial 1 is in its objective (its parameters drawn, the "values" attribute set just before the sleep):
+        # killed earlier, it would have no parameters for the retry to repeat
+        if any(t.number == 1 and t.state == TrialState.RUNNING and "values" in t.user_attrs for t in trials):
             break
     else:
         p.kill()

@@ -289,6 +289,7 @@ CHECKS = {
     "qlora_table3": [table3_quantized_match],
     "qlora_table2": [table2_data_types],
     "qlora_table4": [table4_mmlu],
+    "sanity": [],  # fine-tuning vs its baselines (harness/report/sanity.py), no paper claim
     None: [table6_low_rank_suffices, table3_quantized_match],  # a generic grid: whichever claims it can test
 }
 

@@ -71,6 +71,8 @@ def run_row(rec: dict) -> dict:
         "task": _get(cfg, "task", "name"),
         "model": _get(cfg, "model", "name"),
         "method": _get(cfg, "method", "name"),
+        "baseline": _get(cfg, "method", "baseline", default=_get(rec, "method", "baseline")) or "none",
+        "pair_encoding": _get(cfg, "task", "pair_encoding") or _get(rec, "task", "pair_encoding"),
         "quant": _get(cfg, "method", "quant"),
         "compute_dtype": _get(rec, "method", "compute_dtype"),
         "targets": (lora.get("targets") if lora else _get(cfg, "lora", "targets")) if adapter else "-",
@@ -150,7 +152,7 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
     for key, g in ok.groupby("group", sort=False):
         vals = g["value"].dropna().astype(float)
         first = g.iloc[0]
-        row = {c: first[c] for c in ("experiment", "task", "model", "method", "quant", "compute_dtype", "targets",
+        row = {c: first[c] for c in ("experiment", "task", "model", "method", "baseline", "pair_encoding", "quant", "compute_dtype", "targets",
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
                                      "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
                                      "trained", "bits_per_param", "bits_per_param_blocks", "linear_bytes")}
@@ -173,6 +175,68 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         })
         out.append(row)
     return pd.DataFrame(out)
+
+
+BASELINES = ("majority", "zero_shot", "head_only")
+# a fine-tuned configuration against its best baseline (vs_baseline)
+BELOW, CLEAR, WITHIN = "below baseline", "clearly above", "above, within noise"
+
+
+def _se(row) -> float:
+    n = max(int(row["seeds"]), 1)
+    return (float(row["spread"]) ** 2 / n) if n > 1 else 0.0
+
+
+def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
+    """Each fine-tuned configuration with the best baseline measured on the same task, eval split and number of
+    eval examples (and the same model, except for the majority class, which has none): its value, method, seeds
+    and experiment, and `vs_baseline`:
+    - "below baseline": the configuration's aggregate is below the baseline's; it is never evidence for a claim;
+    - "clearly above": every seed above every baseline seed and the gap over 2 standard errors (Welch, seeds);
+    - "above, within noise": otherwise.
+    Metrics where lower is better (loss, perplexity) get no comparison."""
+    if agg.empty:
+        return agg
+    out = agg.copy()
+    for c in ("baseline_value", "baseline_method", "baseline_seeds", "baseline_experiment", "vs_baseline"):
+        out[c] = None
+    if base is None or base.empty:
+        return out
+    base = base[base["baseline"].isin(BASELINES)].dropna(subset=["value"])
+    for i, row in out.iterrows():
+        if row.get("baseline") in BASELINES or not bool(row["higher_better"]) or pd.isna(row["value"]):
+            continue
+        m = ((base["task"] == row["task"]) & (base["split"] == row["split"])
+             & (base["eval_examples"].astype(float) == float(row["eval_examples"] or -1))
+             & ((base["model"] == row["model"]) | (base["baseline"] == "majority")))
+        cand = base[m]
+        if cand.empty:
+            continue
+        b = cand.loc[cand["value"].astype(float).idxmax()]
+        diff = float(row["value"]) - float(b["value"])
+        se = math.sqrt(_se(row) + _se(b))
+        if diff < 0:
+            verdict = BELOW
+        elif float(row["min"]) > float(b["max"]) and diff > 2 * se:
+            verdict = CLEAR
+        else:
+            verdict = WITHIN
+        out.at[i, "baseline_value"] = float(b["value"])
+        out.at[i, "baseline_method"] = b["method"]
+        out.at[i, "baseline_seeds"] = int(b["seeds"])
+        out.at[i, "baseline_experiment"] = b["experiment"]
+        out.at[i, "vs_baseline"] = verdict
+    return out
+
+
+def evidence(agg: pd.DataFrame) -> pd.DataFrame:
+    """The configurations a claim may rest on: fine-tuned ones not below their best baseline."""
+    if agg.empty or "baseline" not in agg:
+        return agg
+    keep = ~agg["baseline"].isin(BASELINES)
+    if "vs_baseline" in agg:
+        keep &= agg["vs_baseline"] != BELOW
+    return agg[keep]
 
 
 def pareto_front(df: pd.DataFrame, x: str = "peak_mb", y: str = "value") -> pd.Series:

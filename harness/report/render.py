@@ -101,13 +101,34 @@ def recommendation(agg: pd.DataFrame) -> list[str]:
     return out
 
 
-def render_experiment(name: str, records: list[dict], out_root: Path, plots: bool = True) -> Path:
-    """Write <out_root>/<name>/README.md (and plots). Returns the README path."""
+def baseline_records(store) -> list[dict]:
+    """Every baseline run in the store (method.baseline set), of any experiment: reports compare with them."""
+    out = []
+    for name in store.experiments():
+        out += [r for r in store.records(name)
+                if ((r.get("config") or {}).get("method") or {}).get("baseline", "none") in frame.BASELINES]
+    return out
+
+
+def with_baselines(records: list[dict], agg: pd.DataFrame, extra: list[dict] = (), how: str = "median"):
+    """(agg with each configuration's best baseline attached, the baselines' aggregate): baselines from these
+    records and `extra` (other experiments' baseline runs), one record per config hash."""
+    pool = {r.get("config_hash"): r for r in [*extra, *records]
+            if ((r.get("config") or {}).get("method") or {}).get("baseline", "none") in frame.BASELINES}
+    chosen, _ = frame.latest_per_config(list(pool.values()))
+    base = frame.aggregate(frame.runs_frame(chosen), how) if chosen else pd.DataFrame()
+    return frame.attach_baselines(agg, base), base
+
+
+def render_experiment(name: str, records: list[dict], out_root: Path, plots: bool = True,
+                      baselines: list[dict] = ()) -> Path:
+    """Write <out_root>/<name>/README.md (and plots). Returns the README path. `baselines`: baseline records of
+    other experiments to compare with (this experiment's own are always used)."""
     chosen, superseded = frame.latest_per_config(records)
     runs = frame.runs_frame(chosen)
     table = _cfg(chosen[0], "report", "table")
     how = _cfg(chosen[0], "report", "aggregate", default="median")
-    agg = frame.aggregate(runs, how)
+    agg, base = with_baselines(chosen, frame.aggregate(runs, how), baselines, how)
     pv = paper_values()
     paper = pv.get(table) if table else None
     out = out_root / name
@@ -129,11 +150,25 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
                       "Cells: ours (the paper's value). Our models, data sizes and steps are the scale above, "
                       "so compare the pattern across columns, not absolute values.", "",
                       tables.MIRRORS[table](agg, paper), ""]
-        rec_lines = recommendation(agg)
+        pairs = set(zip(agg["task"], agg["split"]))
+        used = base[[(t, sp) in pairs for t, sp in zip(base["task"], base["split"])]] if len(base) else base
+        if len(used):
+            n_below = int((agg["vs_baseline"] == frame.BELOW).sum())
+            lines += ["## Baselines", "",
+                      "Each fine-tuned configuration is compared with the best baseline measured on the same task, "
+                      "eval split and examples (and model): majority class or mean, the untrained model (zero-shot), "
+                      "and a frozen backbone with a trained head (head only). A configuration below it is marked "
+                      f"{tables.BELOW_MARK} and is not evidence for any claim; \"clearly above\" = every seed above "
+                      "every baseline seed and the gap over 2 standard errors.", "",
+                      tables.baselines_table(used), "",
+                      f"{n_below} of {int((~agg['baseline'].isin(frame.BASELINES)).sum())} fine-tuned "
+                      "configurations are below their best baseline." if agg["vs_baseline"].notna().any() else
+                      "No fine-tuned configuration here has a baseline on its task and split.", ""]
+        rec_lines = recommendation(frame.evidence(agg))
         if rec_lines:
             lines += ["## Which configuration, at what cost", ""] + rec_lines + [
                 "", "At our scale and seeds (above); differences inside the seed spread are not evidence.", ""]
-        found = claim_checks.check(table, agg)
+        found = claim_checks.check(table, frame.evidence(agg))
         lines += ["## Claims checked", ""]
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]
         lines += ["", f"Tolerance: {claim_checks.TOLERANCE:.0f} point on the x100 scale.", ""]
@@ -164,6 +199,7 @@ def write_index(store, out_root: Path) -> Path:
     """reports/README.md: every experiment in the store, what it mirrors, its runs and its claims' verdicts."""
     pv = paper_values()
     rows = []
+    base_recs = baseline_records(store)
     for name in store.experiments():
         if name.startswith("search/"):
             continue  # listed under "Searches" below
@@ -173,8 +209,9 @@ def write_index(store, out_root: Path) -> Path:
         chosen, _ = frame.latest_per_config(recs)
         runs = frame.runs_frame(chosen)
         table = _cfg(chosen[0], "report", "table")
-        agg = frame.aggregate(runs, _cfg(chosen[0], "report", "aggregate", default="median"))
-        verdicts = [c.holds for c in claim_checks.check(table, agg)]
+        how = _cfg(chosen[0], "report", "aggregate", default="median")
+        agg, _ = with_baselines(chosen, frame.aggregate(runs, how), base_recs, how)
+        verdicts = [c.holds for c in claim_checks.check(table, frame.evidence(agg))]
         counts = runs["status"].value_counts().to_dict()
         rows.append([f"[{name}]({name}/README.md)", pv[table]["source"] if table in pv else tables.DASH,
                      ", ".join(sorted(set(str(s) for s in runs["scale"].dropna()))) or tables.DASH,
@@ -225,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, err in rep.corrupt:
         print(f"skipped unreadable record {path}: {err}")
     names = args.experiment or store.experiments()
+    base_recs = baseline_records(store)
     if not names:
         print(f"no result records under {args.root}: run `make run` or `make sweep` first")
         return 1
@@ -236,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("search/"):  # an Optuna study's trials: reports/search/<study>/ from the study
             _render_search(name, recs, store, Path(args.out))
             continue
-        path = render_experiment(name, recs, Path(args.out), plots=not args.no_plots)
+        if _cfg(recs[-1], "report", "table") == "sanity":  # fine-tuning vs its baselines, per task
+            from harness.report.sanity import render as render_sanity
+
+            path = render_sanity(recs, Path(args.out))
+        else:
+            path = render_experiment(name, recs, Path(args.out), plots=not args.no_plots, baselines=base_recs)
         failed = [r for r in frame.latest_per_config(recs)[0] if r.get("status") != "ok"]
         print(f"{path}: {len(recs)} records, {len(failed)} failed")
         for r in failed:

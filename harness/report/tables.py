@@ -15,8 +15,10 @@ DASH = "–"
 METHOD_LABELS = {
     "full": "Full FT", "lora": "LoRA", "qlora_int8": "QLoRA Int8", "qlora_fp4": "QLoRA FP4",
     "qlora_fp4_dq": "QLoRA FP4+DQ", "qlora_nf4": "QLoRA NF4", "qlora_nf4_dq": "QLoRA NF4+DQ",
-    "lora_bf16": "LoRA (bf16 base)",
+    "lora_bf16": "LoRA (bf16 base)", "majority": "Majority class / mean", "zero_shot": "Zero-shot",
+    "head_only": "Head only (frozen backbone)",
 }
+BELOW_MARK = "†"  # beside a value below its best baseline (frame.attach_baselines): not evidence for a claim
 METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "Pearson", "spearman": "Spearman",
                  "f1": "F1", "logical_form_accuracy": "logical-form acc", "execution_accuracy": "execution acc",
                  "exact_match": "exact match", "rouge_l": "ROUGE-L", "label_accuracy": "acc",
@@ -49,6 +51,8 @@ def ours(row) -> str:
     s = num(row["value"])
     if s != DASH and row.get("seeds", 1) > 1:
         s += f" ±{row['spread']:.1f}"
+    if s != DASH and row.get("vs_baseline") == "below baseline":
+        s += BELOW_MARK
     return s
 
 
@@ -109,18 +113,40 @@ def find(agg: pd.DataFrame, **eq) -> dict | None:
 
 # ------------------------------------------------------------------------------------------- all configs
 def all_configs(agg: pd.DataFrame) -> str:
+    with_base = "vs_baseline" in agg and agg["vs_baseline"].notna().any()
     header = ["Task", "Model", "Method", "Targets", "r", "alpha", "lr", "Seeds", "Metric", "Ours", "Min–max",
-              *COST_HEADER]
+              *(["Best baseline", "vs baseline"] if with_base else []), *COST_HEADER]
     rows = []
     sort = agg.sort_values(["task", "model", "method", "targets", "r"], na_position="first", kind="stable")
     for _, r in sort.iterrows():
         r = r.to_dict()
+        lr = r["lr"] if r["lr"] is not None and not (isinstance(r["lr"], float) and math.isnan(r["lr"])) else None
+        base = []
+        if with_base:
+            bv = r.get("baseline_value")
+            base = [DASH if bv is None or pd.isna(bv) else
+                    f"{num(bv)} ({METHOD_LABELS.get(r['baseline_method'], r['baseline_method'])})",
+                    r.get("vs_baseline") or DASH]
         rows.append([TASK_LABELS.get(r["task"], r["task"]), r["model"], METHOD_LABELS.get(r["method"], r["method"]),
                      targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
-                     num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{r['lr']:.0e}" if r["lr"] else DASH,
+                     num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{lr:.0e}" if lr else DASH,
                      r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r),
-                     f"{num(r['min'])}–{num(r['max'])}", *cost_cells(r)])
+                     f"{num(r['min'])}–{num(r['max'])}", *base, *cost_cells(r)])
     return md_table(header, rows, ["l", "l", "l", "l"] + ["r"] * (len(header) - 4))
+
+
+def baselines_table(base: pd.DataFrame) -> str:
+    """The baseline runs that the configurations of a report are compared with."""
+    header = ["Task", "Model", "Baseline", "Eval split (examples)", "Metric", "Value", "Min–max", "Seeds",
+              "Experiment"]
+    rows = []
+    for _, r in base.sort_values(["task", "model", "method"], kind="stable").iterrows():
+        r = r.to_dict()
+        rows.append([TASK_LABELS.get(r["task"], r["task"]), DASH if r["method"] == "majority" else r["model"],
+                     METHOD_LABELS.get(r["method"], r["method"]), f"{r['split']} ({int(r['eval_examples'])})",
+                     METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), f"{num(r['min'])}–{num(r['max'])}",
+                     r["seeds"], r["experiment"]])
+    return md_table(header, rows, ["l", "l", "l", "l", "l", "r", "r", "r", "l"])
 
 
 # ------------------------------------------------------------------------------------------- LoRA Table 2

@@ -209,6 +209,18 @@ def _subset(df: pd.DataFrame, n: Optional[int], seed: int) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
+CARVED = "carved"  # the eval split of a run with task.tune=true
+
+
+def carve(train: pd.DataFrame, n: int, seed: int, name: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(n seeded rows of `train`, the rest): the carved split never shares a row with what training draws from."""
+    if n >= len(train):
+        raise DataError(f"task {name!r}: task.carve_size={n} leaves no training rows (the train split has "
+                        f"{len(train)})")
+    held = train.sample(n=n, random_state=seed)
+    return held.reset_index(drop=True), train.drop(held.index).reset_index(drop=True)
+
+
 def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = True) -> TaskData:
     """The train split (seeded `train_size` subset) and each eval split (seeded `eval_size` subset).
 
@@ -219,6 +231,13 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
     holdout = task.get("holdout_size")
     evals, source = {}, {}
     train = None
+    if task.get("tune"):  # choosing a recipe: evaluate on rows carved out of train only, never on the dev split
+        train, src = load_split(task, task.train_split, data_dir, ctx)
+        carved, train = carve(train, task.carve_size, task.carve_seed, task.name)
+        evals[CARVED], source[CARVED] = carved, f"{src} (seeded carve of {len(carved)}, seed {task.carve_seed})"
+        source[task.train_split] = f"{src} (less the carved {len(carved)})"
+        return TaskData(train=_subset(train, task.train_size, seed), evals=evals, source=source,
+                        tables=ctx.get("tables"))
     if need_train or holdout:
         train, source[task.train_split] = load_split(task, task.train_split, data_dir, ctx)
     for i, split in enumerate(task.eval_splits):

@@ -58,7 +58,7 @@ def best_threshold(cos: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return t, float(correct[k]) / n
 
 
-FIT_PAIRS = 1000  # training pairs the cosine threshold is fit on (a seeded sample; all when fewer)
+FIT_PAIRS = 500  # training pairs the cosine threshold is fit on (a seeded sample; all when fewer)
 
 
 def fit_cosine_threshold(model, train_ds, cfg, tokenizer) -> dict:
@@ -71,10 +71,11 @@ def fit_cosine_threshold(model, train_ds, cfg, tokenizer) -> dict:
     from harness.train import make_collator
 
     collate = make_collator(cfg, tokenizer)
-    cols = ["input_ids", "attention_mask", "input_ids_b", "attention_mask_b", "labels"]
-    rows = train_ds.select_columns(cols)
+    cols = ["input_ids", "attention_mask", "input_ids_b", "attention_mask_b", "labels", "length"]
+    rows = train_ds.select_columns([c for c in cols if c in train_ds.column_names])
     if len(rows) > FIT_PAIRS:
         rows = rows.shuffle(seed=int(cfg.train.seed)).select(range(FIT_PAIRS))
+    rows = rows.sort("length") if "length" in train_ds.column_names else rows  # similar lengths per batch: less padding
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     cos, labels = [], []
     was_training = model.training

@@ -173,6 +173,8 @@ class TrainConfig:
     lr: float = 5e-4
     # full fine-tuning's own learning rate (method.adapter=false, not head_only); null = lr x method.lr_multiplier
     lr_full: Optional[float] = None
+    # the head-only baseline's own learning rate (a linear probe wants a larger one); null = lr x lr_multiplier
+    lr_head: Optional[float] = None
     schedule: Schedule = Schedule.linear
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
@@ -216,6 +218,7 @@ class ReportConfig:
     """How reports present an experiment (not part of the config hash: changing it re-runs nothing)."""
     table: Optional[str] = None  # the paper table it mirrors (a key of harness/report/paper_values.yaml)
     aggregate: Aggregate = Aggregate.median  # over seeds
+    note: Optional[str] = None  # shown under "Scale we ran at" (e.g. why a grid trains fewer than 200 steps)
 
 
 @dataclass
@@ -430,8 +433,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.double_quant=true needs method.quant=fp4 or nf4")
     t = cfg.train
     _positive("train.lr", t.lr)
-    if t.lr_full is not None:
-        _positive("train.lr_full", t.lr_full)
+    for key in ("lr_full", "lr_head"):
+        if t[key] is not None:
+            _positive(f"train.{key}", t[key])
     _positive("method.lr_multiplier", cfg.method.lr_multiplier)
     _positive("train.batch_size", t.batch_size)
     _positive("train.eval_batch_size", t.eval_batch_size)
@@ -541,10 +545,12 @@ def trains(cfg) -> bool:
 
 
 def effective_lr(cfg: DictConfig) -> float:
-    """The learning rate a run trains with: train.lr_full for full fine-tuning when set, else train.lr x
-    method.lr_multiplier."""
+    """The learning rate a run trains with: train.lr_full for full fine-tuning and train.lr_head for the head-only
+    baseline when set, else train.lr x method.lr_multiplier."""
     if is_full_finetune(cfg.method) and cfg.train.get("lr_full") is not None:
         return float(cfg.train.lr_full)
+    if baseline_of(cfg.method) == "head_only" and cfg.train.get("lr_head") is not None:
+        return float(cfg.train.lr_head)
     return float(cfg.train.lr) * float(cfg.method.lr_multiplier)
 
 

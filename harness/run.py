@@ -206,7 +206,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
             "rank_budget": cfg.lora.rank_budget,
         },
         "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
-        "lr": effective_lr(cfg),
+        "lr": effective_lr(cfg) if train_steps else None,
         "trained": train_steps,
     }
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
@@ -343,7 +343,10 @@ def _prepare_classification(cfg, data, tokenizer) -> dict:
     norm = label_norm(data.train) if regression and not bi and len(data.train) else None
     n = cfg.train.max_seq_len
     train_ds = tokenize(data.train, tokenizer, fields, n, regression, norm, bi=bi)
-    evals = {s: tokenize(df, tokenizer, fields, n, regression, norm, bi=bi) for s, df in data.evals.items()}
+    # eval sets sorted by length: each eval batch pads to a similar length (STS-B dev as a bi-encoder, 1 thread:
+    # 19.8 s unsorted vs 9.5 s sorted at batch 128, 6.8 s at batch 32); the labels travel with their rows
+    evals = {s: tokenize(df, tokenizer, fields, n, regression, norm, bi=bi).sort("length")
+             for s, df in data.evals.items()}
     info = {
         "majority_baseline": {
             s: majority_baseline(list(task.metrics), data.train["label"], df["label"], regression)

@@ -159,6 +159,7 @@ def test_alpha_per_r_keeps_the_lora_scale_and_full_finetuning_has_its_own_lr():
     assert effective_lr(compose(["method=full", "train.lr=1e-3"])) == pytest.approx(1e-4)  # the multiplier
     assert effective_lr(compose(["method=lora", "train.lr=1e-3", "train.lr_full=2e-5"])) == 1e-3
     assert effective_lr(compose(["method=head_only", "train.lr=1e-3", "train.lr_full=2e-5"])) == 1e-3
+    assert effective_lr(compose(["method=head_only", "train.lr=1e-3", "train.lr_head=3e-2"])) == 3e-2
 
 
 @needs_data

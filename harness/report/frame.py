@@ -84,6 +84,7 @@ def run_row(rec: dict) -> dict:
         "split": split,
         "higher_better": higher,
         "value": None if value is None else value * scale,
+        "curve": _curve(rec, split, metric, scale),
         "best_value": None if best is None else best * scale,
         "trainable": params.get("trainable"),
         "total": params.get("total"),
@@ -113,6 +114,16 @@ def run_row(rec: dict) -> dict:
         "error": rec.get("error"),
         "path": rec.get("_path"),
     }
+
+
+def _curve(rec: dict, split, metric, scale: float) -> dict:
+    """{optimizer step: value} of the headline metric over the run's evaluations (train.eval_every), x100 scale."""
+    out = {}
+    for h in _get(rec, "metrics", "history", default=None) or []:
+        v = _get(h, "metrics", split, metric)
+        if v is not None and h.get("step") is not None:
+            out[int(h["step"])] = float(v) * scale
+    return out
 
 
 def _pct(v):
@@ -172,6 +183,7 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
             "mmlu_after": g["mmlu_after"].astype(float).mean(),
             "mmlu_after_spread": float(g["mmlu_after"].astype(float).std(ddof=1)) if len(g) > 1 else 0.0,
             "gen_tokens_per_s": g["gen_tokens_per_s"].astype(float).mean(),
+            "curve": _mean_curve(g["curve"]),
         })
         out.append(row)
     return pd.DataFrame(out)
@@ -179,7 +191,7 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
 
 BASELINES = ("majority", "zero_shot", "head_only")
 # a fine-tuned configuration against its best baseline (vs_baseline)
-BELOW, CLEAR, WITHIN = "below baseline", "clearly above", "above, within noise"
+BELOW, CLEAR, WITHIN, ONE_SEED = "below baseline", "clearly above", "above, within noise", "above (one seed)"
 
 
 def _se(row) -> float:
@@ -193,7 +205,7 @@ def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     and experiment, and `vs_baseline`:
     - "below baseline": the configuration's aggregate is below the baseline's; it is never evidence for a claim;
     - "clearly above": every seed above every baseline seed and the gap over 2 standard errors (Welch, seeds);
-    - "above, within noise": otherwise.
+    - "above, within noise": otherwise; "above (one seed)": one seed cannot tell noise from a gain.
     Metrics where lower is better (loss, perplexity) get no comparison."""
     if agg.empty:
         return agg
@@ -217,6 +229,8 @@ def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         se = math.sqrt(_se(row) + _se(b))
         if diff < 0:
             verdict = BELOW
+        elif int(row["seeds"]) < 2:
+            verdict = ONE_SEED
         elif float(row["min"]) > float(b["max"]) and diff > 2 * se:
             verdict = CLEAR
         else:
@@ -237,6 +251,15 @@ def evidence(agg: pd.DataFrame) -> pd.DataFrame:
     if "vs_baseline" in agg:
         keep &= agg["vs_baseline"] != BELOW
     return agg[keep]
+
+
+def _mean_curve(curves) -> dict:
+    """Mean over seeds at each step every seed evaluated."""
+    curves = [c for c in curves if isinstance(c, dict) and c]
+    if not curves:
+        return {}
+    steps = set.intersection(*(set(c) for c in curves))
+    return {s: sum(c[s] for c in curves) / len(curves) for s in sorted(steps)}
 
 
 def pareto_front(df: pd.DataFrame, x: str = "peak_mb", y: str = "value") -> pd.Series:

@@ -69,6 +69,7 @@ def summarize(records: list[dict]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             "task": task, "model": model, "pair_encoding": g["pair_encoding"].iloc[0], "rows": rows,
             "usable_for_claims": usable,
             "why": ("every fine-tuned configuration is clearly above its best baseline" if usable else
+                    "no fine-tuned configuration has an ok run" if not tuned else
                     "not every fine-tuned configuration is clearly above its best baseline: " + ", ".join(
                         f"{x['method']} {x['vs_baseline'] or 'has no baseline'}" for x in tuned
                         if x["vs_baseline"] != frame.CLEAR)),

@@ -114,8 +114,10 @@ def find(agg: pd.DataFrame, **eq) -> dict | None:
 # ------------------------------------------------------------------------------------------- all configs
 def all_configs(agg: pd.DataFrame) -> str:
     with_base = "vs_baseline" in agg and agg["vs_baseline"].notna().any()
+    with_curve = "curve" in agg and any(isinstance(c, dict) and len(c) > 1 for c in agg["curve"])
     header = ["Task", "Model", "Method", "Targets", "r", "alpha", "lr", "Seeds", "Metric", "Ours", "Min–max",
-              *(["Best baseline", "vs baseline"] if with_base else []), *COST_HEADER]
+              *(["Best baseline", "vs baseline"] if with_base else []),
+              *(["Eval curve (step: value)"] if with_curve else []), *COST_HEADER]
     rows = []
     sort = agg.sort_values(["task", "model", "method", "targets", "r"], na_position="first", kind="stable")
     for _, r in sort.iterrows():
@@ -131,7 +133,9 @@ def all_configs(agg: pd.DataFrame) -> str:
                      targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
                      num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{lr:.0e}" if lr else DASH,
                      r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r),
-                     f"{num(r['min'])}–{num(r['max'])}", *base, *cost_cells(r)])
+                     f"{num(r['min'])}–{num(r['max'])}", *base,
+                     *([", ".join(f"{s}: {num(v)}" for s, v in (r.get("curve") or {}).items()) or DASH]
+                       if with_curve else []), *cost_cells(r)])
     return md_table(header, rows, ["l", "l", "l", "l"] + ["r"] * (len(header) - 4))
 
 

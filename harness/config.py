@@ -52,7 +52,7 @@ CAUSAL_KINDS = ("generation", "multiple_choice")
 
 class PairEncoding(str, Enum):
     cross = "cross"  # both texts in one sequence, one pooled vector, a fresh head (BERT/RoBERTa on GLUE, the papers)
-    bi = "bi"  # each text encoded alone by the same encoder and pooled: cosine (regression) or (u, v, |u-v|) head
+    bi = "bi"  # each text encoded alone by the same encoder and pooled, compared by cosine (harness.models.BiEncoder)
 
 
 class Baseline(str, Enum):
@@ -495,7 +495,7 @@ def validate(cfg: DictConfig) -> None:
 def _validate_baseline(cfg) -> None:
     """Which baseline makes sense for which task and model (ConfigError naming the ones that do)."""
     b, task, m = baseline_of(cfg.method), cfg.task, cfg.method
-    pair = str(getattr(task.pair_encoding, "value", task.pair_encoding))
+    pair = pair_encoding_of(task)
     if pair == "bi" and (is_causal(task) or len(task.text_fields) != 2):
         raise ConfigError(f"task.pair_encoding=bi needs a sentence-pair task (two text_fields), not task "
                           f"{task.name!r} ({kind_of(task)}, text_fields {list(task.text_fields)})")
@@ -561,8 +561,12 @@ def effective_alpha(lora) -> float:
     return float(lora.alpha)
 
 
+def pair_encoding_of(task) -> str:
+    return str(getattr(task.pair_encoding, "value", task.pair_encoding))
+
+
 def is_bi_encoder(task) -> bool:
-    return not is_causal(task) and str(getattr(task.pair_encoding, "value", task.pair_encoding)) == "bi"
+    return not is_causal(task) and pair_encoding_of(task) == "bi"
 
 
 def resolved(cfg: DictConfig) -> dict:

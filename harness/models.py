@@ -97,16 +97,29 @@ def pool_hidden(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tens
     return h[torch.arange(h.size(0), device=h.device), idx]
 
 
-class SequenceClassifier(nn.Module):
+class BackboneModel(nn.Module):
+    """A task model around a Hugging Face backbone (`self.backbone`): the Trainer and peft hooks are the backbone's.
+    Its loss is the mean over this process's batch: the Trainer must not pass num_items_in_batch nor, under DDP,
+    scale the loss by the number of processes for it (it did: the logged loss of 2 processes was 2x)."""
+
+    accepts_loss_kwargs = False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def enable_input_require_grads(self):
+        self.backbone.enable_input_require_grads()
+
+
+class SequenceClassifier(BackboneModel):
     """backbone -> pooled hidden state (cls | mean | last non-pad token) -> dropout -> linear head.
 
     One class for encoders and decoders, so every method wraps the same structure. The loss is cross
     entropy for classification and mean squared error for regression (num_labels == 1).
     """
-
-    # the loss is a mean over this process's batch: the Trainer must not pass num_items_in_batch nor, under
-    # DDP, scale the loss by the number of processes for it (it did: the logged loss of 2 processes was 2x)
-    accepts_loss_kwargs = False
 
     def __init__(self, backbone: nn.Module, hidden: int, num_labels: int, pooling: str, dropout: float = 0.1):
         super().__init__()
@@ -137,15 +150,6 @@ class SequenceClassifier(nn.Module):
                 loss = nn.functional.cross_entropy(logits.float(), labels.long())
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-    # Trainer / peft hooks, delegated to the backbone
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
-    def get_input_embeddings(self):
-        return self.backbone.get_input_embeddings()
-
-    def enable_input_require_grads(self):
-        self.backbone.enable_input_require_grads()
 
 
 def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
@@ -175,7 +179,7 @@ class CosineHead(nn.Module):
         return torch.stack([torch.zeros_like(z), z], dim=-1)
 
 
-class BiEncoder(nn.Module):
+class BiEncoder(BackboneModel):
     """Siamese sentence-pair model, as sentence-embedding encoders (MiniLM) are trained: each text is encoded alone
     by the same backbone and pooled (model.pooling; mean for MiniLM), then compared by cosine similarity.
 
@@ -186,8 +190,6 @@ class BiEncoder(nn.Module):
       threshold fit and nothing trained, so every method starts from it.
     - more classes: a linear head on (u, v, |u - v|) (Reimers & Gurevych 2019, SoftmaxLoss).
     """
-
-    accepts_loss_kwargs = False  # as SequenceClassifier: the loss is this batch's mean
 
     def __init__(self, backbone: nn.Module, hidden: int, num_labels: int, pooling: str, projection: bool = False):
         super().__init__()
@@ -230,15 +232,6 @@ class BiEncoder(nn.Module):
         logits = head(cos)
         loss = nn.functional.cross_entropy(logits, labels.long()) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
-    def get_input_embeddings(self):
-        return self.backbone.get_input_embeddings()
-
-    def enable_input_require_grads(self):
-        self.backbone.enable_input_require_grads()
 
 
 def load_tokenizer(path: str, model_cfg):

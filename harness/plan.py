@@ -113,11 +113,12 @@ def hf_config(model_cfg):
 
 
 def meta_model(cfg, head: str, dtype):
-    """The run's model structure on the meta device: a causal LM, or backbone + our classifier head."""
+    """The run's model structure on the meta device (head: lm | classifier | bi_encoder): a causal LM, or backbone +
+    our classifier head, or our bi-encoder."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from harness.config import baseline_of, is_bi_encoder
+    from harness.config import baseline_of
     from harness.models import BiEncoder, SequenceClassifier
 
     config = hf_config(cfg.model)
@@ -134,7 +135,7 @@ def meta_model(cfg, head: str, dtype):
             num_labels = 1 if str(getattr(cfg.task.kind, "value", cfg.task.kind)) == "regression" else max(
                 2, len(cfg.task.labels))
             pooling = str(getattr(cfg.model.pooling, "value", cfg.model.pooling))
-            if is_bi_encoder(cfg.task):
+            if head == "bi_encoder":
                 model = BiEncoder(backbone, config.hidden_size, num_labels, pooling,
                                   projection=baseline_of(cfg.method) == "head_only")
             else:
@@ -233,10 +234,9 @@ def trace_activations(model, batch: int, seq: int, head: str, compute=None, quan
     mask = torch.ones(batch, seq, dtype=torch.long, device="meta")
     kw = {"input_ids": ids, "attention_mask": mask}
     kw["labels"] = ids if head == "lm" else torch.zeros(batch, dtype=torch.long, device="meta")
-    if type(model).__name__ == "BiEncoder" or type(getattr(getattr(model, "base_model", None), "model", None)).__name__ \
-            == "BiEncoder":  # both sentences of each pair, each as long as the longest side
+    if head == "bi_encoder":  # both sentences of each pair, each as long as the longest side
         kw.update(input_ids_b=ids, attention_mask_b=mask)
-        if getattr(model, "num_labels", None) == 1:
+        if model.num_labels == 1:
             kw["labels"] = torch.zeros(batch, dtype=torch.float32, device="meta")
     from unittest import mock
 
@@ -278,12 +278,12 @@ def plan(cfg) -> Plan:
     from omegaconf import OmegaConf, open_dict
 
     from harness import methods
-    from harness.config import effective_rank, is_causal
+    from harness.config import effective_rank, is_bi_encoder, is_causal
 
     m = cfg.method
     quant = str(getattr(m.quant, "value", m.quant))
     adapter = bool(m.adapter)
-    head = "lm" if is_causal(cfg.task) else "classifier"
+    head = "lm" if is_causal(cfg.task) else "bi_encoder" if is_bi_encoder(cfg.task) else "classifier"
     compute = methods.compute_dtype(m.compute_dtype) if str(getattr(m.compute_dtype, "value", m.compute_dtype)) != "auto" \
         else (torch.bfloat16 if cfg.get("plan_device", "cuda") == "cuda" else methods.compute_dtype("auto"))
     base = methods.base_dtype(m)

@@ -140,7 +140,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     import transformers
 
     from harness import methods, models
-    from harness.config import baseline_of, effective_lr, is_bi_encoder, is_causal, trains
+    from harness.config import baseline_of, effective_lr, is_bi_encoder, is_causal, pair_encoding_of, trains
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
 
@@ -164,7 +164,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
         "name": task.name,
         "kind": str(getattr(task.kind, "value", task.kind)),
         "train_examples": len(data.train) if need_train else 0,
-        "pair_encoding": None if causal else str(getattr(task.pair_encoding, "value", task.pair_encoding)),
+        "pair_encoding": None if causal else pair_encoding_of(task),
         "tune": bool(task.tune),
         "eval_examples": {s: len(df) for s, df in data.evals.items()},
         "data_source": data.source,

@@ -64,14 +64,12 @@ def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, 
             b = tokenizer(texts[1], truncation=True, max_length=max_len, return_token_type_ids=False)
             out = {"input_ids": a["input_ids"], "attention_mask": a["attention_mask"],
                    "input_ids_b": b["input_ids"], "attention_mask_b": b["attention_mask"]}
-            out["labels"] = ([(float(x) - mean) / std for x in batch["label"]] if regression
-                             else [int(x) for x in batch["label"]])
-            out["length"] = [len(x) + len(y) for x, y in zip(a["input_ids"], b["input_ids"])]
-            return out
-        out = tokenizer(*texts, truncation=True, max_length=max_len)
+        else:
+            out = tokenizer(*texts, truncation=True, max_length=max_len)
         out["labels"] = ([(float(x) - mean) / std for x in batch["label"]] if regression
                          else [int(x) for x in batch["label"]])
-        out["length"] = [len(x) for x in out["input_ids"]]
+        out["length"] = [len(x) + len(y) for x, y in zip(out["input_ids"], out["input_ids_b"])] if bi else [
+            len(x) for x in out["input_ids"]]
         return out
 
     return ds.map(enc, batched=True, remove_columns=list(df.columns), desc="tokenize", keep_in_memory=True)

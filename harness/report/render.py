@@ -142,7 +142,7 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
         lines += [f"**Mirrors** {paper['source']}: {paper['description'].strip()}", "",
                   f"**The paper's claim:** {paper['claim'].strip()}", ""]
     lines += ["## Scale we ran at", "", scale_table(chosen, runs, agg), ""]
-    note = _cfg(chosen[-1], "report", "note")
+    note = _cfg(max(chosen, key=lambda r: str(r.get("finished_at") or "")), "report", "note")
     if note:
         lines += [f"Note: {note}", ""]
     if agg.empty:

@@ -7,6 +7,8 @@ SCALE   ?= local
 SEARCH  ?= stsb_minilm
 WORKERS ?= 1
 MODEL   ?= llama2_70b
+# runs at a time for make sweep / make sanity at local scale (each on its share of the cores); JOBS= for other launchers
+JOBS    ?= $(if $(filter local,$(SCALE)),2,)
 export MALLOC_MMAP_THRESHOLD_ := 131072
 export TOKENIZERS_PARALLELISM := false
 
@@ -26,11 +28,11 @@ run: setup  ## the default single experiment (MiniLM-L6, SST-2, LoRA): one resul
 	$(PY) -m harness.run $(ARGS)
 
 sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)
-	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(ARGS)
+	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
 	$(PY) -m harness.report --experiment $(EXPERIMENT)
 
 sanity: setup  ## does fine-tuning beat its baselines on every local task? 3 seeds each, fp32 -> reports/sanity/
-	$(PY) -m harness.run -m +experiment=sanity $(ARGS)
+	$(PY) -m harness.run -m +experiment=sanity $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
 	$(PY) -m harness.report --experiment sanity
 
 search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report

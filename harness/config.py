@@ -191,7 +191,7 @@ class TrainConfig:
     # autocast caches oneDNN kernels per shape and memory grows with every new length), little padding
     pad_to_multiple_of: int = 8
     seed: int = 0
-    threads: int = 0  # 0 = all cores
+    threads: int = 0  # 0 = all cores (or this job's share when the sweep launcher runs several at once)
     eval_every: int = 0  # evaluate every N optimizer steps (0 = only at the end)
     warmup_steps_excluded: int = 2  # steps left out of the median step time
     # a NaN/inf training loss stops the run, recorded with status `diverged`; false: train on, and the record

@@ -145,7 +145,8 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     from harness.tasks import find_data_dir, load_task
 
     transformers.logging.set_verbosity_error()
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    # train.threads=0: every core, or this job's share when the sweep launcher runs several at once
+    torch.set_num_threads(cfg.train.threads or int(os.environ.get("HARNESS_THREADS") or 0) or os.cpu_count() or 1)
     rec["times"] = {"imports_s": time.perf_counter() - t0}
     task = cfg.task
     causal = is_causal(task)

@@ -26,7 +26,8 @@ class Claim:
     evidence: str
 
     def markdown(self) -> str:
-        verdict = {True: "**yes**", False: "**no**", None: "**not resolved** (within seed noise)"}[self.holds]
+        verdict = {True: "**yes**", False: "**no**",
+                   None: "**not resolved** (within seed noise, or one seed: noise unknown)"}[self.holds]
         return f"- {self.claim} — holds here: {verdict}. {self.evidence}"
 
 
@@ -57,16 +58,19 @@ def _n(x: float | None) -> str:
 
 
 def within(shortfall: float, nz: float | None, tol: float = TOLERANCE) -> bool | None:
-    """'matches within tol' given how far short it falls (positive = worse)."""
+    """'matches within tol' given how far short it falls (positive = worse). One seed (nz None): the seed noise is
+    unknown, so neither a match nor a miss is resolved."""
+    if nz is None:
+        return None
     if shortfall <= tol:
         return True
-    return None if nz is not None and shortfall <= max(tol, nz) else False
+    return None if shortfall <= max(tol, nz) else False
 
 
 def beats(diff: float, nz: float | None) -> bool | None:
-    """'A beats B' given A - B."""
+    """'A beats B' given A - B; not resolved with one seed (nz None) or inside the noise."""
     if nz is None:
-        return diff > 0
+        return None
     return True if diff > nz else False if diff < -nz else None
 
 

@@ -71,7 +71,7 @@ def run_row(rec: dict) -> dict:
         "task": _get(cfg, "task", "name"),
         "model": _get(cfg, "model", "name"),
         "method": _get(cfg, "method", "name"),
-        "baseline": _get(cfg, "method", "baseline", default=_get(rec, "method", "baseline")) or "none",
+        "baseline": baseline_name(rec),
         "pair_encoding": _get(cfg, "task", "pair_encoding") or _get(rec, "task", "pair_encoding"),
         "quant": _get(cfg, "method", "quant"),
         "compute_dtype": _get(rec, "method", "compute_dtype"),
@@ -114,6 +114,11 @@ def run_row(rec: dict) -> dict:
         "error": rec.get("error"),
         "path": rec.get("_path"),
     }
+
+
+def baseline_name(rec: dict) -> str:
+    """The baseline a record is (majority, zero_shot, head_only), or "none" for a fine-tuning run."""
+    return _get(rec, "config", "method", "baseline", default=_get(rec, "method", "baseline")) or "none"
 
 
 def _curve(rec: dict, split, metric, scale: float) -> dict:

@@ -105,16 +105,14 @@ def baseline_records(store) -> list[dict]:
     """Every baseline run in the store (method.baseline set), of any experiment: reports compare with them."""
     out = []
     for name in store.experiments():
-        out += [r for r in store.records(name)
-                if ((r.get("config") or {}).get("method") or {}).get("baseline", "none") in frame.BASELINES]
+        out += [r for r in store.records(name) if frame.baseline_name(r) in frame.BASELINES]
     return out
 
 
 def with_baselines(records: list[dict], agg: pd.DataFrame, extra: list[dict] = (), how: str = "median"):
     """(agg with each configuration's best baseline attached, the baselines' aggregate): baselines from these
     records and `extra` (other experiments' baseline runs), one record per config hash."""
-    pool = {r.get("config_hash"): r for r in [*extra, *records]
-            if ((r.get("config") or {}).get("method") or {}).get("baseline", "none") in frame.BASELINES}
+    pool = {r.get("config_hash"): r for r in [*extra, *records] if frame.baseline_name(r) in frame.BASELINES}
     chosen, _ = frame.latest_per_config(list(pool.values()))
     base = frame.aggregate(frame.runs_frame(chosen), how) if chosen else pd.DataFrame()
     return frame.attach_baselines(agg, base), base
@@ -198,11 +196,12 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
     return path
 
 
-def write_index(store, out_root: Path) -> Path:
-    """reports/README.md: every experiment in the store, what it mirrors, its runs and its claims' verdicts."""
+def write_index(store, out_root: Path, base_recs: list[dict] | None = None) -> Path:
+    """reports/README.md: every experiment in the store, what it mirrors, its runs and its claims' verdicts.
+    `base_recs`: the store's baseline records, when the caller has read them already."""
     pv = paper_values()
     rows = []
-    base_recs = baseline_records(store)
+    base_recs = baseline_records(store) if base_recs is None else base_recs
     for name in store.experiments():
         if name.startswith("search/"):
             continue  # listed under "Searches" below
@@ -308,5 +307,5 @@ def main(argv: list[str] | None = None) -> int:
         from harness.report.memory import render as render_memory
 
         print(render_memory(store, Path(args.out)))
-    print(write_index(store, Path(args.out)))
+    print(write_index(store, Path(args.out), base_recs))
     return 0

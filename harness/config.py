@@ -302,7 +302,7 @@ class SearchConfig:
     second_objective: Optional[SearchObjective] = None
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    # trials to run first, e.g. the paper's default recipe, so the report can compare the best one with it
+    # trials to run first, e.g. the harness default recipe, so the report can compare the best one with it
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     heartbeat_s: int = 60  # a running trial whose worker has not been heard of for 3x this is failed and retried
     max_retry: int = 2  # retries of a trial whose worker died

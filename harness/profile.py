@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-MB = 1024 * 1024
+MB = 1024 * 1024  # every *_mb value in a record is in MiB (2**20 bytes); reports label it MiB
 
 
 def _status_kb(key: str) -> Optional[int]:

@@ -227,7 +227,8 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
 
     out = train_and_evaluate(model, tokenizer, prep["train"], prep["evals"], cfg, str(out_dir / "trainer"),
                              dtype=dtype, on_trained=meter.trained, label_norm=prep["norm"],
-                             final_evaluate=final_evaluate, on_evaluate=on_evaluate)
+                             final_evaluate=final_evaluate, on_evaluate=on_evaluate,
+                             predictions_dir=out_dir / "predictions" if _process_rank() == 0 else None)
     if causal and cfg.mmlu_eval.enabled:
         rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
     rec["memory"] = meter.record()

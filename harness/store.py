@@ -159,7 +159,8 @@ class Store:
         return dict(rows)
 
     def records(self, experiment: str | None = None, status: str | None = None) -> list[dict]:
-        """Records (dicts) in the index, oldest first, each with `_path` (relative to the root) added."""
+        """Records (dicts) in the index, oldest first, each with `_path` (relative to the root) and `_dir` (the
+        run directory, absolute: its per-example predictions are there) added."""
         q, args = "SELECT path, record FROM records WHERE 1=1", []
         if experiment is not None:
             q, args = q + " AND experiment = ?", args + [experiment]
@@ -171,6 +172,7 @@ class Store:
         for path, blob in rows:
             rec = json.loads(blob)
             rec["_path"] = path
+            rec["_dir"] = str((self.root / path).parent.resolve())
             out.append(rec)
         return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -320,6 +321,7 @@ def train_and_evaluate(
     label_norm: tuple[float, float] | None = None,
     final_evaluate=None,
     on_evaluate=None,
+    predictions_dir: str | Path | None = None,
 ) -> dict:
     """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
 
@@ -329,6 +331,7 @@ def train_and_evaluate(
     perplexity, multiple choice: harness/evaluate.py) gives the final numbers. train.max_steps=0 trains nothing.
     `on_evaluate(step, {split: {metric: value}})` is called after each evaluation during training (every
     `train.eval_every` steps); it may raise `Pruned` to stop the run (a search's pruner does).
+    `predictions_dir`: where the final evaluation writes per-example predictions (`_evaluate_all`).
     """
     t = cfg.train
     task = cfg.task
@@ -352,7 +355,8 @@ def train_and_evaluate(
         if any(k.endswith(tuple(task.metrics)) for k in ev):
             history.append({"step": entry.get("step"), "metrics": _strip(ev, eval_sets, task.metrics)})
     t1 = time.perf_counter()
-    final = final_evaluate() if final_evaluate is not None else _evaluate_all(trainer, eval_sets, task.metrics)
+    final = final_evaluate() if final_evaluate is not None else _evaluate_all(
+        trainer, eval_sets, task.metrics, regression=is_regression(task), norm=label_norm, pred_dir=predictions_dir)
     eval_wall = time.perf_counter() - t1
     history.append({"step": trainer.state.global_step, "metrics": final})
     headline_split = first_split
@@ -456,9 +460,39 @@ def _strip(ev: dict, eval_sets: dict, names) -> dict:
     return {k: _clean(v, names) for k, v in out.items()}
 
 
-def _evaluate_all(trainer, eval_sets: dict, names) -> dict:
+def _evaluate_all(trainer, eval_sets: dict, names, *, regression: bool = False,
+                  norm: tuple[float, float] | None = None, pred_dir: str | Path | None = None) -> dict:
+    """{split: metrics}; with `pred_dir`, each split's per-example predictions go to <pred_dir>/<split>.jsonl
+    ({"i", "pred", "gold"}: a class id, or a regression score on the task's own scale), in the eval set's order
+    (the same for every run on that split), so two runs can be compared example by example (a paired bootstrap)."""
     out = {}
     for split, ds in eval_sets.items():
-        res = trainer.evaluate(ds, metric_key_prefix="eval")
+        if pred_dir is None:
+            res = trainer.evaluate(ds, metric_key_prefix="eval")
+        else:
+            p = trainer.predict(ds, metric_key_prefix="eval")
+            res = p.metrics
+            write_predictions(Path(pred_dir) / f"{split}.jsonl", p.predictions, p.label_ids, regression, norm)
         out[split] = _clean({k[len("eval_"):]: v for k, v in res.items()}, names)
     return out
+
+
+def write_predictions(path: Path, predictions, label_ids, regression: bool,
+                      norm: tuple[float, float] | None = None) -> None:
+    """Per-example predictions of a classifier (argmax class) or regressor (score, back on the task's scale)."""
+    import json
+
+    logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
+    gold = np.asarray(label_ids)
+    if regression:
+        mean, std = norm or (0.0, 1.0)
+        pred = [float(x) * std + mean for x in logits.reshape(len(logits), -1)[:, 0]]
+        gold_v = [float(x) * std + mean for x in gold]
+    else:
+        pred, gold_v = [int(x) for x in logits.argmax(-1)], [int(x) for x in gold]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, (a, b) in enumerate(zip(pred, gold_v)):
+            f.write(json.dumps({"i": i, "pred": a, "gold": b}) + "\n")
+    tmp.replace(path)

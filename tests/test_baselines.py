@@ -200,7 +200,9 @@ def test_a_rendered_report_shows_baseline_rows_and_marks_configurations_below_th
     text = path.read_text()
     assert "## Baselines" in text and "Zero-shot" in text and "| sanity |" in text
     assert "1 of 2 fine-tuned configurations are below their best baseline" in text
-    assert "61.0 ±1.0†" in text and "below baseline" in text and "clearly above" in text
+    assert "61.0 [60.0–62.0]† (3 of 3 below baseline)" in text and "below baseline" in text
+    assert "clearly above" in text  # Wq,Wv - zero-shot per seed +10, +11, +12: 95% interval [+8.5, +13.5]
+    assert "| +11.0 [+8.5, +13.5] |" in text
 
 
 def test_the_planner_builds_the_bi_encoder_and_counts_what_each_baseline_trains():
@@ -244,6 +246,32 @@ def test_the_sanity_report_calls_a_task_usable_only_when_fine_tuning_clearly_bea
     assert "lora below baseline" in stsb["why"]
     text = path.read_text()
     assert "**usable for claims**" in text and "**not usable for claims**" in text
+    assert lora["ci95"] == [pytest.approx(77.52, abs=0.01), pytest.approx(82.48, abs=0.01)]  # 80 +- 4.30 * 1 / sqrt(3)
+    # per seed +4.6, +5.5, +6.4: sd 0.9, 4.30 * 0.9 / sqrt(3) = 2.24
+    assert lora["minus_baseline"].startswith("+5.5 [+3.3, +7.7] (95% interval, paired over seeds 1,2,3)")
+
+
+def test_a_collapsed_seed_is_counted_apart_and_keeps_a_task_from_claims(tmp_path):
+    import json
+
+    from harness.report.sanity import render
+
+    def rec(method, seed, value, baseline="none"):
+        r = make_record(experiment="sanity", task="mrpc", method=method, seed=seed, value=value, table="sanity",
+                        aggregate="mean")
+        r["config"]["method"]["baseline"] = baseline
+        r["config_hash"] = f"{method}{seed}"
+        return r
+
+    recs = [rec("majority", s, 0.684, "majority") for s in (1, 2, 3)]
+    recs += [rec("zero_shot", s, 0.70 + s / 1000, "zero_shot") for s in (1, 2, 3)]
+    recs += [rec("lora", 1, 0.80), rec("lora", 2, 0.81), rec("lora", 3, 0.684)]  # seed 3 predicts the majority class
+    render(recs, tmp_path)
+    task = json.loads((tmp_path / "sanity" / "summary.json").read_text())["tasks"]["mrpc/minilm_l6"]
+    lora = next(r for r in task["rows"] if r["method"] == "lora")
+    assert lora["collapsed"] == 1 and lora["seeds_below_baseline"] == 1
+    assert not task["usable_for_claims"] and "1 seed(s) collapsed" in task["why"]
+    assert "1 collapsed" in (tmp_path / "sanity" / "README.md").read_text()
 
 
 @needs_data
@@ -267,3 +295,11 @@ def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path
     assert recs["head_only"]["params"]["trainable"] == 2 and recs["head_only"]["steps"] == 4
     assert recs["lora"]["model"]["head"] == "bi_encoder_cosine_threshold"
     assert recs["lora"]["task"]["pair_encoding"] == "bi" and recs["lora"]["method"]["baseline"] == "none"
+    # per-example predictions beside the record (for a paired bootstrap): they give back the recorded accuracy
+    from harness.report.examples import load, scorer
+
+    for method in ("zero_shot", "lora"):
+        p = load({"_dir": str(tmp_path / method)}, "validation")
+        assert len(p["gold"]) == 32
+        acc = scorer("accuracy", p)(np.arange(32))
+        assert acc == pytest.approx(recs[method]["metrics"]["final"]["validation"]["accuracy"])

@@ -54,7 +54,7 @@ def test_default_space_parses_and_trials_compose_from_base_and_command_line():
     assert set(s.params) == {"r", "alpha", "lr", "targets"}
     assert cfg.task.name == "stsb" and cfg.task.train_size == 500  # the command line wins over search.base
     assert int(cfg.train.eval_every) > 0  # the pruner has evaluations to look at
-    # the paper default is enqueued in the study's own terms: alpha 16 at r 8 is alpha/r = 2
+    # the harness default is enqueued in the study's own terms: alpha 16 at r 8 is alpha/r = 2
     assert to_optuna_params(s, dict(s.enqueue[0])) == {"r": 8, "alpha/r": 2, "lr": 3e-3, "targets": "qv"}
     assert merge_overrides(["a=1", "b=2"], ["+a=3"]) == ["b=2", "+a=3"]
 
@@ -288,7 +288,7 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("[tiny] trial ") == 3 and "done: " in p.stdout
     readme = (rep / "search" / "tiny" / "README.md").read_text()
-    assert "## Best trials" in readme and "## Every trial" in readme and "paper default" in readme
+    assert "## Best trials" in readme and "## Every trial" in readme and "harness default" in readme
     assert "python -m harness.run " in readme and (rep / "search" / "tiny" / "history.png").exists()
     # rerun with one more trial: the study resumes (trial numbers go on), and the store holds one record per trial
     p2 = subprocess.run(cmd + ["search.n_trials=4"], cwd=REPO, capture_output=True, text=True, timeout=300)

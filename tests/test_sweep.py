@@ -71,8 +71,8 @@ def test_lora_table5_derives_r_from_the_budget():
 
 def test_qlora_table3_covers_every_data_type_on_one_recipe():
     jobs = grid("qlora_table3")
-    assert choices(jobs, "method") == sorted(["full", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4",
-                                              "qlora_nf4_dq"])
+    assert choices(jobs, "method") == sorted(["full", "lora_bf16", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq",
+                                              "qlora_nf4", "qlora_nf4_dq"])
     recipes = {json.dumps({k: v for k, v in dict(compose(j).train).items() if k != "seed"}, default=str) for j in jobs}
     assert len(recipes) == 1
 

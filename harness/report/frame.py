@@ -113,6 +113,7 @@ def run_row(rec: dict) -> dict:
         "finished_at": rec.get("finished_at"),
         "error": rec.get("error"),
         "path": rec.get("_path"),
+        "dir": rec.get("_dir"),
     }
 
 
@@ -159,15 +160,25 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
-    """One row per configuration (ok runs only): the metric aggregated over seeds the paper's way, its spread
-    (sample standard deviation; 0 for one seed), the number of seeds, and the mean of the cost columns."""
+    """One row per configuration (ok runs only): the metric aggregated over seeds the paper's way (`value`: median
+    or mean), its spread (sample standard deviation; 0 for one seed), n, mean, median, sd and the 95% t-interval
+    of the mean (`ci_lo`, `ci_hi`: harness.report.stats), the per-seed values and run directories (for paired
+    comparisons), `failed` (runs of the configuration that ended without a metric: diverged or errored; not in
+    the statistics), the best evaluation during training (`best`, the LoRA paper's protocol) beside the final
+    one, and the mean of the cost columns."""
+    from harness.report import stats
+
     ok = runs[runs["status"] == "ok"]
     if ok.empty:
         return pd.DataFrame()
+    failed = runs[runs["status"] != "ok"].groupby("group").size().to_dict()
     out = []
     for key, g in ok.groupby("group", sort=False):
         vals = g["value"].dropna().astype(float)
         first = g.iloc[0]
+        summ = stats.summarize(list(vals))
+        best = g["best_value"].dropna().astype(float)
+        per_seed = g.dropna(subset=["value"])
         row = {c: first[c] for c in ("experiment", "task", "model", "method", "baseline", "pair_encoding", "quant", "compute_dtype", "targets",
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
                                      "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
@@ -179,6 +190,16 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
             "min": float(vals.min()) if len(vals) else math.nan,
             "max": float(vals.max()) if len(vals) else math.nan,
             "seeds": int(g["seed"].nunique()),
+            "n": summ.n, "mean": summ.mean, "median": summ.median, "sd": summ.sd,
+            "ci_lo": summ.lo, "ci_hi": summ.hi,
+            "values": {int(s): float(v) for s, v in zip(per_seed["seed"], per_seed["value"]) if s is not pd.NA},
+            "dirs": {int(s): d for s, d in zip(per_seed["seed"], per_seed["dir"]) if s is not pd.NA and d},
+            "failed": int(failed.get(key, 0)),
+            "peaks": {int(s): float(v) for s, v in zip(g["seed"], g["peak_mb"])
+                      if s is not pd.NA and v is not None and not pd.isna(v)},
+            "mmlu_values": {int(s): float(v) for s, v in zip(g["seed"], g["mmlu_after"])
+                            if s is not pd.NA and v is not None and not pd.isna(v)},
+            "best": float(best.median() if how == "median" else best.mean()) if len(best) else math.nan,
             "peak_mb": g["peak_mb"].astype(float).mean(),
             "tokens_per_s": g["tokens_per_s"].astype(float).mean(),
             "train_s": g["train_s"].astype(float).mean(),
@@ -197,25 +218,27 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
 BASELINES = ("majority", "zero_shot", "head_only")
 # a fine-tuned configuration against its best baseline (vs_baseline)
 BELOW, CLEAR, WITHIN, ONE_SEED = "below baseline", "clearly above", "above, within noise", "above (one seed)"
-
-
-def _se(row) -> float:
-    n = max(int(row["seeds"]), 1)
-    return (float(row["spread"]) ** 2 / n) if n > 1 else 0.0
+COLLAPSE_MARGIN = 1.0  # points: a seed within this of the majority class / mean predictor learned nothing
 
 
 def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     """Each fine-tuned configuration with the best baseline measured on the same task, eval split and number of
     eval examples (and the same model, except for the majority class, which has none): its value, method, seeds
-    and experiment, and `vs_baseline`:
+    and experiment, the difference to it (`vs_baseline_diff`: paired over seeds where both ran the same seeds,
+    else Welch; harness.report.stats) and `vs_baseline`:
     - "below baseline": the configuration's aggregate is below the baseline's; it is never evidence for a claim;
-    - "clearly above": every seed above every baseline seed and the gap over 2 standard errors (Welch, seeds);
+    - "clearly above": the 95% interval of the difference is above 0;
     - "above, within noise": otherwise; "above (one seed)": one seed cannot tell noise from a gain.
-    Metrics where lower is better (loss, perplexity) get no comparison."""
+    Failures are counted per configuration, never hidden by an aggregate: `seeds_below` (seeds under the best
+    baseline's value) and `collapsed` (seeds within COLLAPSE_MARGIN points of the majority class / mean
+    predictor, i.e. a constant predictor). Metrics where lower is better (loss, perplexity) get no comparison."""
+    from harness.report import stats
+
     if agg.empty:
         return agg
     out = agg.copy()
-    for c in ("baseline_value", "baseline_method", "baseline_seeds", "baseline_experiment", "vs_baseline"):
+    for c in ("baseline_value", "baseline_method", "baseline_seeds", "baseline_experiment", "vs_baseline",
+              "vs_baseline_diff", "seeds_below", "collapsed", "majority_value"):
         out[c] = None
     if base is None or base.empty:
         return out
@@ -230,13 +253,20 @@ def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         if cand.empty:
             continue
         b = cand.loc[cand["value"].astype(float).idxmax()]
+        vals = row.get("values") or {}
+        maj = cand[cand["baseline"] == "majority"]
+        if len(maj):
+            floor = float(maj["value"].astype(float).max()) + COLLAPSE_MARGIN
+            out.at[i, "majority_value"] = float(maj["value"].astype(float).max())
+            out.at[i, "collapsed"] = sum(1 for v in vals.values() if v <= floor)
+        out.at[i, "seeds_below"] = sum(1 for v in vals.values() if v < float(b["value"]))
+        d = stats.compare(vals, b.get("values") or {})
         diff = float(row["value"]) - float(b["value"])
-        se = math.sqrt(_se(row) + _se(b))
         if diff < 0:
             verdict = BELOW
         elif int(row["seeds"]) < 2:
             verdict = ONE_SEED
-        elif float(row["min"]) > float(b["max"]) and diff > 2 * se:
+        elif stats.beats(d) == stats.HOLDS:
             verdict = CLEAR
         else:
             verdict = WITHIN
@@ -245,6 +275,7 @@ def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         out.at[i, "baseline_seeds"] = int(b["seeds"])
         out.at[i, "baseline_experiment"] = b["experiment"]
         out.at[i, "vs_baseline"] = verdict
+        out.at[i, "vs_baseline_diff"] = None if d is None else d.text()
     return out
 
 

@@ -88,7 +88,7 @@ def measured_section(store) -> tuple[list[str], dict]:
           "peak is not their sum: it is the larger of the start of the backward pass (activations and loss buffers "
           "alive, gradients still to come) and the optimizer step (gradients and AdamW's temporaries, activations "
           "freed).", "",
-          tables.md_table(["Model", "Method", "Batch x tokens", "Measured MB", "Planned MB", "Planned / measured",
+          tables.md_table(["Model", "Method", "Batch x tokens", "Measured MiB", "Planned MiB", "Planned / measured",
                            f"Within {TOLERANCE:.0%}", "Measured W / G / O / rest", "Planned W / G / O / rest"], rows,
                           ["l", "l", "r", "r", "r", "r", "l", "r", "r"]), ""]
     if wrows:

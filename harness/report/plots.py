@@ -85,7 +85,7 @@ def cost_plot(agg: pd.DataFrame, out: Path) -> Path | None:
     order = list(dict.fromkeys(a["Method"]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     sns.barplot(data=a, x="Method", y="peak_mb", order=order, ax=axes[0], errorbar=None, color="#4c72b0")
-    axes[0].set_ylabel("peak training memory over baseline (MB)")
+    axes[0].set_ylabel("peak training memory over baseline (MiB)")
     sns.barplot(data=a, x="Method", y="tokens_per_s", order=order, ax=axes[1], errorbar=None, color="#55a868")
     axes[1].set_ylabel("training tokens/s (non-pad)")
     for ax in axes:
@@ -109,7 +109,7 @@ def pareto_plot(agg: pd.DataFrame, out: Path) -> Path | None:
         label = row["Method"] + (f" {targets_label(row['targets'])} r={int(row['r'])}" if pd.notna(row["r"]) else "")
         ax.annotate(label, (row["peak_mb"], row["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.legend(fontsize=7)
-    ax.set_xlabel("peak training memory over baseline (MB)")
+    ax.set_xlabel("peak training memory over baseline (MiB)")
     ax.set_ylabel(_ylabel(a))
     ax.set_title("Metric vs memory (labelled: configurations on the Pareto front)")
     return _save(fig, out / "pareto.png")

@@ -56,14 +56,19 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         dev.append(f"{d}: {gpu if isinstance(gpu, str) else cpu}")
     counts = runs["status"].value_counts().to_dict()
     how = _cfg(records[0], "report", "aggregate", default="median")
+    eval_only = evaluation_only(runs)
     rows = [
         ["Scale", ", ".join(sorted(set(str(s) for s in ok["scale"].dropna()))) or tables.DASH],
         ["Model", "; ".join(models) or tables.DASH],
+        *[["Weights", w] for w in [weights_note(records)] if w],
         ["Data", "; ".join(task_rows) or tables.DASH],
-        ["Trainable parameters", f"{tables.human(trn.min())}–{tables.human(trn.max())} "
-                                 f"({pct.min():.3f}–{pct.max():.2f}% of the model)" if len(trn) else tables.DASH],
-        ["Optimizer steps per run", ", ".join(map(str, steps)) or tables.DASH],
-        ["Seeds", f"{', '.join(map(str, seeds))} (configurations aggregated by {how}; ± = std over seeds)"],
+        *([] if eval_only else [
+            ["Trainable parameters", f"{tables.human(trn.min())}–{tables.human(trn.max())} "
+                                     f"({pct.min():.3f}–{pct.max():.2f}% of the model)" if len(trn) else tables.DASH],
+            ["Optimizer steps per run", ", ".join(map(str, steps)) or tables.DASH],
+            ["Seeds", f"{', '.join(map(str, seeds))} (configurations aggregated by {how}; [min–max] over seeds)"]]),
+        *([["Training", "none: every run evaluates a base model as stored (no seeds, no trainable parameters)"]]
+          if eval_only else []),
         ["Device", "; ".join(dev) or tables.DASH],
         ["Software", ", ".join(f"{k} {v}" for k, v in (records[-1].get("versions") or {}).items()
                                if k in ("torch", "transformers", "peft", "bitsandbytes"))],
@@ -73,12 +78,32 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
     return tables.md_table(["", ""], rows, ["l", "l"])
 
 
+def evaluation_only(runs: pd.DataFrame) -> bool:
+    """True when no run of the experiment trained anything (e.g. QLoRA Table 2: each data type evaluated as is)."""
+    ok = runs[runs["status"] == "ok"] if len(runs) else runs
+    return bool(len(ok)) and not ok["trained"].fillna(True).astype(bool).any()
+
+
+def weights_note(records: list[dict]) -> str:
+    """What the 'full-precision' weights of each model really are, where it matters: a model converted from a
+    quantized GGUF file holds dequantized 4-bit values, so its fp32 rows are not a genuine 16/32-bit model."""
+    notes = {}
+    for r in records:
+        src, name = str(_cfg(r, "model", "source", default="") or ""), _cfg(r, "model", "name")
+        if src.startswith("gguf:"):
+            quant = next((q for q in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0") if q in src), "a quantized type")
+            notes[name] = (f"{name}: converted from a {quant} GGUF file ({src.split(':')[-1]}), so its \"fp32\" "
+                           f"weights are dequantized {quant} values: its full-precision rows are a 4/5/8-bit model's "
+                           "values, and quantizing it again re-quantizes already-quantized weights")
+    return "; ".join(notes[k] for k in sorted(notes))
+
+
 def _describe(row: dict) -> str:
     m = tables.METHOD_LABELS.get(row["method"], row["method"])
     if row["targets"] != "-":
         m += f" on {tables.targets_label(row['targets'])}, r={int(row['r'])}"
     return (f"{m} ({tables.TASK_LABELS.get(row['task'], row['task'])} {tables.ours(row)}, peak "
-            f"{tables.num(row['peak_mb'], 0)} MB, {tables.human(row['trainable'])} trainable, "
+            f"{tables.num(row['peak_mb'], 0)} MiB, {tables.human(row['trainable'])} trainable, "
             f"{tables.num(row['tokens_per_s'], 0)} tokens/s)")
 
 
@@ -172,8 +197,14 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
         found = claim_checks.check(table, frame.evidence(agg))
         lines += ["## Claims checked", ""]
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]
-        lines += ["", f"Tolerance: {claim_checks.TOLERANCE:.0f} point on the x100 scale.", ""]
-        lines += ["## All configurations", "", tables.all_configs(agg), ""]
+        lines += ["", STATS_NOTE if not evaluation_only(runs) else
+                  "Evaluation only: one deterministic evaluation per stored data type, so the numbers decide; the "
+                  "sampling error of the evaluation set is not measured here.", ""]
+        lines += ["## All configurations", "",
+                  f"Ours (final) = the {how} over seeds of the final evaluation, [min–max over seeds]; the mean's "
+                  "interval is Student-t (n-1 degrees of freedom); failures are counted, never hidden (they are "
+                  "included in the statistics, except failed runs, which have no metric).", "",
+                  tables.all_configs(agg), ""]
         if plots:
             from harness.report.plots import draw_all
 
@@ -193,6 +224,55 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
+    write_summary(out / "summary.json", name, runs, agg, found if not agg.empty else [], how, table)
+    return path
+
+
+STATS_NOTE = ("How verdicts are decided (harness/report/stats.py): differences are paired by seed (every "
+              "configuration's seed s draws the same training subset), with a 95% Student-t interval; with one seed, "
+              "a paired bootstrap over evaluation examples where both runs saved predictions, else not resolved. "
+              "\"Beats\" holds when the interval lies above 0; \"matches within delta\" is an equivalence test (the "
+              "90% interval inside ±delta: two one-sided tests at 5%); \"matches or exceeds\" a one-sided "
+              "non-inferiority test at 5%. Configurations below their best baseline are not evidence.")
+
+SUMMARY_COLUMNS = ["task", "model", "method", "baseline", "targets", "r", "alpha", "lr", "metric", "split",
+                   "train_examples", "eval_examples", "steps", "n", "value", "mean", "median", "sd", "ci_lo", "ci_hi",
+                   "min", "max", "best", "values", "failed", "collapsed", "seeds_below", "baseline_value",
+                   "baseline_method", "vs_baseline", "vs_baseline_diff", "trainable", "trainable_pct", "peak_mb",
+                   "tokens_per_s", "train_s", "compute_dtype", "device"]
+
+
+def _plain(v):
+    """A JSON-safe value: NaN/NA -> None, numpy scalars -> Python."""
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def write_summary(path: Path, name: str, runs: pd.DataFrame, agg: pd.DataFrame, found: list, how: str,
+                  table: str | None) -> Path:
+    """summary.json beside a report: every configuration's numbers (the cells of its tables) and every claim with
+    its verdict, difference, interval and n."""
+    import json
+
+    ok = runs[runs["status"] == "ok"] if len(runs) else runs
+    doc = {
+        "experiment": name, "mirrors": table, "aggregate": how,
+        "scale": sorted(set(str(s) for s in ok["scale"].dropna())) if len(ok) else [],
+        "cpu": sorted(set(str(s) for s in ok["cpu"].dropna())) if len(ok) else [],
+        "configurations": [{c: _plain(r.get(c)) for c in SUMMARY_COLUMNS if c in r}
+                           for r in (agg.to_dict("records") if not agg.empty else [])],
+        "claims": [c.as_dict() for c in found],
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -200,7 +280,7 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None) -> P
     """reports/README.md: every experiment in the store, what it mirrors, its runs and its claims' verdicts.
     `base_recs`: the store's baseline records, when the caller has read them already."""
     pv = paper_values()
-    rows = []
+    rows, claim_rows = [], []
     base_recs = baseline_records(store) if base_recs is None else base_recs
     for name in store.experiments():
         if name.startswith("search/"):
@@ -213,26 +293,62 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None) -> P
         table = _cfg(chosen[0], "report", "table")
         how = _cfg(chosen[0], "report", "aggregate", default="median")
         agg, _ = with_baselines(chosen, frame.aggregate(runs, how), base_recs, how)
-        verdicts = [c.holds for c in claim_checks.check(table, frame.evidence(agg))]
+        found = [c for c in claim_checks.check(table, frame.evidence(agg)) if c.paper]
+        scale = ", ".join(sorted(set(str(s) for s in runs["scale"].dropna()))) or tables.DASH
+        verdicts = [c.verdict for c in found]
         counts = runs["status"].value_counts().to_dict()
-        rows.append([f"[{name}]({name}/README.md)", pv[table]["source"] if table in pv else tables.DASH,
-                     ", ".join(sorted(set(str(s) for s in runs["scale"].dropna()))) or tables.DASH,
-                     ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-                     f"{verdicts.count(True)} yes, {verdicts.count(False)} no, {verdicts.count(None)} not resolved"
-                     if verdicts else tables.DASH])
+        rows.append([f"[{name}]({name}/README.md)", pv[table]["source"] if table in pv else tables.DASH, scale,
+                     ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), _count(verdicts)])
+        claim_rows += [[f"[{name}]({name}/README.md)", c.source, c.claim, f"**{c.verdict}**",
+                        c.evidence.replace("|", "\\|"), scale] for c in found]
     rows += _carried_rows(out_root / "README.md", {r[0] for r in rows}, out_root)
     rows.sort(key=lambda r: r[0])
+    claim_rows += _carried_claims(out_root, {r[0] for r in claim_rows}, {r[0] for r in rows})
+    claim_rows.sort(key=lambda r: (r[0], r[1]))
     searches = [[f"[{n.split('/', 1)[1]}]({n}/README.md)", str(len(store.records(n)))]
                 for n in store.experiments() if n.startswith("search/") and (out_root / n / "README.md").exists()]
     text = "\n".join(["# Reports", "", "Generated by `make report` from the result records; one folder per experiment.",
-                      "", tables.md_table(["Experiment", "Mirrors", "Scale", "Runs", "Paper claims held here"],
-                                          rows, ["l"] * 5), ""]
+                      "", tables.md_table(["Experiment", "Mirrors", "Scale", "Runs", "Paper claims here"],
+                                          rows, ["l"] * 5), "",
+                      "Tables 5 and 6 mirrors of one model and task share no runs unless their grids overlap; a "
+                      "report's runs are its own experiment's records (baselines excepted: any experiment's).", "",
+                      "## Every paper claim checked", "",
+                      "Verdicts: holds / fails / not resolved, decided as each report's \"Claims checked\" says "
+                      "(harness/report/stats.py); the deciding numbers are A − B with its 95% interval.", "",
+                      tables.md_table(["Report", "Source", "Claim", "Verdict", "Deciding numbers", "Scale"],
+                                      claim_rows, ["l"] * 6) if claim_rows else "No paper claim is checked yet.", ""]
                      + (["## Searches (Optuna studies, `make search`)", "",
                          tables.md_table(["Study", "Trial records"], searches, ["l", "r"]), ""] if searches else []))
     path = out_root / "README.md"
     out_root.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def _count(verdicts: list[str]) -> str:
+    from harness.report import stats
+
+    if not verdicts:
+        return tables.DASH
+    return (f"{verdicts.count(stats.HOLDS)} hold, {verdicts.count(stats.FAILS)} fail, "
+            f"{verdicts.count(stats.UNRESOLVED)} not resolved")
+
+
+def _carried_claims(out_root: Path, have: set[str], listed: set[str]) -> list[list[str]]:
+    """Claims of listed reports whose records are not in this store, from their summary.json."""
+    import json
+
+    out = []
+    for link in sorted(listed - have):
+        name = link[1:link.index("]")]
+        js = out_root / name / "summary.json"
+        if not js.is_file():
+            continue
+        doc = json.loads(js.read_text())
+        scale = ", ".join(doc.get("scale") or []) or tables.DASH
+        out += [[link, c.get("source", ""), c["claim"], f"**{c['verdict']}**", c["evidence"].replace("|", "\\|"),
+                 scale] for c in doc.get("claims") or [] if c.get("source") and c["source"] != claim_checks.SANITY_BOUND]
+    return out
 
 
 def _carried_rows(index: Path, have: set[str], out_root: Path) -> list[list[str]]:

@@ -2,10 +2,11 @@
 
 For every task of the sanity experiment: the majority class (or mean), the untrained model (zero-shot), a frozen
 backbone with a trained head (head only), and the fine-tuning configurations (LoRA, full fine-tuning), each over
-its seeds: mean, min-max and every seed's value; each fine-tuned row against the best baseline
-(frame.attach_baselines). A task is **usable for claims** when every fine-tuned configuration is clearly above its
-best baseline (every seed above every baseline seed, the gap over 2 standard errors); otherwise it is shown as
-such and the local experiments must not test claims on it. Written beside it: summary.json, the same numbers.
+its seeds: mean, its 95% t-interval, min-max and every seed's value; each fine-tuned row against the best
+baseline (frame.attach_baselines: the difference paired by seed, with its 95% t-interval). A task is **usable for
+claims** when every fine-tuned configuration is clearly above its best baseline (that interval above 0) and no
+seed collapsed; otherwise it is shown as such and the local experiments must not test claims on it. Written beside
+it: summary.json, the same numbers.
 """
 
 from __future__ import annotations
@@ -56,23 +57,31 @@ def summarize(records: list[dict]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
                 "metric": r["metric"], "split": r["split"], "eval_examples": int(r["eval_examples"] or 0),
                 "train_examples": None if pd.isna(r["train_examples"]) else int(r["train_examples"]),
                 "steps": None if pd.isna(r["steps"]) else int(r["steps"]),
-                "mean": round(float(r["value"]), 2), "min": round(float(r["min"]), 2),
+                "mean": round(float(r["value"]), 2),
+                "ci95": None if pd.isna(r["ci_lo"]) else [round(float(r["ci_lo"]), 2), round(float(r["ci_hi"]), 2)],
+                "sd": None if pd.isna(r["sd"]) else round(float(r["sd"]), 2), "min": round(float(r["min"]), 2),
                 "max": round(float(r["max"]), 2), "seeds": int(r["seeds"]), "values": _values(runs, r["group"]),
                 "best_baseline": None if r.get("baseline_value") is None else {
                     "method": r["baseline_method"], "mean": round(float(r["baseline_value"]), 2)},
-                "vs_baseline": r.get("vs_baseline"),
+                "vs_baseline": r.get("vs_baseline"), "minus_baseline": r.get("vs_baseline_diff"),
+                "collapsed": None if r.get("collapsed") is None else int(r["collapsed"]),
+                "seeds_below_baseline": None if r.get("seeds_below") is None else int(r["seeds_below"]),
+                "failed": int(r.get("failed") or 0),
                 "train_s": None if pd.isna(r["train_s"]) else round(float(r["train_s"]), 1),
             })
         tuned = [x for x in rows if not x["baseline"]]
-        usable = bool(tuned) and all(x["vs_baseline"] == frame.CLEAR for x in tuned)
+        usable = bool(tuned) and all(x["vs_baseline"] == frame.CLEAR and not x["collapsed"] and not x["failed"]
+                                     for x in tuned)
         out["tasks"][f"{task}/{model}"] = {
             "task": task, "model": model, "pair_encoding": g["pair_encoding"].iloc[0], "rows": rows,
             "usable_for_claims": usable,
             "why": ("every fine-tuned configuration is clearly above its best baseline" if usable else
                     "no fine-tuned configuration has an ok run" if not tuned else
                     "not every fine-tuned configuration is clearly above its best baseline: " + ", ".join(
-                        f"{x['method']} {x['vs_baseline'] or 'has no baseline'}" for x in tuned
-                        if x["vs_baseline"] != frame.CLEAR)),
+                        f"{x['method']} {x['vs_baseline'] or 'has no baseline'}"
+                        + (f", {x['collapsed']} seed(s) collapsed" if x["collapsed"] else "")
+                        + (f", {x['failed']} run(s) failed" if x["failed"] else "") for x in tuned
+                        if x["vs_baseline"] != frame.CLEAR or x["collapsed"] or x["failed"])),
         }
     ok = runs[runs["status"] == "ok"]
     out["runs"] = {"ok": int(len(ok)), "not_ok": int(len(runs) - len(ok)),
@@ -96,8 +105,10 @@ def render(records: list[dict], out_root: Path) -> Path:
              f"dtype: {', '.join(r.get('compute_dtype', [])) or tables.DASH}. The wall time of `make sanity` "
              "(launcher included) is in the README.", "",
              "A task is **usable for claims** only when every fine-tuned configuration is *clearly above* its best "
-             "baseline: every seed above every seed of the baseline and the gap of the means over 2 standard "
-             "errors (Welch, over seeds). Baselines: majority class / mean label (loads no model), zero-shot (the "
+             "baseline, with no failed or collapsed seed: the 95% t-interval of the difference, paired by seed (seed "
+             "s draws the same training subset for every method), lies above 0. Intervals are Student-t with n-1 "
+             "degrees of freedom (with 3 seeds the multiplier is 4.30). A collapsed seed ends within "
+             f"{frame.COLLAPSE_MARGIN:g} point of the majority-class / mean predictor. Baselines: majority class / mean label (loads no model), zero-shot (the "
              "untrained model: a bi-encoder's cosine; with two classes, one cosine threshold fit on the training "
              "pairs), head only (frozen backbone, the head trains; for a bi-encoder regression a linear "
              "projection, identity at start).", ""]
@@ -112,13 +123,16 @@ def render(records: list[dict], out_root: Path) -> Path:
             bb = x["best_baseline"]
             rows.append([tables.METHOD_LABELS.get(x["method"], x["method"]), x["config"],
                          tables.METRIC_LABELS.get(x["metric"], x["metric"]), f"{x['mean']:.1f}",
+                         tables.DASH if not x["ci95"] else f"[{x['ci95'][0]:.1f}, {x['ci95'][1]:.1f}]",
                          f"{x['min']:.1f}–{x['max']:.1f}", ", ".join(f"{v:.1f}" for v in x["values"]),
                          str(x["train_examples"] or tables.DASH), str(x["steps"] if x["steps"] else tables.DASH),
                          tables.DASH if not bb else f"{bb['mean']:.1f} ({tables.METHOD_LABELS.get(bb['method'])})",
-                         x["vs_baseline"] or tables.DASH])
-        lines += [tables.md_table(["Method", "Recipe", "Metric", "Mean", "Min–max", "Seeds", "Train ex.", "Steps",
-                                   "Best baseline", "vs baseline"], rows,
-                                  ["l", "l", "l", "r", "r", "l", "r", "r", "r", "l"]), ""]
+                         (x["minus_baseline"] or tables.DASH).split(" (")[0],
+                         (x["vs_baseline"] or tables.DASH) + "".join(
+                             f"; {x[k]} {w}" for k, w in (("collapsed", "collapsed"), ("failed", "failed")) if x[k])])
+        lines += [tables.md_table(["Method", "Recipe", "Metric", "Mean", "95% t-CI", "Min–max", "Seeds", "Train ex.",
+                                   "Steps", "Best baseline", "− baseline, paired [95% CI]", "vs baseline"], rows,
+                                  ["l", "l", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l"]), ""]
     path = out / "README.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))

@@ -1,7 +1,8 @@
 """Markdown tables from aggregated configurations, laid out like the papers' tables, paper values beside ours.
 
-Cells read "ours (paper)"; ours is the seed aggregate, with "±" the sample standard deviation over seeds
-when there is more than one. "–" = not run / not reported.
+Cells read "ours (paper)"; ours is the seed aggregate (median or mean, as the report's scale table says) with
+the range over seeds in brackets when there is more than one; the all-configurations table adds n, the mean and
+its 95% t-interval, the SD and the failures. "–" = not run / not reported.
 """
 
 from __future__ import annotations
@@ -44,16 +45,48 @@ def num(v, digits: int = 1) -> str:
     return f"{v:.{digits}f}"
 
 
+def _isnum(v) -> bool:
+    return v is not None and v is not pd.NA and not (isinstance(v, float) and math.isnan(v))
+
+
+def failures(row) -> str:
+    """Seeds that failed, collapsed to a constant predictor or ended below the best baseline, out of all runs of
+    the configuration ("" when none): an aggregate never hides them."""
+    if row is None:
+        return ""
+    n, failed = int(row.get("n") or row.get("seeds") or 0), int(row.get("failed") or 0)
+    total = n + failed
+    parts = [f"{failed} of {total} failed"] if failed else []
+    for key, word in (("collapsed", "collapsed"), ("seeds_below", "below baseline")):
+        v = row.get(key)
+        if _isnum(v) and int(v) > 0:
+            parts.append(f"{int(v)} of {total} {word}")
+    return ", ".join(parts)
+
+
 def ours(row) -> str:
-    """Seed aggregate with its spread, e.g. '76.3 ±0.4' (or '76.3' for one seed)."""
+    """The seed aggregate with the range over seeds, e.g. '76.3 [75.9–76.8]' ('76.3' for one seed), † below the
+    best baseline, and any failed / collapsed seeds."""
     if row is None:
         return DASH
     s = num(row["value"])
     if s != DASH and row.get("seeds", 1) > 1:
-        s += f" ±{row['spread']:.1f}"
+        s += f" [{num(row['min'])}–{num(row['max'])}]"
     if s != DASH and row.get("vs_baseline") == "below baseline":
         s += BELOW_MARK
+    f = failures(row)
+    if f:
+        s += f" ({f})"
     return s
+
+
+def mean_ci(row) -> str:
+    """'76.4 [75.1, 77.7]': the mean over seeds and its 95% t-interval (n-1 degrees of freedom)."""
+    if row is None or not _isnum(row.get("mean")):
+        return DASH
+    if not _isnum(row.get("ci_lo")):
+        return f"{num(row['mean'])} (n=1)"
+    return f"{num(row['mean'])} [{num(row['ci_lo'])}, {num(row['ci_hi'])}]"
 
 
 def beside(row, paper) -> str:
@@ -94,7 +127,7 @@ def cost_cells(row) -> list[str]:
     ]
 
 
-COST_HEADER = ["Trainable (%)", "Peak MB", "Tokens/s", "Train s", "Adapter KiB"]
+COST_HEADER = ["Trainable (%)", "Peak MiB", "Tokens/s", "Train s", "Adapter KiB"]
 
 
 def metric_name(agg: pd.DataFrame, task: str) -> str:
@@ -115,8 +148,11 @@ def find(agg: pd.DataFrame, **eq) -> dict | None:
 def all_configs(agg: pd.DataFrame) -> str:
     with_base = "vs_baseline" in agg and agg["vs_baseline"].notna().any()
     with_curve = "curve" in agg and any(isinstance(c, dict) and len(c) > 1 for c in agg["curve"])
-    header = ["Task", "Model", "Method", "Targets", "r", "alpha", "lr", "Seeds", "Metric", "Ours", "Min–max",
-              *(["Best baseline", "vs baseline"] if with_base else []),
+    with_best = "best" in agg and any(_isnum(b) and _isnum(v) and abs(b - v) > 1e-9
+                                      for b, v in zip(agg["best"], agg["value"]))
+    header = ["Task", "Model", "Method", "Targets", "r", "alpha", "lr", "n", "Metric", "Ours (final)",
+              "Mean [95% t-CI]", "SD", *(["Best eval during training"] if with_best else []),
+              *(["Best baseline", "vs baseline", "− baseline [95% CI]"] if with_base else []),
               *(["Eval curve (step: value)"] if with_curve else []), *COST_HEADER]
     rows = []
     sort = agg.sort_values(["task", "model", "method", "targets", "r"], na_position="first", kind="stable")
@@ -128,27 +164,34 @@ def all_configs(agg: pd.DataFrame) -> str:
             bv = r.get("baseline_value")
             base = [DASH if bv is None or pd.isna(bv) else
                     f"{num(bv)} ({METHOD_LABELS.get(r['baseline_method'], r['baseline_method'])})",
-                    r.get("vs_baseline") or DASH]
+                    r.get("vs_baseline") or DASH, (r.get("vs_baseline_diff") or DASH).split(" (")[0]]
         rows.append([TASK_LABELS.get(r["task"], r["task"]), r["model"], METHOD_LABELS.get(r["method"], r["method"]),
                      targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
                      num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{lr:.0e}" if lr else DASH,
-                     r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r),
-                     f"{num(r['min'])}–{num(r['max'])}", *base,
+                     r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), mean_ci(r),
+                     num(r.get("sd")) if _isnum(r.get("sd")) else DASH,
+                     *([num(r.get("best"))] if with_best else []), *base,
                      *([", ".join(f"{s}: {num(v)}" for s, v in (r.get("curve") or {}).items()) or DASH]
                        if with_curve else []), *cost_cells(r)])
-    return md_table(header, rows, ["l", "l", "l", "l"] + ["r"] * (len(header) - 4))
+    if "trained" in agg and len(agg) and not agg["trained"].fillna(True).astype(bool).any():
+        # evaluation only: no seeds, no training: columns that would mean nothing are left out
+        drop = {"r", "alpha", "lr", "n", "Mean [95% t-CI]", "SD", "Trainable (%)", "Tokens/s", "Train s",
+                "Adapter KiB", "Targets"}
+        keep = [i for i, h in enumerate(header) if h not in drop]
+        header, rows = [header[i] for i in keep], [[row[i] for i in keep] for row in rows]
+    return md_table(header, rows, ["l", "l", "l"] + ["r"] * (len(header) - 3))
 
 
 def baselines_table(base: pd.DataFrame) -> str:
     """The baseline runs that the configurations of a report are compared with."""
-    header = ["Task", "Model", "Baseline", "Eval split (examples)", "Metric", "Value", "Min–max", "Seeds",
-              "Experiment"]
+    header = ["Task", "Model", "Baseline", "Eval split (examples)", "Metric", "Value [min–max]", "Mean [95% t-CI]",
+              "n", "Experiment"]
     rows = []
     for _, r in base.sort_values(["task", "model", "method"], kind="stable").iterrows():
         r = r.to_dict()
         rows.append([TASK_LABELS.get(r["task"], r["task"]), DASH if r["method"] == "majority" else r["model"],
                      METHOD_LABELS.get(r["method"], r["method"]), f"{r['split']} ({int(r['eval_examples'])})",
-                     METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), f"{num(r['min'])}–{num(r['max'])}",
+                     METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), mean_ci(r),
                      r["seeds"], r["experiment"]])
     return md_table(header, rows, ["l", "l", "l", "l", "l", "r", "r", "r", "l"])
 
@@ -160,7 +203,8 @@ def lora_table2(agg: pd.DataFrame, paper: dict) -> str:
     rows = []
     for (model, method), g in agg.groupby(["model", "method"], sort=False):
         ref_model = paper["reference_model"].get(model, paper["reference_model"]["default"])
-        prow = next((p for p in paper["rows"] if p["model"] == ref_model and p["method"] == method), None)
+        prow = next((p for p in paper["rows"] if p["model"] == ref_model and p["method"] == method
+                     and p.get("beside", True)), None)
         cells, ours_vals, paper_vals = [], [], []
         for t in tasks:
             r = find(g, task=t)
@@ -176,6 +220,11 @@ def lora_table2(agg: pd.DataFrame, paper: dict) -> str:
         label = f"{model} {METHOD_LABELS.get(method, method)}"
         trainable = f"{human(first['trainable'])} ({(prow or {}).get('trainable', DASH)})"
         rows.append([label, trainable, *cells, f"{num(avg)} ({num(pavg)})"])
+    for p in paper["rows"]:  # every row of the paper's table, as published
+        spread = p.get("spread") or {}
+        rows.append([f"paper: {p['label']}", p["trainable"],
+                     *[num(p["values"].get(t)) + (f" ±{spread[t]}" if t in spread else "") for t in tasks],
+                     num(p.get("avg"))])
     return md_table(header, rows)
 
 
@@ -226,14 +275,19 @@ def qlora_table3(agg: pd.DataFrame, paper: dict) -> str:
               f"paper: {pcols['glue_roberta_large']}", "paper: T5 80M / 250M / 780M / 3B / 11B", *COST_HEADER]
     rows = []
     for prow in paper["rows"]:
-        g = agg[agg["method"] == prow["method"]]
-        if g.empty:
+        g = agg[agg["method"] == prow["method"]] if prow.get("method") else agg.iloc[0:0]
+        v = prow.get("values", {})
+        if g.empty and not v:
+            continue  # a row of ours only (not in the paper) that did not run
+        t5 = " / ".join(num(v.get(k)) for k in ("t5_80m", "t5_250m", "t5_780m", "t5_3b", "t5_11b"))
+        if g.empty:  # the paper's row beside nothing of ours: not run here
+            what = "not run here" if prow.get("method") else "no counterpart here"
+            rows.append([f"{prow['label']} — ours: {what}", *[DASH for _ in tasks],
+                         num(v.get("glue_roberta_large")), t5, *[DASH] * len(COST_HEADER)])
             continue
         first = g.iloc[0].to_dict()
         dtype = first.get("compute_dtype") or ""
         label = f"{prow['label']} — ours: {METHOD_LABELS.get(prow['method'], prow['method'])}, {dtype} compute"
-        v = prow.get("values", {})
-        t5 = " / ".join(num(v.get(k)) for k in ("t5_80m", "t5_250m", "t5_780m", "t5_3b", "t5_11b"))
         rows.append([label, *[ours(find(g, task=t)) for t in tasks], num(v.get("glue_roberta_large")),
                      t5 if v else DASH, *cost_cells(first)])
     return md_table(header, rows)
@@ -243,7 +297,7 @@ def qlora_table3(agg: pd.DataFrame, paper: dict) -> str:
 def qlora_table2(agg: pd.DataFrame, paper: dict) -> str:
     """Perplexity of the base model per storage type, with what its linear layers hold."""
     header = ["Data type", "Ours: task, model", "Ours: perplexity", "vs fp32", "Bits/param (linear layers)",
-              "Linear layers MB", "Paper: mean PPL"]
+              "Linear layers MiB", "Paper: mean PPL"]
     rows = []
     for (task, model), g in agg.groupby(["task", "model"], sort=False):
         ref = find(g, method="full")

@@ -304,6 +304,11 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     # trials to run first, e.g. the harness default recipe, so the report can compare the best one with it
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    # --confirm: the best trial and the first enqueued one (the default) rerun on these seeds with these overrides
+    # (e.g. task.tune=false: the full dev split instead of the carved one the study chose on), experiment
+    # confirm/<study>: the winner's curse shows when the best trial's lead shrinks on data it was not picked on
+    confirm_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    confirm_overrides: list[str] = field(default_factory=lambda: ["task.tune=false", "train.eval_every=0"])
     heartbeat_s: int = 60  # a running trial whose worker has not been heard of for 3x this is failed and retried
     max_retry: int = 2  # retries of a trial whose worker died
 

@@ -1,9 +1,10 @@
 """Optuna search over run configs: rank, alpha, learning rate, target matrices (conf/search/*.yaml).
 
-    python -m harness.search search=stsb_minilm                 # run (or resume) the study, then its report
-    python -m harness.search search=stsb_minilm --workers 2     # two worker processes on one study
-    python -m harness.search search=stsb_minilm search.storage=postgresql://user@db-host/optuna   # several machines
-    python -m harness.search search=stsb_minilm --report-only   # reports/search/<study>/README.md from the study
+    python -m harness.search search=mrpc_minilm                 # run (or resume) the study, then its report
+    python -m harness.search search=mrpc_minilm --workers 2     # two worker processes on one study
+    python -m harness.search search=mrpc_minilm search.storage=postgresql://user@db-host/optuna   # several machines
+    python -m harness.search search=mrpc_minilm --confirm       # best trial vs the default on dev, several seeds
+    python -m harness.search search=mrpc_minilm --report-only   # reports/search/<study>/README.md from the study
 
 Every trial is an ordinary run (harness.run.execute) of the config composed from the search's `base` overrides,
 the command line's overrides and the trial's parameters; its record is tagged with the study and trial number
@@ -39,7 +40,7 @@ from harness.config import ConfigError, compose
 
 log = logging.getLogger("harness.search")
 
-DEFAULT_SEARCH = "stsb_minilm"
+DEFAULT_SEARCH = "mrpc_minilm"
 STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # objectives read from the record rather than the task's metrics: name -> (path in the record, direction hint)
 COSTS = {
@@ -168,7 +169,7 @@ def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] =
             if kind == "int" and (p.low != int(p.low) or p.high != int(p.high)):
                 raise ConfigError(f"{where}: type int needs integer low/high, got {p.low}, {p.high}")
     task_metrics = list(cfg.task.metrics)
-    splits = list(cfg.task.eval_splits)
+    splits = run_eval_splits(cfg.task)
     objectives = [("search.objective", spec.objective)]
     if spec.second_objective is not None:
         objectives.append(("search.second_objective", spec.second_objective))
@@ -604,7 +605,7 @@ class RunObjective:
             return self.objective_values(rec, self.spec.objective.split or rec["metrics"]["headline"]["split"])
         out_dir = Path(cfg.paths.output_root) / "search" / self.spec.study / f"trial_{trial.number:04d}"
         trial.set_user_attr("record", str(out_dir.relative_to(cfg.paths.output_root) / records.RECORD_NAME))
-        split = self.spec.objective.split or list(cfg.task.eval_splits)[0]
+        split = self.spec.objective.split or run_eval_splits(cfg.task)[0]
         metric = self.spec.objective.metric
         history: list[dict] = []
         prune = self.spec.second_objective is None and self.spec.pruner.name != "none"
@@ -639,6 +640,13 @@ class RunObjective:
         return vals[0] if len(vals) == 1 else tuple(vals)
 
 
+def run_eval_splits(task) -> list[str]:
+    """The splits a run evaluates on: the carved one alone when choosing a recipe (task.tune), else the task's."""
+    from harness.tasks.data import CARVED
+
+    return [CARVED] if task.get("tune") else list(task.eval_splits)
+
+
 def record_value(rec: dict, metric: str, split: str) -> float:
     """An objective's value from a result record: a task metric on `split`, or one of COSTS."""
     if metric in COSTS:
@@ -660,11 +668,12 @@ def _trial_log(out_dir: Path) -> logging.Handler:
 
 # ============================================================================================ entry point
 USAGE = """usage: python -m harness.search [search=<name>] [search.KEY=VALUE ...] [run overrides ...]
-                          [--workers N] [--report-only] [--no-report] [--out reports]"""
+                          [--workers N] [--confirm] [--report-only] [--no-report] [--out reports]"""
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
-    opts = {"workers": 1, "report_only": False, "no_report": False, "out": "reports", "worker": False}
+    opts = {"workers": 1, "report_only": False, "no_report": False, "out": "reports", "worker": False,
+            "confirm": False}
     overrides = []
     it = iter(argv)
     for a in it:
@@ -680,6 +689,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             opts["report_only"] = True
         elif a == "--no-report":
             opts["no_report"] = True
+        elif a == "--confirm":
+            opts["confirm"] = True
         elif a == "--worker":  # internal: a worker started by another (no report, no children)
             opts["worker"] = True
         elif a.startswith("--out"):
@@ -725,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     url = storage_url(spec, cfg.paths.output_root)
     if opts["report_only"]:
         return _report(spec, url, cfg, opts)
+    if opts["confirm"]:
+        rc = confirm(spec, url, base, opts["workers"])
+        return rc if rc or opts["no_report"] else _report(spec, url, cfg, opts)
     workers = opts["workers"]
     if workers > 1 and not any(_key(o) == "train.threads" for o in base):
         base = merge_overrides(base, [f"train.threads={max(1, (os.cpu_count() or 1) // workers)}"])
@@ -756,6 +770,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{spec.study}] done: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed", flush=True)
     if not opts["no_report"]:
         rc = max(rc, _report(spec, url, cfg, opts))
+    return rc
+
+
+def confirm_experiment(study: str) -> str:
+    return f"confirm/{study}"
+
+
+def confirm_jobs(spec, study) -> list[tuple[str, dict[str, Any]]]:
+    """[(label, {run config key: value})]: the best complete trial and the first enqueued trial (the default)."""
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.values]
+    if not done:
+        raise ConfigError(f"study {spec.study!r} has no complete trial to confirm: run the search first")
+    sign = 1 if directions(spec)[0] == "maximize" else -1
+    best = max(done, key=lambda t: sign * t.values[0])
+    out = [(f"best (trial {best.number})", param_overrides(spec, best.params))]
+    default = next((t for t in study.trials if "enqueued" in t.user_attrs and t.state.name == "COMPLETE"), None)
+    if default is not None and default.number != best.number:
+        out.append((f"default (trial {default.number})", param_overrides(spec, default.params)))
+    return out
+
+
+def confirm(spec, url: str, base: list[str], workers: int = 1) -> int:
+    """Rerun the best trial and the default with `search.confirm_seeds` and `search.confirm_overrides` (the full
+    dev split) as an ordinary multirun, experiment confirm/<study>: the report sets them side by side, paired by
+    seed. Already finished runs are skipped, so this resumes."""
+    import optuna
+
+    study = optuna.load_study(study_name=spec.study, storage=open_storage(url, spec.heartbeat_s, spec.max_retry))
+    jobs = confirm_jobs(spec, study)
+    run_base = [o for o in base if _key(o) != "search" and not o.startswith("search.")]
+    rc = 0
+    for label, params in jobs:
+        ovr = merge_overrides(run_base, [_override(k, v) for k, v in params.items()], list(spec.confirm_overrides),
+                              [f"experiment_name={confirm_experiment(spec.study)}",
+                               "train.seed=" + ",".join(str(int(s)) for s in spec.confirm_seeds)])
+        if workers > 1:
+            ovr.append(f"hydra.launcher.n_jobs={workers}")
+        print(f"[{spec.study}] confirm {label}: " + " ".join(ovr), flush=True)
+        rc = max(rc, subprocess.call([sys.executable, "-m", "harness.run", "-m", *ovr]))
     return rc
 
 

@@ -262,7 +262,7 @@ def test_a_pruned_trial_is_an_ordinary_run_recorded_as_pruned(tmp_path, tiny_ber
 
     out = tmp_path / "out"
     ovr = ["search=stsb_minilm", *tiny_overrides(tiny_bert, "bert", "mean"), "task.train_size=32",
-           "task.eval_size=16", "train.batch_size=8", "train.eval_every=2", "train.threads=1",
+           "task.carve_size=16", "train.batch_size=8", "train.eval_every=2", "train.threads=1",
            f"paths.output_root={out}"]
     s, base, cfg, _ = load(ovr)
     trial = PruneAtFirstReport()
@@ -282,8 +282,8 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     out, rep = tmp_path / "out", tmp_path / "reports"
     cmd = [sys.executable, "-m", "harness.search", "search=stsb_minilm", "search.study=tiny", "search.n_trials=3",
            "search.sampler.n_startup_trials=2", *tiny_overrides(tiny_bert, "bert", "mean"), "task.train_size=32",
-           "task.eval_size=16", "train.batch_size=8", "train.eval_every=2", f"paths.output_root={out}",
-           "--out", str(rep)]
+           "task.carve_size=16", "task.eval_size=16", "train.batch_size=8", "train.eval_every=2",
+           f"paths.output_root={out}", "--out", str(rep)]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("[tiny] trial ") == 3 and "done: " in p.stdout
@@ -298,6 +298,16 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
 
     recs = Store(out).records("search/tiny")
     assert sorted(r["tags"]["trial"] for r in recs) == [0, 1, 2, 3]
+    # trials chose on the carved split; --confirm reruns the best and the default on dev, 2 seeds each
+    assert {r["metrics"]["headline"]["split"] for r in recs if r["status"] == "ok"} == {"carved"}
+    p3 = subprocess.run(cmd + ["search.n_trials=4", "search.confirm_seeds=[1,2]", "--confirm"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+    assert p3.returncode == 0, p3.stdout[-3000:] + p3.stderr[-3000:]
+    conf = Store(out).records("confirm/tiny")
+    assert len(conf) in (2, 4) and {r["metrics"]["headline"]["split"] for r in conf} == {"validation"}
+    assert {r["seed"] for r in conf} == {1, 2}
+    readme = (rep / "search" / "tiny" / "README.md").read_text()
+    assert "## Confirmed on the dev split, several seeds" in readme
     assert all(r["status"] in ("ok", "pruned") for r in recs)
     # make report renders the study's report from the records' storage tag too
     p3 = subprocess.run([sys.executable, "-m", "harness.report", "--root", str(out), "--out", str(rep)], cwd=REPO,

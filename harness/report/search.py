@@ -183,7 +183,8 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
                 L += ["", "Rerun it as an ordinary run:", "", "```", "python -m harness.run " + " ".join(
                     o for o in ovr if not o.startswith(("search", "paths."))), "```"]
             L += [""]
-            L += _paper_default_section(df, best, metric, maximize, pnames)
+            L += _default_section(df, best, metric, maximize, pnames)
+            L += confirm_section(store, study_name)
     else:
         L += ["## Best trials", "", "No complete trial yet.", ""]
 
@@ -234,7 +235,47 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
     return path
 
 
-def _paper_default_section(df: pd.DataFrame, best: pd.Series, metric: str, maximize: bool, pnames) -> list[str]:
+def confirm_section(store, study_name: str) -> list[str]:
+    """The best trial and the default rerun on several seeds on the dev split (python -m harness.search --confirm):
+    each configuration's mean and 95% t-interval, and best minus default paired by seed."""
+    from harness.report import frame, stats
+    from harness.search import confirm_experiment
+
+    recs = store.records(confirm_experiment(study_name))
+    if not recs:
+        return ["Not yet confirmed on the dev split with several seeds: `python -m harness.search "
+                f"search={study_name} --confirm` reruns the best trial and the default (the search chose on its "
+                "own evaluation data, so the best trial's lead is biased upward).", ""]
+    chosen, _ = frame.latest_per_config(recs)
+    agg = frame.aggregate(frame.runs_frame(chosen), "mean")
+    if agg.empty:
+        return []
+    rows, vals = [], []
+    for _, r in agg.iterrows():
+        r = r.to_dict()
+        rows.append([tables.METHOD_LABELS.get(r["method"], r["method"]), tables.targets_label(r["targets"]),
+                     tables.num(r["r"], 0), tables.num(r["alpha"], 0), f"{r['lr']:.2g}", str(r["split"]),
+                     tables.num(r["value"]), tables.mean_ci(r), str(r["n"])])
+        vals.append(r)
+    L = ["## Confirmed on the dev split, several seeds", "",
+         f"The best trial and the default rerun as ordinary runs (experiment `{confirm_experiment(study_name)}`), "
+         "evaluated on the split the reports show, not the one the search chose on. Mean over seeds, 95% "
+         "t-interval.", "",
+         tables.md_table(["Method", "Targets", "r", "alpha", "lr", "Split", "Mean", "Mean [95% t-CI]", "n"], rows,
+                         ["l", "l", "r", "r", "r", "l", "r", "r", "r"]), ""]
+    if len(vals) == 2:
+        a, b = sorted(vals, key=lambda r: -r["value"])
+        d = stats.compare(a["values"], b["values"])
+        verdict = stats.beats(d)
+        L += [f"Higher mean: {tables.targets_label(a['targets'])} r={int(a['r'])} lr {a['lr']:.2g}; difference to the "
+              f"other {d.text() if d is not None else 'unknown (one seed)'}: the lead "
+              + ("holds on the dev split." if verdict == stats.HOLDS else
+                 "is not resolved on the dev split (winner's curse or noise)." if verdict == stats.UNRESOLVED else
+                 "reverses on the dev split."), ""]
+    return L
+
+
+def _default_section(df: pd.DataFrame, best: pd.Series, metric: str, maximize: bool, pnames) -> list[str]:
     ref = df[(df["enqueued"]) & (df["state"] == "COMPLETE")]
     if not len(ref):
         return []

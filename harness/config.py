@@ -150,6 +150,8 @@ class MethodConfig:
     lr_multiplier: float = 1.0
     # a baseline rather than a fine-tuning method (majority, zero_shot, head_only); none = fine-tuning
     baseline: Baseline = Baseline.none
+    # BitFit (LoRA Table 2's baseline): no adapter, only the bias terms and the task head train, at train.lr
+    bias_only: bool = False
 
 
 @dataclass
@@ -504,6 +506,10 @@ def _validate_baseline(cfg) -> None:
     if pair == "bi" and (is_causal(task) or len(task.text_fields) != 2):
         raise ConfigError(f"task.pair_encoding=bi needs a sentence-pair task (two text_fields), not task "
                           f"{task.name!r} ({kind_of(task)}, text_fields {list(task.text_fields)})")
+    if m.get("bias_only", False):
+        if m.adapter or b != "none" or Quant(getattr(m.quant, "value", m.quant)) != Quant.none:
+            raise ConfigError(f"method {m.name!r}: method.bias_only (BitFit) trains the bias terms of an unquantized "
+                              "model: it cannot also train an adapter, quantize the base or be a baseline")
     if b == "none":
         return
     if m.adapter:
@@ -541,7 +547,7 @@ def baseline_of(method) -> str:
 
 
 def is_full_finetune(method) -> bool:
-    return not method.adapter and baseline_of(method) == "none"
+    return not method.adapter and baseline_of(method) == "none" and not method.get("bias_only", False)
 
 
 def trains(cfg) -> bool:

@@ -139,14 +139,19 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
     if not method.adapter:
         baseline = baseline_of(method)
         head_only = baseline == "head_only"
-        for p in model.parameters():  # full fine-tuning trains everything; a zero-shot baseline nothing
-            p.requires_grad_(baseline == "none")
-        if head_only:  # the baseline: a frozen backbone, only the task head (or a bi-encoder's projection) trains
-            head = getattr(model, HEAD_NAME, None)
-            if head is None:
-                raise ConfigError("method=head_only: this model has no task head to train")
-            for p in head.parameters():
-                p.requires_grad_(True)
+        bias_only = bool(method.get("bias_only", False))
+        for name, p in model.named_parameters():  # full fine-tuning trains everything; a zero-shot baseline nothing
+            p.requires_grad_(baseline == "none" and (not bias_only or name.endswith(".bias")))
+        if bias_only and not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(f"method={method.name}: this model ({type(model).__name__}) has no bias terms to train "
+                              "(Llama-architecture models have none); BitFit needs a model with biases (BERT, RoBERTa, "
+                              "GPT-2)")
+        # head only (a baseline: frozen backbone) and BitFit: the task head (or a bi-encoder's projection) trains too
+        head = getattr(model, HEAD_NAME, None) if (bias_only or head_only) else None
+        if head is None and head_only:
+            raise ConfigError("method=head_only: this model has no task head to train")
+        for p in head.parameters() if head is not None else ():
+            p.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 

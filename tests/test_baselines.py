@@ -122,6 +122,24 @@ def test_head_only_trains_only_the_head(tiny_bert, pair, labels, expected):
     assert count_parameters(model)["trainable"] == expected(64)
 
 
+def test_bitfit_trains_the_bias_terms_and_the_head_at_the_adapter_rate(tiny_bert):
+    from harness.methods import apply
+    from harness.models import load_classifier
+
+    cfg = compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "method=bitfit", "train.lr=1e-3",
+                   "train.lr_full=3e-5"])
+    validate(cfg)
+    model = apply(load_classifier(tiny_bert, cfg.model, 2), cfg, gradient_checkpointing=False)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    head = {n for n, _ in model.named_parameters() if n.startswith("head.")}
+    assert trained == biases | head and len(biases - head) > 10  # every bias of the encoder, and the head
+    assert effective_lr(cfg) == 1e-3  # not full fine-tuning's rate
+    with pytest.raises(ConfigError, match="quantiz"):
+        validate(compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "method=bitfit",
+                          "method.quant=nf4"]))
+
+
 def test_zero_shot_model_trains_nothing_and_full_finetuning_everything(tiny_bert):
     from harness.methods import apply, count_parameters
     from harness.models import load_classifier

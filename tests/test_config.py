@@ -17,7 +17,8 @@ from tests.conftest import REPO, compose
 
 
 @pytest.mark.parametrize("group,bad,valid", [
-    ("method", "qlora_nf5", ["full", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq"]),
+    ("method", "qlora_nf5", ["bitfit", "full", "head_only", "lora", "lora_bf16", "majority", "qlora_int8", "qlora_fp4",
+                             "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq", "zero_shot"]),
     ("task", "sst3", ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"]),
     ("model", "bert_huge", ["minilm_l6", "smollm2_135m", "roberta_base", "llama2_7b"]),
 ])
@@ -104,7 +105,7 @@ def test_cli_cfg_job_and_help_load_no_model(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "quant: nf4" in out.stdout and "targets: qkvo" in out.stdout
     out = _cli("--help", no_torch_dir=tmp_path)
-    assert out.returncode == 0 and "method: full, head_only, lora, lora_bf16, majority, qlora_fp4" in out.stdout
+    assert out.returncode == 0 and "method: bitfit, full, head_only, lora, lora_bf16, majority, qlora_fp4" in out.stdout
 
 
 def test_cli_reports_bad_group_option():

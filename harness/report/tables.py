@@ -17,7 +17,7 @@ METHOD_LABELS = {
     "full": "Full FT", "lora": "LoRA", "qlora_int8": "QLoRA Int8", "qlora_fp4": "QLoRA FP4",
     "qlora_fp4_dq": "QLoRA FP4+DQ", "qlora_nf4": "QLoRA NF4", "qlora_nf4_dq": "QLoRA NF4+DQ",
     "lora_bf16": "LoRA (bf16 base)", "majority": "Majority class / mean", "zero_shot": "Zero-shot",
-    "head_only": "Head only (frozen backbone)",
+    "head_only": "Head only (frozen backbone)", "bitfit": "BitFit (bias only)",
 }
 BELOW_MARK = "†"  # beside a value below its best baseline (frame.attach_baselines): not evidence for a claim
 METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "Pearson", "spearman": "Spearman",

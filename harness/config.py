@@ -177,6 +177,8 @@ class TrainConfig:
     lr_full: Optional[float] = None
     # the head-only baseline's own learning rate (a linear probe wants a larger one); null = lr x lr_multiplier
     lr_head: Optional[float] = None
+    # BitFit's own learning rate (method.bias_only); null = lr x lr_multiplier (the adapter methods' rate)
+    lr_bitfit: Optional[float] = None
     schedule: Schedule = Schedule.linear
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
@@ -560,6 +562,8 @@ def effective_lr(cfg: DictConfig) -> float:
     baseline when set, else train.lr x method.lr_multiplier."""
     if is_full_finetune(cfg.method) and cfg.train.get("lr_full") is not None:
         return float(cfg.train.lr_full)
+    if cfg.method.get("bias_only", False) and cfg.train.get("lr_bitfit") is not None:
+        return float(cfg.train.lr_bitfit)
     if baseline_of(cfg.method) == "head_only" and cfg.train.get("lr_head") is not None:
         return float(cfg.train.lr_head)
     return float(cfg.train.lr) * float(cfg.method.lr_multiplier)

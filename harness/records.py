@@ -19,6 +19,9 @@ HASH_EXCLUDE = ("paths", "tags", "report", "search")
 # ... and keys inside groups: planner metadata; the checkpoint format allowed (same weights either way); stopping
 # on a non-finite loss (a run that never meets one computes the same, and one that did is not `ok`, so reruns)
 HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "train": ("stop_on_nonfinite_loss",)}
+# schema keys added after records existed, left out of the hash while at their default (a run that does not use
+# them computes what it did before they existed, so its hash, resume and grouping with older seeds stay the same)
+HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None}}
 
 
 def hashed_config(resolved_cfg: dict) -> dict:
@@ -27,6 +30,9 @@ def hashed_config(resolved_cfg: dict) -> dict:
     for group, keys in HASH_EXCLUDE_KEYS.items():
         if isinstance(core.get(group), dict):
             core[group] = {k: v for k, v in core[group].items() if k not in keys}
+    for group, defaults in HASH_OMIT_DEFAULTS.items():
+        if isinstance(core.get(group), dict):
+            core[group] = {k: v for k, v in core[group].items() if k not in defaults or v != defaults[k]}
     return core
 
 

@@ -135,6 +135,8 @@ def test_bitfit_trains_the_bias_terms_and_the_head_at_the_adapter_rate(tiny_bert
     head = {n for n, _ in model.named_parameters() if n.startswith("head.")}
     assert trained == biases | head and len(biases - head) > 10  # every bias of the encoder, and the head
     assert effective_lr(cfg) == 1e-3  # not full fine-tuning's rate
+    assert effective_lr(compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "method=bitfit",
+                                 "train.lr_bitfit=3e-3"])) == 3e-3
     with pytest.raises(ConfigError, match="quantiz"):
         validate(compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "method=bitfit",
                           "method.quant=nf4"]))

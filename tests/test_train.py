@@ -55,6 +55,11 @@ def test_config_hash_ignores_paths_but_not_hyperparameters(tmp_path):
     a = config_hash(resolved(compose(["paths.output_root=/x"])))
     assert a == config_hash(resolved(compose(["paths.output_root=/y"])))
     assert a != config_hash(resolved(compose(["lora.r=16"])))
+    # a schema key added later (method.bias_only) is left out at its default: older records keep their hash
+    cfg = resolved(compose([]))
+    old = {**cfg, "method": {k: v for k, v in cfg["method"].items() if k != "bias_only"}}
+    assert config_hash(old) == config_hash(cfg)
+    assert config_hash(resolved(compose(["method=bitfit"]))) != config_hash(resolved(compose(["method=full"])))
 
 
 def test_regression_labels_are_standardised_on_the_training_split(minilm_path):

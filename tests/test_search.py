@@ -66,7 +66,7 @@ def test_default_space_parses_and_trials_compose_from_base_and_command_line():
     (["search.pruner.name=medain"], "valid: ['median', 'hyperband', 'none']"),
     (["search.sampler.name=cmaes"], "valid: ['tpe', 'random']"),
     (["search.objective.metric=accuracy"], "valid: ['pearson', 'spearman', 'loss'"),
-    (["search.objective.split=test"], "valid: ['validation']"),
+    (["search.objective.split=test"], "valid: ['carved']"),  # trials evaluate on the carved split only
     (["search.objective.metric=peak_memory_mb"], "is a cost"),
     (["search.study=../../etc"], "search.study='../../etc' is not valid"),
     ({"params": {"rank": {"key": "lora.rank", "choices": [1, 2]}}}, "'lora.rank' is not a value of the run config"),
@@ -300,8 +300,8 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     assert sorted(r["tags"]["trial"] for r in recs) == [0, 1, 2, 3]
     # trials chose on the carved split; --confirm reruns the best and the default on dev, 2 seeds each
     assert {r["metrics"]["headline"]["split"] for r in recs if r["status"] == "ok"} == {"carved"}
-    p3 = subprocess.run(cmd + ["search.n_trials=4", "search.confirm_seeds=[1,2]", "--confirm"], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+    p3 = subprocess.run(cmd + ["search.n_trials=4", "search.confirm_seeds=[1,2]", "--confirm", "--workers", "2"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p3.returncode == 0, p3.stdout[-3000:] + p3.stderr[-3000:]
     conf = Store(out).records("confirm/tiny")
     assert len(conf) in (2, 4) and {r["metrics"]["headline"]["split"] for r in conf} == {"validation"}

@@ -264,8 +264,8 @@ def table3_quantized_match(agg: pd.DataFrame) -> list[Claim]:
         lref = find(g, method=ref_m)
         if lref is not None and not pd.isna(lref.get("peak_mb")):
             mem, parts = [], []
-            for m in quant:
-                q = find(g, method=m)
+            for m in quant:  # the same adapter placement and rank as the LoRA reference
+                q = find(g, method=m, targets=lref["targets"], r=lref["r"]) if lref["targets"] != "-" else None
                 if q is None or pd.isna(q.get("peak_mb")):
                     continue
                 d = stats.compare(lref.get("peaks") or {}, q.get("peaks") or {})
@@ -275,7 +275,8 @@ def table3_quantized_match(agg: pd.DataFrame) -> list[Claim]:
             if mem:
                 out.append(Claim("memory", f"{task}/{model}: every quantized base (Int8 included) needs less training "
                                  f"memory than {ref_label} (QLoRA's premise)", stats.all_of(parts),
-                                 f"peak over the process baseline: {ref_m} {lref['peak_mb']:.0f} MiB; " + ", ".join(mem)
+                                 f"peak over the process baseline at {targets_label(lref['targets'])} r={int(lref['r'])}: "
+                                 f"{ref_m} {lref['peak_mb']:.0f} MiB; " + ", ".join(mem)
                                  + " (paired over seeds where several ran; else a 2% margin).",
                                  "QLoRA section 1 and Figure 1", None, None, REASONS["memory"]))
     return out

@@ -178,7 +178,6 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         first = g.iloc[0]
         summ = stats.summarize(list(vals))
         best = g["best_value"].dropna().astype(float)
-        per_seed = g.dropna(subset=["value"])
         row = {c: first[c] for c in ("experiment", "task", "model", "method", "baseline", "pair_encoding", "quant", "compute_dtype", "targets",
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
                                      "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
@@ -192,13 +191,11 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
             "seeds": int(g["seed"].nunique()),
             "n": summ.n, "mean": summ.mean, "median": summ.median, "sd": summ.sd,
             "ci_lo": summ.lo, "ci_hi": summ.hi,
-            "values": {int(s): float(v) for s, v in zip(per_seed["seed"], per_seed["value"]) if s is not pd.NA},
-            "dirs": {int(s): d for s, d in zip(per_seed["seed"], per_seed["dir"]) if s is not pd.NA and d},
+            "values": _by_seed(g, "value", float),
+            "dirs": _by_seed(g, "dir", str),
             "failed": int(failed.get(key, 0)),
-            "peaks": {int(s): float(v) for s, v in zip(g["seed"], g["peak_mb"])
-                      if s is not pd.NA and v is not None and not pd.isna(v)},
-            "mmlu_values": {int(s): float(v) for s, v in zip(g["seed"], g["mmlu_after"])
-                            if s is not pd.NA and v is not None and not pd.isna(v)},
+            "peaks": _by_seed(g, "peak_mb", float),
+            "mmlu_values": _by_seed(g, "mmlu_after", float),
             "best": float(best.median() if how == "median" else best.mean()) if len(best) else math.nan,
             "peak_mb": g["peak_mb"].astype(float).mean(),
             "tokens_per_s": g["tokens_per_s"].astype(float).mean(),
@@ -213,6 +210,12 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         })
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _by_seed(g: pd.DataFrame, column: str, cast) -> dict:
+    """{seed: value} of one column over a configuration's runs, leaving out runs without a seed or a value."""
+    return {int(s): cast(v) for s, v in zip(g["seed"], g[column])
+            if s is not pd.NA and v is not None and not (isinstance(v, float) and math.isnan(v)) and v != ""}
 
 
 BASELINES = ("majority", "zero_shot", "head_only")

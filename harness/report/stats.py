@@ -88,12 +88,7 @@ class Diff:
 
 def paired_t(a: Mapping[int, float], b: Mapping[int, float]) -> Diff | None:
     """A - B over the seeds both have (at least two), as a paired t-interval."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None
-    d = np.asarray([a[s] - b[s] for s in seeds], dtype=float)
-    se = float(d.std(ddof=1)) / math.sqrt(len(d))
-    return Diff(float(d.mean()), len(d), "paired over seeds " + ",".join(map(str, seeds)), se=se, df=len(d) - 1)
+    return mean_t({s: a[s] - b[s] for s in sorted(set(a) & set(b))})
 
 
 def mean_t(values: Mapping[int, float]) -> Diff | None:

@@ -21,6 +21,13 @@ _OUT = tempfile.TemporaryDirectory(prefix="harness-test-outputs-")
 os.environ["HARNESS_OUTPUT_ROOT"] = _OUT.name
 
 torch.set_num_threads(1)
+# under pytest-xdist (make test runs 2 workers) every training subprocess takes its worker's share of the cores:
+# two 2-thread trainings on 2 cores spin against each other and run several times slower than one thread each
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ["HARNESS_THREADS"] = _share
+    os.environ["OMP_NUM_THREADS"] = _share
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -141,21 +141,23 @@ def test_a_plan_only_model_cannot_run():
 
 @pytest.mark.slow
 def test_a_run_records_the_plan_beside_its_measured_peak_within_15_percent(tmp_path):
-    """MiniLM-L6, QLoRA NF4+DQ, batch 8 x 32 tokens, 4 steps (reports/memory/ has every method at batch 8 and 32)."""
+    """MiniLM-L6, QLoRA NF4+DQ, batch 32 x 32 tokens, 4 steps (reports/memory/ has every method at batch 8 and 32)."""
     from tests.conftest import DATA
 
     if not DATA.is_dir():
         pytest.skip("../shared/data is not beside the repo")
-    # bf16 autocast, as reports/memory/ measured: in fp32 the plan is 15% above the measured peak (1.15 on a 2-core
-    # EPYC), on the edge of the tolerance, so the fp32 path is not what this test pins
+    # bf16 autocast at batch 32, as reports/memory/ measured: 1.00 on a 2-core EPYC with AVX512-BF16, 1.04 with AVX2
+    # emulated. At batch 8 the resident set's run-to-run noise is a larger share of the peak: 0.91-0.93 here, 0.84 once
+    # on a fresh clone (199.5 MiB measured against 181-184 in every rerun). In fp32 the plan is 13-15% above the
+    # measured peak at either batch (458 vs 397 MiB at batch 32), on the edge of the tolerance: not what this pins.
     p = subprocess.run([sys.executable, "-m", "harness.run", "+experiment=memory_minilm", "model=minilm_l6",
-                        "task=stsb", "method=qlora_nf4_dq", "method.compute_dtype=bf16", "train.batch_size=8",
+                        "task=stsb", "method=qlora_nf4_dq", "method.compute_dtype=bf16", "train.batch_size=32",
                         f"paths.output_root={tmp_path}",
                         f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     mem = rec["memory"]
-    assert rec["throughput"]["longest_batch"] == {"batch_size": 8, "seq_len": 32}
+    assert rec["throughput"]["longest_batch"] == {"batch_size": 32, "seq_len": 32}
     assert 0.85 <= mem["plan"]["ratio"] <= 1.15, mem["plan"]
     bd = mem["breakdown"]  # measured by category: the weights the planner counts, to the byte (in MB here)
     planned_w = sum(v for k, v in mem["plan"]["parts_mb"].items() if k.startswith(("base weights", "trainable")))

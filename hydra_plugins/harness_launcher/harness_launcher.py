@@ -140,7 +140,8 @@ class HarnessLauncher(Launcher):
         (out_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
         env = {**os.environ, **MALLOC_ENV, "HARNESS_LAUNCHED": "1", "TOKENIZERS_PARALLELISM": "false"}
         if self.n_jobs > 1:  # share the cores: a run with train.threads=0 takes its share, not every core
-            env["HARNESS_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_jobs))
+            share = max(1, (os.cpu_count() or 1) // self.n_jobs)  # and never more than a cap set from outside
+            env["HARNESS_THREADS"] = str(min(share, int(os.environ.get("HARNESS_THREADS") or share)))
         log.info("#%d start: %s", idx, " ".join(filter_overrides(overrides)))
         t0 = time.perf_counter()
         timeout = None if self.timeout_min is None else self.timeout_min * 60

@@ -94,6 +94,8 @@ def host() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # how idle OpenMP threads wait (harness.profile.OMP_ENV): it decides the speed when the cores are shared
+        "openmp_wait": {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")},
         "memory_mb": mem_total,
         "gpu": gpu,
         "device": "cuda" if gpu else "cpu",

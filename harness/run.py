@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.config import register_resolvers
-from harness.profile import MALLOC_ENV
+from harness.profile import process_env
 
 register_resolvers()  # the run directories are built with ${path_part:}, also in a submitit job's process
 
@@ -26,12 +26,14 @@ log = logging.getLogger("harness.run")
 
 
 def reexec_with_malloc_env(module: str = "harness.run") -> None:
-    """glibc reads MALLOC_MMAP_THRESHOLD_ at start-up only: re-execute once with it set (Linux)."""
+    """glibc reads MALLOC_MMAP_THRESHOLD_, OpenMP its wait policy, at start-up only: re-execute once with
+    profile.process_env set (Linux)."""
     if sys.platform != "linux" or os.environ.get("HARNESS_NO_REEXEC"):
         return
-    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+    want = process_env(os.environ)
+    if all(os.environ.get(k) == v for k, v in want.items()):
         return
-    env = {**os.environ, **MALLOC_ENV}
+    env = {**os.environ, **want}
     os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 

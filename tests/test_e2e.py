@@ -45,6 +45,7 @@ def test_minilm_sst2_lora_record_is_complete(tmp_path):
     mem, thr = rec["memory"], rec["throughput"]
     assert mem["train_peak_mb"] >= mem["after_load_mb"] > mem["baseline_mb"] > 0
     assert "MALLOC_MMAP_THRESHOLD_=131072" in mem["method"]  # the run re-executed itself with it
+    assert rec["host"]["openmp_wait"]["GOMP_SPINCOUNT"] and rec["host"]["openmp_wait"]["OMP_WAIT_POLICY"]
     assert thr["steps"] == 4 and thr["train_samples"] == 64
     assert 0 < thr["train_tokens"] <= 64 * 64 and thr["tokens_per_s"] > 0 and thr["median_step_s"] > 0
     assert rec["versions"]["torch"].startswith("2.") and rec["host"]["cores"] >= 1

@@ -133,3 +133,15 @@ def test_length_grouped_sampler_puts_the_longest_batch_first():
     for seed in range(5):
         b = ShuffledLengthGroupedSampler(lengths, 8, seed=seed, mega=10).batches()
         assert 399 in b[0]
+
+
+def test_a_run_starts_with_the_allocator_setting_and_openmp_wait_defaults_the_user_can_override():
+    """harness.run re-executes itself (and the sweep launcher starts each job) with profile.process_env: freed
+    tensors go back to the kernel (the memory meter relies on it) and idle OpenMP threads sleep soon (sharing)."""
+    from harness.profile import process_env
+
+    assert process_env({}) == {"MALLOC_MMAP_THRESHOLD_": "131072", "GOMP_SPINCOUNT": "1000",
+                               "OMP_WAIT_POLICY": "PASSIVE"}
+    mine = process_env({"OMP_WAIT_POLICY": "ACTIVE", "MALLOC_MMAP_THRESHOLD_": "1"})
+    assert mine["OMP_WAIT_POLICY"] == "ACTIVE" and mine["GOMP_SPINCOUNT"] == "1000"
+    assert mine["MALLOC_MMAP_THRESHOLD_"] == "131072"  # not the user's: the peak memory reading depends on it

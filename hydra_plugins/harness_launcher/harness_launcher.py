@@ -133,12 +133,12 @@ class HarnessLauncher(Launcher):
         return [r for r in returns if r is not None]
 
     def _run_job(self, idx, overrides, out_dir, rcfg, chash, store, record_name) -> dict:
-        from harness.profile import MALLOC_ENV
+        from harness.profile import process_env
 
         out_dir.mkdir(parents=True, exist_ok=True)
         cmd = [self.python, "-m", "harness.run", *overrides, f"hydra.run.dir={out_dir}"]
         (out_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
-        env = {**os.environ, **MALLOC_ENV, "HARNESS_LAUNCHED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, **process_env(os.environ), "HARNESS_LAUNCHED": "1", "TOKENIZERS_PARALLELISM": "false"}
         if self.n_jobs > 1:  # share the cores: a run with train.threads=0 takes its share, not every core
             share = max(1, (os.cpu_count() or 1) // self.n_jobs)  # and never more than a cap set from outside
             env["HARNESS_THREADS"] = str(min(share, int(os.environ.get("HARNESS_THREADS") or share)))

@@ -29,6 +29,8 @@ def process_env(environ) -> dict:
     """The variables a run's process starts with (they are read at start-up): MALLOC_ENV always, OMP_ENV unless
     already set."""
     return {**MALLOC_ENV, **{k: environ.get(k, v) for k, v in OMP_ENV.items()}}
+
+
 MB = 1024 * 1024  # every *_mb value in a record is in MiB (2**20 bytes); reports label it MiB
 
 

@@ -25,7 +25,7 @@ register_resolvers()  # the run directories are built with ${path_part:}, also i
 log = logging.getLogger("harness.run")
 
 
-def reexec_with_malloc_env(module: str = "harness.run") -> None:
+def reexec_with_process_env(module: str = "harness.run") -> None:
     """glibc reads MALLOC_MMAP_THRESHOLD_, OpenMP its wait policy, at start-up only: re-execute once with
     profile.process_env set (Linux)."""
     if sys.platform != "linux" or os.environ.get("HARNESS_NO_REEXEC"):
@@ -439,7 +439,7 @@ def _storage_summary(layers: list[dict]) -> dict:
 
 
 def main() -> None:
-    reexec_with_malloc_env()
+    reexec_with_process_env()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import hydra
     from hydra.core.hydra_config import HydraConfig

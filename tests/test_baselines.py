@@ -234,7 +234,7 @@ def test_the_planner_builds_the_bi_encoder_and_counts_what_each_baseline_trains(
     proj = make_plan([*base, "task=stsb", "task.pair_encoding=bi"], method="head_only")
     assert proj.params["trainable"] == 384 * 384 + 384  # the projection
     bi = make_plan([*base, "task=stsb", "task.pair_encoding=bi"], method="lora")
-    cross = make_plan([*base, "task=stsb"], method="lora")
+    cross = make_plan([*base, "task=stsb", "task.pair_encoding=cross"], method="lora")
     # a bi-encoder runs the encoder twice (each sentence at the planned length): twice the layers' activations
     assert bi.parts["activations"] == pytest.approx(2 * cross.parts["activations"], rel=0.1)
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import DATA, REPO, save_random_llama
+from tests.conftest import DATA, REPO, save_random_llama, with_test_defaults
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")]
 
@@ -18,7 +18,8 @@ def run(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> dict:
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        [sys.executable, "-m", "harness.run", f"paths.output_root={out}", "train.threads=1", *overrides],
+        [sys.executable, "-m", "harness.run", f"paths.output_root={out}", "train.threads=1",
+         *with_test_defaults(overrides)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     recs = sorted(out.glob("runs/*/*/record.json"), key=lambda f: f.stat().st_mtime)

@@ -35,12 +35,15 @@ DATA = REPO.parent / "shared" / "data"
 
 
 # The unit tests were written against SST-2 with train=default (the base config's defaults until the default run
-# moved to MRPC with the local bi-encoder recipe); they keep that setting unless they choose a task or recipe.
+# moved to MRPC with the local bi-encoder recipe); they keep that setting unless they choose a task or recipe, or
+# compose an experiment (whose grid is composed exactly as `python -m harness.run -m +experiment=...` does).
 TEST_DEFAULTS = {"task": "task=sst2", "train": "train=default"}
 
 
 def with_test_defaults(overrides) -> list[str]:
     overrides = list(overrides or [])
+    if any(o.startswith("+experiment=") for o in overrides):
+        return overrides
     return [v for k, v in TEST_DEFAULTS.items() if not any(o.startswith(k + "=") for o in overrides)] + overrides
 
 

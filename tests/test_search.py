@@ -113,7 +113,10 @@ def test_storage_urls():
 
 # ------------------------------------------------------------------------------------------------ Optuna paths
 def test_pruning_on_a_fake_objective_records_pruned_not_failed(tmp_path):
-    s = spec(n_trials=10)
+    # two high ranks first, then rank 1, whose curve is below their median at every step: pruned whatever the
+    # sampler draws after them
+    s = spec(n_trials=10, enqueue=[{"r": 64, "alpha": 64, "lr": 1e-3}, {"r": 32, "alpha": 32, "lr": 1e-3},
+                                   {"r": 1, "alpha": 1, "lr": 1e-3}])
     u = url(tmp_path)
     c = run_worker(s, u, objective_for(s, "fast"), echo=quiet)
     assert c["COMPLETE"] + c["PRUNED"] == 10 and c["FAIL"] == 0
@@ -151,6 +154,16 @@ def test_the_same_seed_gives_the_same_trials(tmp_path):
         run_worker(s, u, objective_for(s, "fast"), echo=quiet)
         params.append([t.params for t in study_of(u).trials])
     assert params[0] == params[1]
+
+
+def test_a_resumed_study_draws_new_parameters_not_its_first_trials_again(tmp_path):
+    u = url(tmp_path)
+    first = spec(n_trials=3)
+    run_worker(first, u, objective_for(first, "fast"), echo=quiet)
+    s = spec(n_trials=6)  # a second process resumes it: same seed, three more trials
+    run_worker(s, u, objective_for(s, "fast"), echo=quiet)
+    drawn = [tuple(sorted(t.params.items())) for t in study_of(u).trials]
+    assert len(drawn) == 6 and len(set(drawn)) == 6, drawn
 
 
 def _worker(u: str, n: int, mode: str, study: str = "fake") -> subprocess.Popen:

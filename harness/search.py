@@ -424,8 +424,8 @@ def _pruner(spec):
 def describe_sampler(spec) -> str:
     s = spec.sampler
     if s.name == "random":
-        return f"random (seed {s.seed})"
-    return f"TPE (seed {s.seed}, {s.n_startup_trials} random startup trials, multivariate, constant liar)"
+        return f"random (seed {s.seed} + trial number)"
+    return f"TPE (seed {s.seed} + trial number, {s.n_startup_trials} random startup trials, multivariate, constant liar)"
 
 
 def describe_pruner(spec) -> str:

@@ -181,6 +181,11 @@ def table5_more_types_lower_rank(agg: pd.DataFrame) -> list[Claim]:
 
 
 # ------------------------------------------------------------------------------------------------- Table 2
+def lora_reference(g: pd.DataFrame):
+    """The LoRA configuration a claim compares with full fine-tuning: the papers' Wq,Wv where it ran, else any."""
+    return find(g, method="lora", targets="qv") or find(g, method="lora")
+
+
 def table2_lora_matches_full(agg: pd.DataFrame) -> list[Claim]:
     out = []
     src = "LoRA Table 2, section 5.3"
@@ -188,7 +193,7 @@ def table2_lora_matches_full(agg: pd.DataFrame) -> list[Claim]:
         parts, text, trainable = [], [], None
         for task, gt in g.groupby("task"):
             full = find(gt, method="full")
-            lora = find(gt, method="lora", targets="qv") or find(gt, method="lora")
+            lora = lora_reference(gt)
             if full is None or lora is None:
                 continue
             d = diff(lora, full)
@@ -220,7 +225,7 @@ def memory_full_above_lora(agg: pd.DataFrame) -> list[Claim]:
     """LoRA section 4.2: training memory (VRAM) drops when only the adapters train; here the measured peak."""
     out = []
     for (task, model), g in agg.groupby(["task", "model"]):
-        full, lora = find(g, method="full"), find(g, method="lora", targets="qv") or find(g, method="lora")
+        full, lora = find(g, method="full"), lora_reference(g)
         if full is None or lora is None or pd.isna(full.get("peak_mb")) or pd.isna(lora.get("peak_mb")):
             continue
         verdict, d = needs_more_memory(full, lora)

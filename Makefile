@@ -9,7 +9,6 @@ WORKERS ?= 1
 MODEL   ?= llama2_70b
 # runs at a time for make sweep / make sanity at local scale (each on its share of the cores); JOBS= for other launchers
 JOBS    ?= $(if $(filter local,$(SCALE)),2,)
-export MALLOC_MMAP_THRESHOLD_ := 131072
 # idle OpenMP threads wait briefly, then sleep: a run sharing the cores with another keeps ~70% of its speed, not
 # ~20% (harness/profile.py OMP_ENV has the measurement); set either in the environment to override
 export GOMP_SPINCOUNT ?= 1000

@@ -202,6 +202,9 @@ class TrainConfig:
     # counts the non-finite loss readings (metrics.train_loss.nonfinite)
     stop_on_nonfinite_loss: bool = True
     save_adapter: bool = True
+    # peak memory on CPU is read exactly in a window (loading, two optimizer steps and a probe pass over the
+    # largest batch), then glibc keeps freed memory for speed (harness/profile.py); false: exact to the end (slower)
+    memory_probe: bool = True
 
 
 @dataclass

@@ -26,8 +26,7 @@ log = logging.getLogger("harness.run")
 
 
 def reexec_with_process_env(module: str = "harness.run") -> None:
-    """glibc reads MALLOC_MMAP_THRESHOLD_, OpenMP its wait policy, at start-up only: re-execute once with
-    profile.process_env set (Linux)."""
+    """OpenMP reads its wait policy at start-up only: re-execute once with profile.process_env set (Linux)."""
     if sys.platform != "linux" or os.environ.get("HARNESS_NO_REEXEC"):
         return
     want = process_env(os.environ)
@@ -230,7 +229,8 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     out = train_and_evaluate(model, tokenizer, prep["train"], prep["evals"], cfg, str(out_dir / "trainer"),
                              dtype=dtype, on_trained=meter.trained, label_norm=prep["norm"],
                              final_evaluate=final_evaluate, on_evaluate=on_evaluate,
-                             predictions_dir=out_dir / "predictions" if _process_rank() == 0 else None)
+                             predictions_dir=out_dir / "predictions" if _process_rank() == 0 else None,
+                             memory_window=meter.window_closed)
     if causal and cfg.mmlu_eval.enabled:
         rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
     rec["memory"] = meter.record()

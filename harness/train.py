@@ -136,6 +136,11 @@ def _trainer_class():
 
         def on_step_end(self, args, state, control, **kw):
             self.meter.step_end()
+            # the optimizer state exists from the first step on: the window of exact memory closes after the
+            # second, with a probe pass over the epoch's largest batch (HarnessTrainer.memory_probe)
+            trainer = getattr(self, "trainer", None)
+            if state.global_step == 2 and trainer is not None and trainer.memory_window is not None:
+                trainer.memory_probe()
 
         def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
             # second optimizer step: weights, gradients and the optimizer state (made by the first step) all exist
@@ -159,12 +164,54 @@ def _trainer_class():
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return ShuffledLengthGroupedSampler(ds["length"], group, seed)
 
-        def __init__(self, *a, meter: Throughput, **kw):
+        def __init__(self, *a, meter: Throughput, memory_window=None, **kw):
             super().__init__(*a, **kw)
             self.meter = meter
             self._tokens = torch.zeros((), dtype=torch.long)
             self._samples = 0
             self.eval_seconds = 0.0
+            self.probe_seconds = 0.0
+            # memory_window(covered: dict) is called once the exact window is over (profile.MemoryMeter)
+            self.memory_window = memory_window
+
+        def largest_batch(self) -> list[int] | None:
+            """The example indices of this epoch's batch with the most padded tokens (both sides of a pair; ties:
+            the longer), from the length-grouped sampler's own batches; None under another sampler."""
+            sampler = self._get_train_sampler()
+            if not isinstance(sampler, ShuffledLengthGroupedSampler):
+                return None
+            ds = self.train_dataset
+            c = self.data_collator
+            m = max(1, int(getattr(c, "multiple", None) or getattr(c, "pad_to_multiple_of", None) or 1))
+            sides = [[len(x) for x in ds[c]] for c in ("input_ids", "input_ids_b") if c in ds.column_names]
+
+            def cost(b):
+                longest = [-(-max(lens[i] for i in b) // m) * m for lens in sides]
+                return (len(b) * sum(longest), max(longest))
+
+            return max(sampler.batches(), key=cost)
+
+        def memory_probe(self) -> None:
+            """One forward and backward pass over the epoch's largest batch while the optimizer state exists, without
+            an optimizer step: the highest activation memory any step of the run can reach, read inside the exact
+            window. The gradients are dropped (the Trainer zeroes them to None after each step) and the RNG state
+            restored, so training continues exactly as without it; its time is left out of the throughput."""
+            hook, self.memory_window = self.memory_window, None
+            t0 = time.perf_counter()
+            batch = self.largest_batch()
+            if batch is None or self.args.world_size > 1 or torch.cuda.is_available():
+                return  # no window closes: the allocator stays exact to the end of training
+            inputs = self.data_collator([self.train_dataset[i] for i in batch])
+            rng = torch.get_rng_state()
+            Trainer.training_step(self, self.model_wrapped, inputs)
+            self.model_wrapped.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng)
+            self.probe_seconds += time.perf_counter() - t0
+            b = inputs["input_ids"]
+            hook({"optimizer_steps": 2, "probe_batch": {"batch_size": int(b.shape[0]),
+                                                         "seq_len": int(max(inputs[k].shape[1] for k in inputs
+                                                                            if k.startswith("input_ids")))},
+                  "probe_s": self.probe_seconds})
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             for key in ("attention_mask", "attention_mask_b"):  # a bi-encoder's batch holds both sentences
@@ -245,7 +292,7 @@ def make_compute_metrics(names: list[str], regression: bool, norm: tuple[float, 
 
 
 def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str, *, dtype: torch.dtype, meter,
-                 label_norm: tuple[float, float] | None = None, on_evaluate=None, callbacks=()):
+                 label_norm: tuple[float, float] | None = None, on_evaluate=None, callbacks=(), memory_window=None):
     """The Trainer every run trains with: bf16 autocast where `dtype` says so, batches padded to their longest
     example (rounded to train.pad_to_multiple_of) and grouped by length, loss logged ~25 times a run (each
     reading is a host sync), tokens counted without a sync per step. `callbacks` are added to ours."""
@@ -292,6 +339,8 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
     trainer_cls, timing_cls = _trainer_class()
     first_split = next(iter(eval_sets))
     eval_arg = eval_sets if len(eval_sets) > 1 else eval_sets[first_split]
+    timing = timing_cls(meter, diverge_on_nan=t.stop_on_nonfinite_loss, on_evaluate=on_evaluate,
+                        splits={s: None for s in eval_sets}, names=task.metrics)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -299,11 +348,11 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
         eval_dataset=eval_arg,
         data_collator=make_collator(cfg, tokenizer),
         compute_metrics=None if causal else make_compute_metrics(list(task.metrics), regression, label_norm),
-        callbacks=[timing_cls(meter, diverge_on_nan=t.stop_on_nonfinite_loss, on_evaluate=on_evaluate,
-                              splits={s: None for s in eval_sets},
-                              names=task.metrics), *callbacks],
+        callbacks=[timing, *callbacks],
         meter=meter,
+        memory_window=memory_window if t.memory_probe else None,
     )
+    timing.trainer = trainer
 
     return trainer
 
@@ -322,6 +371,7 @@ def train_and_evaluate(
     final_evaluate=None,
     on_evaluate=None,
     predictions_dir: str | Path | None = None,
+    memory_window=None,
 ) -> dict:
     """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
 
@@ -332,6 +382,8 @@ def train_and_evaluate(
     `on_evaluate(step, {split: {metric: value}})` is called after each evaluation during training (every
     `train.eval_every` steps); it may raise `Pruned` to stop the run (a search's pruner does).
     `predictions_dir`: where the final evaluation writes per-example predictions (`_evaluate_all`).
+    `memory_window(covered)`: called when the window of exact memory closes (after the second optimizer step and
+    a probe pass over the largest batch, `HarnessTrainer.memory_probe`; never with train.memory_probe=false).
     """
     t = cfg.train
     task = cfg.task
@@ -339,7 +391,7 @@ def train_and_evaluate(
     meter = Throughput(warmup_steps=t.warmup_steps_excluded)
     first_split = next(iter(eval_sets))
     trainer = make_trainer(model, tokenizer, train_ds, eval_sets, cfg, out_dir, dtype=dtype, meter=meter,
-                           label_norm=label_norm, on_evaluate=on_evaluate)
+                           label_norm=label_norm, on_evaluate=on_evaluate, memory_window=memory_window)
 
     t0 = time.perf_counter()
     train_out = trainer.train() if train_steps else None
@@ -365,7 +417,7 @@ def train_and_evaluate(
     scored = [h for h in history if headline in h["metrics"].get(headline_split, {})]
     best = max(scored, key=lambda h: sign * h["metrics"][headline_split][headline]) if scored else history[-1]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    thr = meter.record(train_wall, in_train_eval) if train_steps else None
+    thr = meter.record(train_wall, in_train_eval, trainer.probe_seconds) if train_steps else None
     return {
         "optimizer": describe_optimizer(trainer.optimizer),
         "metrics": {

@@ -45,7 +45,10 @@ def test_minilm_sst2_lora_record_is_complete(tmp_path):
     assert rec["adapter"]["bytes"] > 4 * p["adapter"]  # fp32 adapter weights (plus the head) on disk
     mem, thr = rec["memory"], rec["throughput"]
     assert mem["train_peak_mb"] >= mem["after_load_mb"] > mem["baseline_mb"] > 0
-    assert "MALLOC_MMAP_THRESHOLD_=131072" in mem["method"]  # the run re-executed itself with it
+    assert mem["exact"] and "glibc exact" in mem["method"]  # the allocator was switched to exact
+    # the window of exact memory closed after the second optimizer step, with a probe of the largest batch
+    assert mem["window"]["optimizer_steps"] == 2 and mem["window"]["probe_batch"]["batch_size"] == 16
+    assert mem["rss_hwm_after_training_mb"] is not None and thr["memory_probe_s"] > 0
     assert rec["host"]["openmp_wait"]["GOMP_SPINCOUNT"] and rec["host"]["openmp_wait"]["OMP_WAIT_POLICY"]
     assert thr["steps"] == 4 and thr["train_samples"] == 64
     assert 0 < thr["train_tokens"] <= 64 * 64 and thr["tokens_per_s"] > 0 and thr["median_step_s"] > 0

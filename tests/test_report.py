@@ -57,6 +57,18 @@ def test_latest_ok_record_wins_and_failed_retries_are_superseded():
     assert superseded == [failed]
 
 
+def test_records_of_one_computation_under_two_stored_hashes_count_once():
+    """A record written before a key joined the hash's exclusions carries another stored config_hash for the same
+    computation (the sanity report once listed 8 seeds for 5): reports key records by the hash as computed now."""
+    old = make_record(seed=1, value=0.70, finished_at="2026-11-22T09:00:00")
+    new = make_record(seed=1, value=0.70, finished_at="2026-11-22T10:00:00")
+    old["config_hash"], new["config_hash"] = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+    other_seed = make_record(seed=2, value=0.72)
+    chosen, superseded = frame.latest_per_config([old, new, other_seed])
+    assert sorted(r["seed"] for r in chosen) == [1, 2] and superseded == [old]
+    assert agg_of([old, new, other_seed]).iloc[0]["seeds"] == 2
+
+
 def test_lora_table6_golden():
     golden("lora_table6.md", tables.lora_table6(agg_of(table6_records(), "mean"), paper_values()["lora_table6"]))
 

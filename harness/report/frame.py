@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from harness.metrics import higher_is_better
-from harness.records import hashed_config
+from harness.records import config_hash, hashed_config
 from harness.store import headline
 
 # the columns that identify a configuration apart from its seed
@@ -37,11 +37,18 @@ def group_key(rec: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def identity(rec: dict) -> str:
+    """What a record computed: the hash of its config as the code hashes it now (records.config_hash). A record
+    written before a key joined the hash's exclusions carries another stored hash for the same computation."""
+    cfg = rec.get("config")
+    return config_hash(cfg) if isinstance(cfg, dict) else rec.get("config_hash", rec.get("_path", "?"))
+
+
 def latest_per_config(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(one record per config hash: the latest ok one, else the latest; the records superseded by a later ok)."""
+    """(one record per computation (`identity`): the latest ok one, else the latest; the records superseded)."""
     by_hash: dict[str, list[dict]] = {}
     for r in records:
-        by_hash.setdefault(r.get("config_hash", r.get("_path", "?")), []).append(r)
+        by_hash.setdefault(identity(r), []).append(r)
     chosen, superseded = [], []
     for recs in by_hash.values():
         recs = sorted(recs, key=lambda r: str(r.get("finished_at") or ""))

@@ -271,6 +271,47 @@ def test_the_sanity_report_calls_a_task_usable_only_when_fine_tuning_clearly_bea
     assert lora["minus_baseline"].startswith("+5.5 [+3.3, +7.7] (95% interval, paired over seeds 1,2,3)")
 
 
+def test_claims_on_a_task_sanity_does_not_show_usable_are_not_resolved_and_memory_claims_stay():
+    """Issue 15: a local experiment must not test a claim on a task where make sanity does not show fine-tuning
+    clearly above its baselines (or has not checked it): the claim keeps its numbers, its verdict is "not
+    resolved". Memory claims do not depend on what fine-tuning reaches and are not gated."""
+    from harness.report import claims, frame, stats
+    from harness.report.sanity import usable_tasks
+
+    def rec(task, method, seed, value, baseline="none", **kw):
+        r = make_record(experiment="sanity", task=task, method=method, seed=seed, value=value, table="sanity",
+                        aggregate="mean", **kw)
+        r["config"]["method"]["baseline"] = baseline
+        return r
+
+    sanity = []
+    for s, d in ((1, -0.01), (2, 0.0), (3, 0.01)):
+        sanity += [rec("mrpc", "zero_shot", s, 0.745 + d / 10, "zero_shot"), rec("mrpc", "lora", s, 0.80 + d),
+                   rec("stsb", "zero_shot", s, 0.870, "zero_shot"), rec("stsb", "lora", s, 0.86 + d)]
+    usable = usable_tasks(sanity)
+    assert usable == {"mrpc/minilm_l6/-": True, "stsb/minilm_l6/-": False}
+    assert usable_tasks([]) is None
+
+    grid = [make_record(experiment="t2", table="lora_table2", task=t, method=m, seed=s, value=v + s / 1000,
+                        peak_mb=peak)
+            for t in ("mrpc", "stsb", "rte") for m, v, peak in (("lora", 0.80, 500.0), ("full", 0.79, 900.0))
+            for s in (1, 2, 3)]
+    agg = frame.aggregate(frame.runs_frame(frame.latest_per_config(grid)[0]), "median")
+    free = claims.check("lora_table2", agg)
+    gated = claims.check("lora_table2", agg, usable)
+    quality = [c for c in gated if c.table == "lora_table2"]
+    assert len(quality) == 3  # one per task once gated
+    by_task = {c.claim.split(":")[0]: c for c in quality}
+    assert by_task["mrpc/minilm_l6"].verdict == stats.HOLDS
+    assert by_task["stsb/minilm_l6"].verdict == stats.UNRESOLVED
+    assert "does not show fine-tuning clearly above its baselines" in by_task["stsb/minilm_l6"].evidence
+    assert by_task["rte/minilm_l6"].verdict == stats.UNRESOLVED
+    assert "has not checked it" in by_task["rte/minilm_l6"].evidence
+    assert "LoRA 80.2 vs full 79.2" in by_task["rte/minilm_l6"].evidence  # the numbers stay visible
+    memory = lambda found: [(c.claim, c.verdict) for c in found if c.table == "memory"]  # noqa: E731
+    assert memory(gated) == memory(free) and len(memory(free)) == 3
+
+
 def test_a_collapsed_seed_is_counted_apart_and_keeps_a_task_from_claims(tmp_path):
     import json
 

@@ -201,7 +201,8 @@ def table2_lora_matches_full(agg: pd.DataFrame) -> list[Claim]:
             text.append(f"{task}: LoRA {_fmt(lora['value'])} vs full {_fmt(full['value'])}, LoRA − full {_dtext(d)}")
             trainable = lora["trainable_pct"]
         if parts:
-            out.append(Claim("lora_table2", f"{model}: LoRA matches or exceeds full fine-tuning on every task (within "
+            label, where = (f"{text[0].split(':')[0]}/{model}", "") if len(parts) == 1 else (model, " on every task")
+            out.append(Claim("lora_table2", f"{label}: LoRA matches or exceeds full fine-tuning{where} (within "
                              f"{DELTA:g} point, or better) while training {trainable:.2f}% of the parameters",
                              stats.all_of(parts), "; ".join(text) + ".", src, DELTA, None, REASONS["lora_table2"]))
     return out
@@ -428,7 +429,43 @@ CHECKS = {
 }
 
 
-def check(table: str | None, agg: pd.DataFrame) -> list[Claim]:
+# claims on what fine-tuning reaches: they rest only on a task that make sanity shows learnable (memory claims and
+# evaluation-only ones do not depend on it)
+GATED = (table6_low_rank_suffices, table5_more_types_lower_rank, table2_lora_matches_full, table3_quantized_match,
+         figures_all_linear)
+
+
+def task_key(task, model, pair_encoding) -> str:
+    """A local task as make sanity checks it: task, model and (for sentence pairs) the encoding."""
+    pe = pair_encoding if isinstance(pair_encoding, str) and pair_encoding else "-"
+    return f"{task}/{model}/{pe}"
+
+
+def _not_evidence(c: Claim, key: str, checked: bool) -> Claim:
+    why = ("make sanity does not show fine-tuning clearly above its baselines there" if checked else
+           "make sanity has not checked it")
+    return Claim(c.table, c.claim, stats.UNRESOLVED,
+                 f"Not evidence: {key.removesuffix('/-')} is not usable for claims ({why}; reports/sanity/). "
+                 f"Measured: {c.evidence}", c.source, c.delta, c.diff, c.reason)
+
+
+def check(table: str | None, agg: pd.DataFrame, usable: dict[str, bool] | None = None) -> list[Claim]:
+    """The claims `table`'s checks can test on `agg`. `usable` ({task_key: usable for claims}, from the sanity
+    experiment's records): a quality claim on a task that is not usable (or not checked) is printed with its
+    numbers but decided "not resolved"; None = no sanity run to consult, nothing gated."""
     if agg.empty:
         return []
-    return [c for fn in CHECKS.get(table, CHECKS[None]) for c in fn(agg)]
+    out = []
+    for fn in CHECKS.get(table, CHECKS[None]):
+        if usable is None or fn not in GATED:
+            out += fn(agg)
+            continue
+        keys = [task_key(t, m, pe) for t, m, pe in zip(agg["task"], agg["model"], agg.get("pair_encoding",
+                                                                                           [None] * len(agg)))]
+        for key in dict.fromkeys(keys):
+            found = fn(agg[[k == key for k in keys]])
+            if usable.get(key) is True:
+                out += found
+            else:
+                out += [c if c.table == "memory" else _not_evidence(c, key, key in usable) for c in found]
+    return out

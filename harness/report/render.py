@@ -144,9 +144,10 @@ def with_baselines(records: list[dict], agg: pd.DataFrame, extra: list[dict] = (
 
 
 def render_experiment(name: str, records: list[dict], out_root: Path, plots: bool = True,
-                      baselines: list[dict] = ()) -> Path:
+                      baselines: list[dict] = (), usable: dict[str, bool] | None = None) -> Path:
     """Write <out_root>/<name>/README.md (and plots). Returns the README path. `baselines`: baseline records of
-    other experiments to compare with (this experiment's own are always used)."""
+    other experiments to compare with (this experiment's own are always used). `usable`: which local tasks make
+    sanity shows usable for claims (sanity.usable_tasks); None: no sanity run, claims are not gated."""
     chosen, superseded = frame.latest_per_config(records)
     runs = frame.runs_frame(chosen)
     table = _cfg(chosen[0], "report", "table")
@@ -194,8 +195,11 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
         if rec_lines:
             lines += ["## Which configuration, at what cost", ""] + rec_lines + [
                 "", "At our scale and seeds (above); differences inside the seed spread are not evidence.", ""]
-        found = claim_checks.check(table, frame.evidence(agg))
+        found = claim_checks.check(table, frame.evidence(agg), usable)
         lines += ["## Claims checked", ""]
+        if usable is None:
+            lines += ["make sanity has not run in this results store: no claim below is gated on its task being "
+                      "shown learnable (reports/sanity/).", ""]
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]
         lines += ["", STATS_NOTE if not evaluation_only(runs) else
                   "Evaluation only: one deterministic evaluation per stored data type, so the numbers decide; the "
@@ -276,7 +280,8 @@ def write_summary(path: Path, name: str, runs: pd.DataFrame, agg: pd.DataFrame, 
     return path
 
 
-def write_index(store, out_root: Path, base_recs: list[dict] | None = None) -> Path:
+def write_index(store, out_root: Path, base_recs: list[dict] | None = None,
+                usable: dict[str, bool] | None = None) -> Path:
     """reports/README.md: every experiment in the store, what it mirrors, its runs and its claims' verdicts.
     `base_recs`: the store's baseline records, when the caller has read them already."""
     pv = paper_values()
@@ -293,7 +298,7 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None) -> P
         table = _cfg(chosen[0], "report", "table")
         how = _cfg(chosen[0], "report", "aggregate", default="median")
         agg, _ = with_baselines(chosen, frame.aggregate(runs, how), base_recs, how)
-        found = [c for c in claim_checks.check(table, frame.evidence(agg)) if c.paper]
+        found = [c for c in claim_checks.check(table, frame.evidence(agg), usable) if c.paper]
         scale = ", ".join(sorted(set(str(s) for s in runs["scale"].dropna()))) or tables.DASH
         verdicts = [c.verdict for c in found]
         counts = runs["status"].value_counts().to_dict()
@@ -400,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped unreadable record {path}: {err}")
     names = args.experiment or store.experiments()
     base_recs = baseline_records(store)
+    from harness.report.sanity import usable_tasks
+
+    usable = usable_tasks(store.records("sanity"))
     if not names:
         print(f"no result records under {args.root}: run `make run` or `make sweep` first")
         return 1
@@ -416,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
             path = render_sanity(recs, Path(args.out))
         else:
-            path = render_experiment(name, recs, Path(args.out), plots=not args.no_plots, baselines=base_recs)
+            path = render_experiment(name, recs, Path(args.out), plots=not args.no_plots, baselines=base_recs,
+                                     usable=usable)
         failed = [r for r in frame.latest_per_config(recs)[0] if r.get("status") != "ok"]
         print(f"{path}: {len(recs)} records, {len(failed)} failed")
         for r in failed:
@@ -425,5 +434,5 @@ def main(argv: list[str] | None = None) -> int:
         from harness.report.memory import render as render_memory
 
         print(render_memory(store, Path(args.out)))
-    print(write_index(store, Path(args.out), base_recs))
+    print(write_index(store, Path(args.out), base_recs, usable))
     return 0

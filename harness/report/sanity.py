@@ -91,6 +91,16 @@ def summarize(records: list[dict]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return out, runs, agg
 
 
+def usable_tasks(records: list[dict]) -> dict[str, bool] | None:
+    """{claims.task_key: usable for claims} from the sanity experiment's records; None when there are none."""
+    from harness.report.claims import task_key
+
+    if not records:
+        return None
+    return {task_key(t["task"], t["model"], t["pair_encoding"]): bool(t["usable_for_claims"])
+            for t in summarize(records)[0]["tasks"].values()}
+
+
 def render(records: list[dict], out_root: Path) -> Path:
     summary, runs, agg = summarize(records)
     out = out_root / "sanity"

@@ -25,6 +25,17 @@ HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "train": ("stop_on_n
 HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None}}
 
 
+def unused_lrs(method: dict) -> set[str]:
+    """The method-specific learning rates a method does not train with (config.effective_lr reads lr_full only for
+    full fine-tuning, lr_bitfit for BitFit, lr_head for the head-only baseline): a recipe that sets one for another
+    method (the MRPC recipe's lr_bitfit) changes nothing a LoRA run computes."""
+    baseline = str(method.get("baseline", "none"))
+    bias = bool(method.get("bias_only", False))
+    full = not method.get("adapter", True) and baseline == "none" and not bias
+    return {k for k, used in (("lr_full", full), ("lr_bitfit", bias), ("lr_head", baseline == "head_only"))
+            if not used}
+
+
 def hashed_config(resolved_cfg: dict) -> dict:
     """The part of a resolved config that decides what a run computes (what the config hash covers)."""
     core = {k: v for k, v in resolved_cfg.items() if k not in HASH_EXCLUDE}
@@ -34,7 +45,24 @@ def hashed_config(resolved_cfg: dict) -> dict:
     for group, defaults in HASH_OMIT_DEFAULTS.items():
         if isinstance(core.get(group), dict):
             core[group] = {k: v for k, v in core[group].items() if k not in defaults or v != defaults[k]}
+    if isinstance(core.get("train"), dict) and isinstance(core.get("method"), dict):
+        unused = unused_lrs(core["method"])
+        core["train"] = {k: v for k, v in core["train"].items() if k not in unused}
     return core
+
+
+# changes whenever the rules above change: the results store then re-derives every record's hash (store.Store)
+HASH_VERSION = hashlib.sha256(json.dumps(
+    [HASH_EXCLUDE, {k: list(v) for k, v in HASH_EXCLUDE_KEYS.items()}, HASH_OMIT_DEFAULTS, "unused_lrs:1"],
+    sort_keys=True).encode()).hexdigest()[:12]
+
+
+def identity(rec: dict) -> str:
+    """What a record computed: the hash of its config under the rules as they are now. A record written before a
+    key joined the exclusions carries another stored config_hash for the same computation; the results store and
+    the reports key records by this."""
+    cfg = rec.get("config")
+    return config_hash(cfg) if isinstance(cfg, dict) else str(rec.get("config_hash", rec.get("_path", "?")))
 
 
 def config_hash(resolved_cfg: dict) -> str:

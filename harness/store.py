@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from harness.records import RECORD_NAME
+from harness.records import HASH_VERSION, RECORD_NAME, identity
 
 log = logging.getLogger("harness.store")
 
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_hash ON records (config_hash, status);
 CREATE INDEX IF NOT EXISTS records_experiment ON records (experiment);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 DONE = "ok"
 
@@ -69,7 +70,27 @@ class Store:
         con = sqlite3.connect(self.index_path, timeout=self.timeout, isolation_level=None)
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         con.executescript(SCHEMA)
+        self._rehash(con)
         return con
+
+    @staticmethod
+    def _rehash(con: sqlite3.Connection) -> None:
+        """The config_hash column holds records.identity (the hash under the current rules), so a run that computes
+        what a record written under older rules computed finds it done. When the rules change (HASH_VERSION), every
+        row's hash is derived again from its record."""
+        row = con.execute("SELECT value FROM meta WHERE key = 'hash_version'").fetchone()
+        if row is not None and row[0] == HASH_VERSION:
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for path, text in con.execute("SELECT path, record FROM records").fetchall():
+                con.execute("UPDATE records SET config_hash = ? WHERE path = ?", (identity(json.loads(text)), path))
+            con.execute("INSERT INTO meta (key, value) VALUES ('hash_version', ?) ON CONFLICT(key) DO UPDATE SET "
+                        "value = excluded.value", (HASH_VERSION,))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _db(self):
@@ -89,7 +110,7 @@ class Store:
 
     @staticmethod
     def _row(key: str, mtime_ns: int, rec: dict) -> tuple:
-        return (key, mtime_ns, rec.get("config_hash"), rec.get("experiment"), rec.get("status"), rec.get("run_id"),
+        return (key, mtime_ns, identity(rec), rec.get("experiment"), rec.get("status"), rec.get("run_id"),
                 rec.get("finished_at"), json.dumps(rec, default=str))
 
     _UPSERT = ("INSERT INTO records (path, mtime_ns, config_hash, experiment, status, run_id, finished_at, record) "

@@ -82,3 +82,46 @@ def test_two_processes_writing_at_once_lose_no_record(tmp_path):
     assert len(recs) == 2 * n
     assert len({r["config_hash"] for r in recs}) == 2 * n
     assert store.sync().added == 0  # the index already had every file
+
+
+def test_a_record_under_an_older_hash_rule_is_found_done_under_the_current_one(tmp_path):
+    """The index keys records by the hash of their config under the current rules (records.identity): a record
+    written before a key joined the exclusions (its stored config_hash differs) still makes the same run `done`,
+    and an index built under older rules is re-derived when it is opened."""
+    import sqlite3
+
+    from harness.records import config_hash
+
+    rec = make_record(seed=1)
+    now = config_hash(rec["config"])
+    rec["config_hash"] = "written_by_older"
+    put(tmp_path, "a", rec)
+    store = Store(tmp_path)
+    store.sync()
+    assert store.done(now) == "sweeps/x/a/record.json" and store.done("written_by_older") is None
+
+    with sqlite3.connect(tmp_path / "results.sqlite") as con:  # as an index made under other rules would hold it
+        con.execute("UPDATE records SET config_hash = 'stale'")
+        con.execute("UPDATE meta SET value = 'older' WHERE key = 'hash_version'")
+    assert Store(tmp_path).done(now) == "sweeps/x/a/record.json"
+
+
+def test_a_learning_rate_the_method_does_not_train_with_is_outside_the_hash():
+    """A recipe's lr_bitfit (for BitFit) or lr_head (for the head-only baseline) changes nothing a LoRA run
+    computes, so not its hash either; it does change the hash of the method that trains with it."""
+    from harness.records import config_hash
+
+    def cfg(method, **train):
+        c = make_record(method=method)["config"]
+        c["train"].update(train)
+        return c
+
+    lora = cfg("lora")
+    assert config_hash(cfg("lora", lr_bitfit=3e-3, lr_head=3e-2, lr_full=3e-5)) == config_hash(lora)
+    bitfit = cfg("lora")
+    bitfit["method"]["bias_only"] = True
+    bitfit_lr = cfg("lora", lr_bitfit=3e-3)
+    bitfit_lr["method"]["bias_only"] = True
+    assert config_hash(bitfit_lr) != config_hash(bitfit)
+    assert config_hash(cfg("full", lr_full=3e-5)) != config_hash(cfg("full"))
+    assert config_hash(cfg("lora", lr=2e-3)) != config_hash(lora)  # the lr every method reads stays in

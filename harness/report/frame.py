@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from harness.metrics import higher_is_better
-from harness.records import config_hash, hashed_config
+from harness.records import hashed_config, identity
 from harness.store import headline
 
 # the columns that identify a configuration apart from its seed
@@ -35,13 +35,6 @@ def group_key(rec: dict) -> str:
     train.pop("seed", None)
     cfg["train"] = train
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def identity(rec: dict) -> str:
-    """What a record computed: the hash of its config as the code hashes it now (records.config_hash). A record
-    written before a key joined the hash's exclusions carries another stored hash for the same computation."""
-    cfg = rec.get("config")
-    return config_hash(cfg) if isinstance(cfg, dict) else rec.get("config_hash", rec.get("_path", "?"))
 
 
 def latest_per_config(records: list[dict]) -> tuple[list[dict], list[dict]]:

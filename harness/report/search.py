@@ -282,9 +282,9 @@ def _default_section(df: pd.DataFrame, best: pd.Series, metric: str, maximize: b
     r = ref.iloc[0]
     diff = (best["value"] - r["value"]) * (1 if maximize else -1)
     L = ["## Against the harness default", "",
-         f"Trial {int(r['trial'])} ran the harness default, not the paper's: the paper's Wq,Wv r=8 placement at "
-         "this harness's learning rate for its short runs (the LoRA paper's RoBERTa-base setting is r=8, alpha=8, "
-         "lr 4e-4 to 5e-4 over 30-80 epochs) (" + ", ".join(
+         f"Trial {int(r['trial'])} ran the harness default (the study's first enqueued trial: the task's local "
+         "recipe), not the paper's setting (the LoRA paper's RoBERTa-base: Wq,Wv, r=8, alpha=8, lr 4e-4 to 5e-4 "
+         "over 30-80 epochs) (" + ", ".join(
              f"{_label(n)} = {_val(r.get('p:' + n))}" for n in pnames) +
          (f", alpha = {_alpha(r)}" if any(n.endswith("/r") for n in pnames) else "") + f") on the same data and steps: "
          f"{metric} = {_val(r['value'])}.", ""]

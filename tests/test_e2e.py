@@ -110,7 +110,7 @@ def test_smollm2_wikisql_sft_generates_and_scores(tmp_path):
     logical-form accuracy and answer loss in the record, predictions written beside it, adapter saved."""
     rec = run(tmp_path, "model=smollm2_135m", "task=wikisql", "task.train_size=8", "task.eval_size=4",
               "train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=4", "task.max_new_tokens=12",
-              "lora.targets=all_linear")
+              "lora.targets=all_linear", "train.lr=1e-4")  # two steps at the recipe's lr can leave it answering "\n"
     assert rec["task"]["kind"] == "generation" and rec["model"]["head"] == "causal_lm"
     final = rec["metrics"]["final"]["validation"]
     assert {"logical_form_accuracy", "exact_match", "loss"} <= set(final) and final["answer_tokens"] > 0

@@ -560,15 +560,23 @@ def trains(cfg) -> bool:
     return int(cfg.train.max_steps) != 0 and baseline_of(cfg.method) not in ("majority", "zero_shot")
 
 
+def lr_key(method) -> str:
+    """The train.* learning rate a method trains with when it is set: lr_full (full fine-tuning), lr_bitfit (BitFit),
+    lr_head (the head-only baseline), else lr (times method.lr_multiplier). Reads a DictConfig or a record's dict."""
+    baseline = method.get("baseline", "none")
+    baseline = str(getattr(baseline, "value", baseline))
+    bias = bool(method.get("bias_only", False))
+    if not method.get("adapter", True) and baseline == "none" and not bias:
+        return "lr_full"
+    return "lr_bitfit" if bias else "lr_head" if baseline == "head_only" else "lr"
+
+
 def effective_lr(cfg: DictConfig) -> float:
-    """The learning rate a run trains with: train.lr_full for full fine-tuning and train.lr_head for the head-only
-    baseline when set, else train.lr x method.lr_multiplier."""
-    if is_full_finetune(cfg.method) and cfg.train.get("lr_full") is not None:
-        return float(cfg.train.lr_full)
-    if cfg.method.get("bias_only", False) and cfg.train.get("lr_bitfit") is not None:
-        return float(cfg.train.lr_bitfit)
-    if baseline_of(cfg.method) == "head_only" and cfg.train.get("lr_head") is not None:
-        return float(cfg.train.lr_head)
+    """The learning rate a run trains with: its method's own train.lr_* when set (`lr_key`), else train.lr x
+    method.lr_multiplier."""
+    key = lr_key(cfg.method)
+    if key != "lr" and cfg.train.get(key) is not None:
+        return float(cfg.train[key])
     return float(cfg.train.lr) * float(cfg.method.lr_multiplier)
 
 

@@ -26,14 +26,11 @@ HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": Non
 
 
 def unused_lrs(method: dict) -> set[str]:
-    """The method-specific learning rates a method does not train with (config.effective_lr reads lr_full only for
-    full fine-tuning, lr_bitfit for BitFit, lr_head for the head-only baseline): a recipe that sets one for another
-    method (the MRPC recipe's lr_bitfit) changes nothing a LoRA run computes."""
-    baseline = str(method.get("baseline", "none"))
-    bias = bool(method.get("bias_only", False))
-    full = not method.get("adapter", True) and baseline == "none" and not bias
-    return {k for k, used in (("lr_full", full), ("lr_bitfit", bias), ("lr_head", baseline == "head_only"))
-            if not used}
+    """The method-specific learning rates a method does not train with (config.lr_key): a recipe that sets one for
+    another method (the MRPC recipe's lr_bitfit) changes nothing a LoRA run computes."""
+    from harness.config import lr_key
+
+    return {"lr_full", "lr_bitfit", "lr_head"} - {lr_key(method)}
 
 
 def hashed_config(resolved_cfg: dict) -> dict:

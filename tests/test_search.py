@@ -303,6 +303,8 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     readme = (rep / "search" / "tiny" / "README.md").read_text()
     assert "## Best trials" in readme and "## Every trial" in readme and "harness default" in readme
     assert "python -m harness.run " in readme and (rep / "search" / "tiny" / "history.png").exists()
+    every = readme.split("## Every trial", 1)[1]
+    assert "nan" not in every  # a trial without an error has an empty note, not pandas' NaN
     # rerun with one more trial: the study resumes (trial numbers go on), and the store holds one record per trial
     p2 = subprocess.run(cmd + ["search.n_trials=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0, p2.stdout[-3000:] + p2.stderr[-3000:]

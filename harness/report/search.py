@@ -216,11 +216,13 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
             note.append(f"same config as `{r['record']}`: its record reused")
         if pd.notna(r["retry_of"]) and r["retry_of"] is not None:
             note.append(f"retry of trial {int(r['retry_of'])}")
-        if r["state"] == "FAIL" and not r["error"]:
+        # an error is a failed trial's own (a retry that completed keeps the attribute of the trial it retried)
+        error = r["error"] if r["state"] == "FAIL" and isinstance(r["error"], str) and r["error"] else None
+        if r["state"] == "FAIL" and not error:
             retried = df[df["retry_of"] == r["trial"]]["trial"].tolist() if "retry_of" in df else []
             note.append("did not finish (its worker stopped)" + (f"; retried as trial {int(retried[0])}" if retried else ""))
-        if r["error"]:
-            note.append(str(r["error"]).splitlines()[0][:160].replace("|", "\\|"))
+        if error:
+            note.append(error.splitlines()[0][:160].replace("|", "\\|"))
         all_rows.append([str(int(r["trial"])), r["state"].lower(), _val(r["value"])] + _params_of(r, pnames)
                         + [_val(round(r["seconds"])) if pd.notna(r["seconds"]) else tables.DASH, "; ".join(note)])
     L += [tables.md_table(["Trial", "State", metric] + [_label(n) for n in pnames] + ["Seconds", "Note"], all_rows,

@@ -55,6 +55,11 @@ def tokenize_sft(df: pd.DataFrame, tokenizer, max_len: int):
     return datasets.Dataset.from_list(rows)
 
 
+def padded_length(n: int, multiple: int) -> int:
+    """A batch's length: its longest sequence `n` rounded up to a multiple of `multiple` (every collator pads so)."""
+    return -(-n // multiple) * multiple
+
+
 @dataclass
 class SFTCollator:
     """Right-pads input_ids (pad id), attention_mask (0) and labels (IGNORE) to the longest in the batch,
@@ -64,9 +69,7 @@ class SFTCollator:
     pad_to_multiple_of: int = 8
 
     def __call__(self, features: list[dict]) -> dict:
-        n = max(len(f["input_ids"]) for f in features)
-        m = self.pad_to_multiple_of
-        n = ((n + m - 1) // m) * m
+        n = padded_length(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
         ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(features), n), dtype=torch.long)
         labels = torch.full((len(features), n), IGNORE, dtype=torch.long)

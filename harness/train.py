@@ -15,6 +15,7 @@ import torch
 
 from harness import metrics as metric_fns
 from harness.config import effective_lr, is_bi_encoder, is_causal, is_regression, trains
+from harness.lm import padded_length
 from harness.profile import Throughput
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ def tokenize(df: pd.DataFrame, tokenizer, text_fields: list[str], max_len: int, 
         return out
 
     return ds.map(enc, batched=True, remove_columns=list(df.columns), desc="tokenize", keep_in_memory=True)
+
+
+# optimizer steps in the window of exact memory (the optimizer state exists from the first): then the probe
+WINDOW_STEPS = 2
 
 
 class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
@@ -139,7 +144,7 @@ def _trainer_class():
             # the optimizer state exists from the first step on: the window of exact memory closes after the
             # second, with a probe pass over the epoch's largest batch (HarnessTrainer.memory_probe)
             trainer = getattr(self, "trainer", None)
-            if state.global_step == 2 and trainer is not None and trainer.memory_window is not None:
+            if state.global_step == WINDOW_STEPS and trainer is not None and trainer.memory_window is not None:
                 trainer.memory_probe()
 
         def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
@@ -180,13 +185,12 @@ def _trainer_class():
             sampler = self._get_train_sampler()
             if not isinstance(sampler, ShuffledLengthGroupedSampler):
                 return None
-            ds = self.train_dataset
-            c = self.data_collator
-            m = max(1, int(getattr(c, "multiple", None) or getattr(c, "pad_to_multiple_of", None) or 1))
-            sides = [[len(x) for x in ds[c]] for c in ("input_ids", "input_ids_b") if c in ds.column_names]
+            ds, collator = self.train_dataset, self.data_collator
+            m = max(1, int(getattr(collator, "multiple", None) or getattr(collator, "pad_to_multiple_of", None) or 1))
+            sides = [[len(x) for x in ds[col]] for col in ("input_ids", "input_ids_b") if col in ds.column_names]
 
             def cost(b):
-                longest = [-(-max(lens[i] for i in b) // m) * m for lens in sides]
+                longest = [padded_length(max(lens[i] for i in b), m) for lens in sides]
                 return (len(b) * sum(longest), max(longest))
 
             return max(sampler.batches(), key=cost)
@@ -198,8 +202,8 @@ def _trainer_class():
             restored, so training continues exactly as without it; its time is left out of the throughput."""
             hook, self.memory_window = self.memory_window, None
             t0 = time.perf_counter()
-            batch = self.largest_batch()
-            if batch is None or self.args.world_size > 1 or torch.cuda.is_available():
+            batch = None if self.args.world_size > 1 or torch.cuda.is_available() else self.largest_batch()
+            if batch is None:
                 return  # no window closes: the allocator stays exact to the end of training
             inputs = self.data_collator([self.train_dataset[i] for i in batch])
             rng = torch.get_rng_state()
@@ -208,7 +212,7 @@ def _trainer_class():
             torch.set_rng_state(rng)
             self.probe_seconds += time.perf_counter() - t0
             b = inputs["input_ids"]
-            hook({"optimizer_steps": 2, "probe_batch": {"batch_size": int(b.shape[0]),
+            hook({"optimizer_steps": WINDOW_STEPS, "probe_batch": {"batch_size": int(b.shape[0]),
                                                          "seq_len": int(max(inputs[k].shape[1] for k in inputs
                                                                             if k.startswith("input_ids")))},
                   "probe_s": self.probe_seconds})
@@ -461,8 +465,7 @@ class PairCollator:
         self.pad_id, self.multiple = pad_id, multiple
 
     def _pad(self, seqs: list[list[int]], value: int) -> torch.Tensor:
-        n = max(len(x) for x in seqs)
-        n = -(-n // self.multiple) * self.multiple
+        n = padded_length(max(len(x) for x in seqs), self.multiple)
         return torch.tensor([list(x) + [value] * (n - len(x)) for x in seqs], dtype=torch.long)
 
     def __call__(self, features: list[dict]) -> dict:

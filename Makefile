@@ -15,7 +15,7 @@ export GOMP_SPINCOUNT ?= 1000
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep sanity search plan report results bench test test-fast clean-outputs
+.PHONY: setup run sweep sanity sanity-wikisql search plan report results bench test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -36,6 +36,10 @@ sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its re
 
 sanity: setup  ## does fine-tuning beat its baselines on every local task? 3 seeds each, fp32 -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
+	$(PY) -m harness.report --experiment sanity
+
+sanity-wikisql: setup  ## the same check for WikiSQL (SmolLM2 base model vs LoRA, 3 seeds, ~40 min) -> reports/sanity/
+	$(PY) -m harness.run -m +experiment=sanity_wikisql hydra.launcher.n_jobs=1 $(ARGS)
 	$(PY) -m harness.report --experiment sanity
 
 search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report

@@ -148,12 +148,18 @@ def check_writable(directory: str | os.PathLike) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON so that a reader sees either the old file or the complete new one, never a part."""
+    return write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str,
+                                               allow_nan=True).encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a file so that a reader sees either the old file or the complete new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str, allow_nan=True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -353,6 +353,10 @@ def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path
     assert recs["zero_shot"]["steps"] == 0 and recs["zero_shot"]["params"]["trainable"] == 0
     t = recs["zero_shot"]["cosine_threshold"]["threshold"]
     assert recs["lora"]["cosine_threshold"]["threshold"] == t  # the same start (LoRA is the identity at init)
+    # the untrained encoder's cosines are computed once (zero-shot, the first) and read back by the others
+    assert [recs[m]["cosine_threshold"]["cosines"] for m in ("zero_shot", "head_only", "lora")] == [
+        "computed", "cached", "cached"]
+    assert len(list((tmp_path / "cache" / "zero_shot_cosines").glob("*.npy"))) == 1
     assert recs["head_only"]["params"]["trainable"] == 2 and recs["head_only"]["steps"] == 4
     assert recs["lora"]["model"]["head"] == "bi_encoder_cosine_threshold"
     assert recs["lora"]["task"]["pair_encoding"] == "bi" and recs["lora"]["method"]["baseline"] == "none"
@@ -364,3 +368,34 @@ def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path
         assert len(p["gold"]) == 32
         acc = scorer("accuracy", p)(np.arange(32))
         assert acc == pytest.approx(recs[method]["metrics"]["final"]["validation"]["accuracy"])
+
+
+def test_the_encoder_digest_is_the_base_weights_until_an_adapter_changes_the_output(tiny_bert):
+    """LoRA at init (B = 0) computes exactly the base encoder: the same digest, so the zero-shot cosines are shared;
+    a LoRA B that moved, or a changed weight, gives another digest or none; a quantized weight gives none."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.baselines import encoder_digest
+
+    base = bi_model(tiny_bert, 2)
+    d0 = encoder_digest(base.backbone)
+    assert d0 is not None and d0 == encoder_digest(bi_model(tiny_bert, 2).backbone)
+    lora = get_peft_model(bi_model(tiny_bert, 2), LoraConfig(r=4, target_modules=["query", "value"]))
+    assert encoder_digest(lora.get_base_model().backbone) == d0
+    batch, _ = pair_batch(tiny_bert)
+    with torch.no_grad():
+        same = torch.equal(lora.get_base_model().encode(batch["input_ids"], batch["attention_mask"]),
+                           base.encode(batch["input_ids"], batch["attention_mask"]))
+        assert same  # what the shared digest promises: bit for bit the same cosines
+        next(p for n, p in lora.named_parameters() if "lora_B" in n).add_(0.01)
+    assert encoder_digest(lora.get_base_model().backbone) is None
+    with torch.no_grad():
+        base.backbone.embeddings.word_embeddings.weight[0, 0] += 1.0
+    assert encoder_digest(base.backbone) not in (None, d0)
+    import bitsandbytes as bnb
+
+    q = bi_model(tiny_bert, 2)
+    lin = q.backbone.encoder.layer[0].attention.self.query
+    q.backbone.encoder.layer[0].attention.self.query = bnb.nn.Linear8bitLt(
+        lin.in_features, lin.out_features, has_fp16_weights=False)
+    assert encoder_digest(q.backbone) is None

@@ -106,6 +106,22 @@ def test_metrics_match_their_definitions():
     assert metrics.pearson(np.ones(4), y) == 0.0  # constant predictor: no correlation, no NaN
 
 
+def test_classification_metrics_equal_scikit_learn_on_random_and_degenerate_inputs():
+    """Our NumPy accuracy, F1 and MCC against scikit-learn's (the reference GLUE scripts use), bit for bit up to
+    float rounding: two and three classes, constant predictors, no positives."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 2, 50), rng.integers(0, 2, 50)), (rng.integers(0, 3, 40), rng.integers(0, 3, 40)),
+             (np.zeros(10, int), rng.integers(0, 2, 10)), (np.zeros(6, int), np.zeros(6, int)),
+             (np.ones(5, int), np.array([1, 0, 1, 0, 1]))]
+    for pred, ref in cases:
+        assert metrics.accuracy(pred, ref) == pytest.approx(accuracy_score(ref, pred), abs=1e-15)
+        assert metrics.matthews_correlation(pred, ref) == pytest.approx(matthews_corrcoef(ref, pred), abs=1e-12)
+        if ref.max() <= 1 and pred.max() <= 1:
+            assert metrics.f1(pred, ref) == pytest.approx(f1_score(ref, pred, zero_division=0.0), abs=1e-15)
+
+
 def test_majority_baseline():
     b = metrics.majority_baseline(["accuracy"], [1, 1, 0], [1, 0, 0, 0], regression=False)
     assert b["accuracy"] == 0.25

@@ -1,7 +1,7 @@
 """Metrics, computed locally (the Hub's `evaluate` GLUE module is unreachable offline).
 
-GLUE metrics (scikit-learn, SciPy) are below. Causal-LM tasks score text: generation metrics take lists of
-predicted and reference strings (harness/metrics/sql.py for WikiSQL, harness/metrics/text.py for ROUGE-L and
+GLUE metrics are below (NumPy, as scikit-learn defines them; SciPy for the correlations). Causal-LM tasks score
+text: generation metrics take lists of predicted and reference strings (harness/metrics/sql.py for WikiSQL, harness/metrics/text.py for ROUGE-L and
 label words); `loss` and `perplexity` come from the held-out answer tokens; multiple choice uses `accuracy`.
 
 Each metric takes (predictions, references) as 1-D arrays — class ids for classification, floats for
@@ -16,22 +16,37 @@ from typing import Callable
 import numpy as np
 
 
+# accuracy, F1 and MCC in NumPy, as scikit-learn defines them (tests/test_metrics.py checks them against it):
+# importing sklearn.metrics costs ~1.2 s, paid by every run's process (25 of them in make sanity)
 def accuracy(pred, ref) -> float:
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(ref, pred))
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    return float(np.mean(pred == ref)) if len(ref) else 0.0
 
 
 def f1(pred, ref) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(ref, pred))
+    """Binary F1 of class 1; 0 when there is no positive in either (scikit-learn's zero_division default)."""
+    pred, ref = np.asarray(pred) == 1, np.asarray(ref) == 1
+    tp = int(np.sum(pred & ref))
+    denom = 2 * tp + int(np.sum(pred & ~ref)) + int(np.sum(~pred & ref))
+    return 2.0 * tp / denom if denom else 0.0
 
 
 def matthews_correlation(pred, ref) -> float:
-    from sklearn.metrics import matthews_corrcoef
-
-    return float(matthews_corrcoef(ref, pred))
+    """Matthews correlation for any number of classes (Gorodkin's R_K, scikit-learn's matthews_corrcoef); 0 when
+    either side is constant."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    classes, idx = np.unique(np.concatenate([ref, pred]), return_inverse=True)
+    k, n = len(classes), len(ref)
+    cm = np.zeros((k, k), dtype=np.float64)
+    np.add.at(cm, (idx[:n], idx[n:]), 1)
+    t_sum, p_sum = cm.sum(axis=1), cm.sum(axis=0)
+    correct, total = np.trace(cm), cm.sum()
+    cov_ytyp = correct * total - np.dot(t_sum, p_sum)
+    cov_ypyp = total**2 - np.dot(p_sum, p_sum)
+    cov_ytyt = total**2 - np.dot(t_sum, t_sum)
+    if cov_ypyp * cov_ytyt == 0:
+        return 0.0
+    return float(cov_ytyp / np.sqrt(cov_ytyt * cov_ypyp))
 
 
 def _constant(x) -> bool:

@@ -271,6 +271,26 @@ def _from_pretrained(auto_cls, path: str, model_cfg, **kw):
         raise ModelError(f"model {model_cfg.name!r}: cannot load weights from {path!r} ({str(e).splitlines()[0]})") from None
 
 
+def placement(environ=None, cuda: Optional[bool] = None) -> str:
+    """The device this process loads its model onto: the CPU without CUDA; with CUDA, the GPU of this process's
+    local rank when a multi-process launcher set LOCAL_RANK (accelerate launch, torchrun: rank r trains on GPU r
+    of its node), else GPU 0. A quantized model is placed at load time (device_map), so every process must name
+    its own GPU: all of them on GPU 0 is the "can't train a model loaded in 8-bit on a different device" failure."""
+    environ = os.environ if environ is None else environ
+    if not (torch.cuda.is_available() if cuda is None else cuda):
+        return "cpu"
+    raw = environ.get("LOCAL_RANK")
+    if raw in (None, ""):
+        return "cuda:0"
+    try:
+        rank = int(raw)
+    except ValueError:
+        raise ModelError(f"LOCAL_RANK={raw!r}: it must be this process's GPU index on its node (0, 1, ...)") from None
+    if rank < 0:
+        raise ModelError(f"LOCAL_RANK={raw!r}: it must be this process's GPU index on its node (0, 1, ...)")
+    return f"cuda:{rank}"
+
+
 def load_causal_lm(path: str, model_cfg, quantization_config=None, dtype: torch.dtype = torch.float32,
                    device: Optional[str] = None):
     """A causal LM (its own LM head, tied or not) for supervised fine-tuning, generation and scoring."""
@@ -283,7 +303,7 @@ def load_causal_lm(path: str, model_cfg, quantization_config=None, dtype: torch.
               disable_mmap=True)
     if quantization_config is not None:
         kw["quantization_config"] = quantization_config
-        kw["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+        kw["device_map"] = {"": device or placement()}
     model = _from_pretrained(AutoModelForCausalLM, path, model_cfg, config=config, **kw)
     if getattr(model.config, "pad_token_id", None) is None:
         eos = model.config.eos_token_id
@@ -324,7 +344,7 @@ def load_classifier(
     load_kw = dict(dtype=dtype, disable_mmap=True, **kw)
     if quantization_config is not None:
         load_kw["quantization_config"] = quantization_config
-        load_kw["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+        load_kw["device_map"] = {"": device or placement()}
     backbone = _from_pretrained(AutoModel, path, model_cfg, config=config, **load_kw)
     if getattr(backbone.config, "pad_token_id", None) is None and hasattr(backbone.config, "eos_token_id"):
         backbone.config.pad_token_id = backbone.config.eos_token_id

@@ -192,7 +192,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     rec["params"] = params
     rec["model"] = {"name": cfg.model.name, "source": cfg.model.source, "path": model_path, "arch": cfg.model.arch,
                     "pooling": None if causal else str(getattr(cfg.model.pooling, "value", cfg.model.pooling)),
-                    "head": head_kind(cfg)}
+                    "head": head_kind(cfg), "device": str(next(model.parameters()).device)}
     rec["model"]["linear_storage"] = _storage_summary(methods.linear_storage(model))
     peft_cfg = getattr(model, "peft_config", {}).get("default") if cfg.method.adapter else None
     rec["method"] = {

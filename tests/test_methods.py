@@ -236,3 +236,38 @@ def test_bnb_config_is_exact_per_method():
     cfg = compose(["method=qlora_int8"])
     assert methods.bnb_config(cfg.method, torch.float32).load_in_8bit
     assert methods.bnb_config(compose(["method=lora"]).method, torch.float32) is None
+
+
+def test_each_process_of_a_multi_gpu_launch_loads_onto_its_own_gpu(tiny_bert, monkeypatch):
+    """Under accelerate launch / torchrun (LOCAL_RANK set), rank r puts its model, quantized or not, on GPU r of its
+    node; computed from the launcher's environment, no GPU needed."""
+    from harness import models
+
+    assert models.placement({}, cuda=False) == "cpu"
+    assert models.placement({"LOCAL_RANK": "1"}, cuda=False) == "cpu"
+    assert models.placement({}, cuda=True) == "cuda:0"
+    launch = [{"LOCAL_RANK": str(r), "RANK": str(2 + r), "WORLD_SIZE": "4"} for r in (0, 1)]  # node 2 of 2
+    assert [models.placement(env, cuda=True) for env in launch] == ["cuda:0", "cuda:1"]
+    with pytest.raises(models.ModelError, match="LOCAL_RANK='x'"):
+        models.placement({"LOCAL_RANK": "x"}, cuda=True)
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(auto_cls, path, model_cfg, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(models, "_from_pretrained", capture)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "tiny", "trust_remote_code": False, "revision": None, "use_safetensors": True,
+                            "pooling": "mean"})
+    for env in launch:
+        monkeypatch.setenv("LOCAL_RANK", env["LOCAL_RANK"])
+        with pytest.raises(Stop):
+            models.load_classifier(tiny_bert, cfg, 2, quantization_config=object(), bi_encoder=True)
+        assert seen["device_map"] == {"": f"cuda:{env['LOCAL_RANK']}"}

@@ -70,6 +70,16 @@ class Optim(str, Enum):
     paged_adamw_8bit = "paged_adamw_8bit"
 
 
+class LoraInit(str, Enum):
+    """How LoRA's A and B start (peft's init_lora_weights). default: A Kaiming-uniform, B = 0 (the LoRA paper; the
+    adapter starts as the identity). gaussian: A ~ N(0, 1/r), B = 0. pissa / olora: A and B from the weight's top
+    singular vectors / its QR decomposition, the base keeps the residual (a full-precision base only)."""
+    default = "default"
+    gaussian = "gaussian"
+    pissa = "pissa"
+    olora = "olora"
+
+
 class Schedule(str, Enum):
     linear = "linear"
     cosine = "cosine"
@@ -167,6 +177,11 @@ class LoraConfig:
     # Table 5: a fixed budget of r x (number of adapted matrix types); when set, r is derived from it
     rank_budget: Optional[int] = None
     bias: str = "none"
+    # rsLoRA (Kalajdzievski 2023): scale alpha / sqrt(r) instead of alpha / r (with alpha_per_r the scale then grows
+    # as sqrt(r)); DoRA (Liu et al. 2024): a learned magnitude per output column on top of LoRA's direction
+    use_rslora: bool = False
+    use_dora: bool = False
+    init: LoraInit = LoraInit.default
 
 
 @dataclass
@@ -432,6 +447,11 @@ def validate(cfg: DictConfig) -> None:
         if not 0 <= lr.dropout < 1:
             raise ConfigError(f"lora.dropout={lr.dropout!r} is out of range: it must be in [0, 1)")
         target_letters(lr.targets)
+        init = str(getattr(lr.init, "value", lr.init))
+        if init in ("pissa", "olora") and cfg.method.quant != Quant.none:
+            raise ConfigError(f"lora.init={init} rewrites the base weights (they keep the residual of A B): it needs "
+                              f"a full-precision base, not method {cfg.method.name!r} ({cfg.method.quant.value}); "
+                              "use lora.init=default or gaussian, or method=lora")
         if lr.rank_budget is not None:
             _positive("lora.rank_budget", lr.rank_budget)
             effective_rank(lr)

@@ -171,8 +171,15 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
         # the classifier's new head trains in full; a causal LM keeps its pretrained (often tied) LM head frozen
         modules_to_save=[HEAD_NAME] if hasattr(model, HEAD_NAME) else None,
         bias=cfg.lora.bias,
+        use_rslora=bool(cfg.lora.use_rslora),
+        use_dora=bool(cfg.lora.use_dora),
+        init_lora_weights=PEFT_INIT[str(getattr(cfg.lora.init, "value", cfg.lora.init))],
     )
     return get_peft_model(model, lcfg)
+
+
+# lora.init -> peft's init_lora_weights
+PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
 def keep_4bit_trainable(model: nn.Module) -> int:

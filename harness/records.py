@@ -22,7 +22,8 @@ HASH_EXCLUDE = ("paths", "tags", "report", "search")
 HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "train": ("stop_on_nonfinite_loss", "memory_probe")}
 # schema keys added after records existed, left out of the hash while at their default (a run that does not use
 # them computes what it did before they existed, so its hash, resume and grouping with older seeds stay the same)
-HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None}}
+HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None},
+                      "lora": {"use_rslora": False, "use_dora": False, "init": "default"}}
 
 
 def unused_lrs(method: dict) -> set[str]:

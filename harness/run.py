@@ -205,7 +205,10 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
         "lora": None if peft_cfg is None else {
             "r": peft_cfg.r, "alpha": peft_cfg.lora_alpha, "dropout": peft_cfg.lora_dropout,
             "targets": cfg.lora.targets, "target_modules": sorted(peft_cfg.target_modules),
-            "rank_budget": cfg.lora.rank_budget,
+            "rank_budget": cfg.lora.rank_budget, "use_rslora": bool(peft_cfg.use_rslora),
+            "use_dora": bool(peft_cfg.use_dora), "init": str(getattr(cfg.lora.init, "value", cfg.lora.init)),
+            # what multiplies B A x: alpha / r, or alpha / sqrt(r) with rsLoRA
+            "scale": peft_cfg.lora_alpha / (peft_cfg.r ** 0.5 if peft_cfg.use_rslora else peft_cfg.r),
         },
         "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
         "lr": effective_lr(cfg) if train_steps else None,

@@ -271,3 +271,50 @@ def test_each_process_of_a_multi_gpu_launch_loads_onto_its_own_gpu(tiny_bert, mo
         with pytest.raises(Stop):
             models.load_classifier(tiny_bert, cfg, 2, quantization_config=object(), bi_encoder=True)
         assert seen["device_map"] == {"": f"cuda:{env['LOCAL_RANK']}"}
+
+
+@pytest.mark.parametrize("init", ["gaussian", "pissa", "olora"])
+def test_lora_init_options_start_as_the_base_model_and_reach_peft(tiny_bert, init):
+    """lora.init reaches peft's init_lora_weights; every init starts from the base model's outputs (gaussian: B = 0;
+    PiSSA / OLoRA: the base keeps the residual W - B A), the latter within float rounding."""
+    cfg = compose(tiny_overrides(tiny_bert, "bert", "cls") + ["lora.targets=qv", "lora.dropout=0"])
+    torch.manual_seed(0)
+    base = models.load_classifier(tiny_bert, cfg.model, 2).eval()
+    x = batch(tiny_bert)
+    x.pop("labels")
+    _, wrapped = build(tiny_bert, "bert", "cls", ["lora.targets=qv", "lora.dropout=0", f"lora.init={init}"])
+    assert wrapped.peft_config["default"].init_lora_weights == init
+    with torch.no_grad():
+        before, after = base(**x).logits, wrapped.eval()(**x).logits
+    assert torch.allclose(before, after, atol=1e-4)
+    b_zero = all(not p.any() for n, p in wrapped.named_parameters() if "lora_B" in n)
+    assert b_zero == (init == "gaussian")  # PiSSA / OLoRA put the weight's principal part in A and B
+
+
+def test_rslora_and_dora_reach_peft_and_dora_adds_a_magnitude_per_output(tiny_bert):
+    _, plain = build(tiny_bert, "bert", "cls", ["lora.targets=qv", "lora.r=4", "lora.alpha=8"])
+    _, rs = build(tiny_bert, "bert", "cls", ["lora.targets=qv", "lora.r=4", "lora.alpha=8", "lora.use_rslora=true"])
+    layer = lambda m: next(mod for n, mod in m.named_modules() if n.endswith("attention.self.query"))  # noqa: E731
+    assert layer(plain).scaling["default"] == 8 / 4 and layer(rs).scaling["default"] == 8 / 4 ** 0.5
+    _, dora = build(tiny_bert, "bert", "cls", ["lora.targets=qv", "lora.r=4", "lora.use_dora=true"])
+    mags = [p for n, p in dora.named_parameters() if "lora_magnitude_vector" in n]
+    assert len(mags) == 2 * 2 and all(p.requires_grad and p.numel() == 64 for p in mags)  # 2 layers x (q, v)
+
+
+def test_peft_options_are_checked_and_leave_older_hashes_alone():
+    from harness.config import ConfigError, resolved, validate
+    from harness.records import config_hash
+
+    with pytest.raises(Exception) as e:
+        compose(["lora.init=svd"])
+    assert "Invalid value 'svd', expected one of [default, gaussian, pissa, olora]" in str(e.value.__cause__)
+    with pytest.raises(ConfigError, match="lora.init=pissa rewrites the base weights.*qlora_nf4"):
+        validate(compose(["method=qlora_nf4", "lora.init=pissa"]))
+    validate(compose(["method=qlora_nf4", "lora.use_dora=true", "lora.init=gaussian"]))
+    # a run at the defaults hashes as it did before the keys existed (resume and seed grouping keep working)
+    plain = resolved(compose(["method=lora"]))
+    old = copy.deepcopy(plain)
+    for k in ("use_rslora", "use_dora", "init"):
+        del old["lora"][k]
+    assert config_hash(plain) == config_hash(old)
+    assert config_hash(resolved(compose(["method=lora", "lora.use_dora=true"]))) != config_hash(plain)

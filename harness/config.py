@@ -131,7 +131,9 @@ class TaskConfig:
     answer_template: Optional[str] = None  # idem; the answer is what the loss and the metrics see
     holdout_size: Optional[int] = None  # carve the first eval split out of the train file (seeded)
     max_new_tokens: int = 64  # generation limit for evaluation
-    stop: list[str] = field(default_factory=lambda: ["\n"])  # generation stops at the first of these
+    # generation stops at the first of these after the answer has begun (harness.lm.cut_at_stop); escapes \n, \t
+    # and \\ are read as in YAML's double quotes, so task.stop=["\n\n"] on the command line is two newlines
+    stop: list[str] = field(default_factory=lambda: ["\n"])
     tables: Optional[str] = None  # WikiSQL *.tables.jsonl (column names; rows enable execution accuracy)
     # sentence-pair tasks: cross-encoder (one sequence) or bi-encoder (siamese: each sentence alone, mean-pooled)
     pair_encoding: PairEncoding = PairEncoding.cross
@@ -431,6 +433,17 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         raise ConfigError(f"{name}={value!r} is out of range: it must be {'>= 0' if allow_zero else '> 0'}")
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def stop_strings(task) -> list[str]:
+    """task.stop with the escapes \\n, \\t, \\r and \\\\ read (the command line passes them as written: Hydra's
+    quoted strings keep a backslash); a backslash before anything else stays as it is."""
+    import re
+
+    return [re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], str(s)) for s in task.stop]
 
 
 def validate(cfg: DictConfig) -> None:

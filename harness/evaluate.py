@@ -14,7 +14,7 @@ import torch
 
 from harness import lm
 from harness import metrics as metric_fns
-from harness.config import kind_of
+from harness.config import kind_of, stop_strings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: 
     stats = None
     if gen_names:
         texts, stats = lm.generate(model, tokenizer, list(df["prompt"]), max_new_tokens=int(task.max_new_tokens),
-                                   stop=list(task.stop), batch_size=batch_size, max_prompt_len=max_len, dtype=dtype)
+                                   stop=stop_strings(task), batch_size=batch_size, max_prompt_len=max_len, dtype=dtype)
         table_ids = list(df["table_id"]) if "table_id" in df.columns else None
         out.update(metric_fns.score_generations(gen_names, texts, list(df["answer"]), table_ids, tables))
         for i, (t, a) in enumerate(zip(texts, df["answer"])):

@@ -177,7 +177,21 @@ def choice_logits(model, tokenizer, prompts: list[str], choice_ids: list[int], *
 
 
 # ------------------------------------------------------------------------------------------ generation
+def _opening(text: str, stop: list[str]) -> int:
+    """Where the answer starts: after the leading stop strings and whitespace (a model that opens with the stop, a
+    newline, has not answered yet: that newline is not an empty answer)."""
+    i = 0
+    while i < len(text):
+        s = next((s for s in stop if s and text.startswith(s, i)), None)
+        if s is None and not text[i].isspace():
+            break
+        i += len(s) if s else 1
+    return i
+
+
 def cut_at_stop(text: str, stop: list[str]) -> str:
+    """The answer in a generation: from its opening (`_opening`) to the first stop string after it."""
+    text = text[_opening(text, stop):]
     cut = len(text)
     for s in stop:
         if s:
@@ -190,52 +204,59 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str], batch_size: int,
              max_prompt_len: int, dtype: torch.dtype) -> tuple[list[str], dict]:
-    """Greedy decoding in length-sorted batches (left padding, KV cache). Each row stops at EOS or at the first
-    stop string; the text is cut there. Returns the generations (in prompt order) and timing statistics."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
+    """Greedy decoding in length-sorted batches (left padding, KV cache). Each row stops at EOS or at a stop string
+    (transformers' stop_strings: checked on the newest tokens, not by decoding everything at every step); the text
+    is the answer `cut_at_stop` finds. A row that stopped before answering (only whitespace and stop strings so
+    far: a newline first) goes on from there, its earlier tokens appended to its prompt, within max_new_tokens in
+    all: greedy decoding continues as if it had not stopped. Returns the generations (in prompt order) and timing
+    statistics."""
     was_training = model.training
     model.eval()
     device = _device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_len:] for p in prompts]
+    stops = [x for x in stop if x]
     texts: list[Optional[str]] = [None] * len(prompts)
+    done: list[list[int]] = [[] for _ in prompts]  # tokens generated so far per row (more than one pass: a restart)
     new_tokens = 0  # generated tokens up to each row's stop (what a user waits for)
     steps = 0
-
-    class StopStrings(StoppingCriteria):
-        def __init__(self, start: int):
-            self.start = start
-
-        def __call__(self, input_ids, scores, **kw):
-            done = []
-            for row in input_ids:
-                new = row[self.start:]
-                text = tokenizer.decode(new, skip_special_tokens=True)
-                done.append(any(s and s in text for s in stop) or (eos is not None and bool((new == eos).any())))
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
+    restarts = 0
+    pending = list(range(len(prompts)))
     t0 = time.perf_counter()
-    for idx in _batches_by_length([len(e) for e in enc], batch_size):
-        ids, mask = _left_pad([enc[i] for i in idx], pad)
-        with _autocast(dtype, device):
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
-                stopping_criteria=StoppingCriteriaList([StopStrings(ids.shape[1])]),
-            )
-        steps += out.shape[1] - ids.shape[1]
-        for j, i in enumerate(idx):
-            new = out[j, ids.shape[1]:].tolist()
-            if eos is not None and eos in new:
-                new = new[: new.index(eos)]
-            text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
-            texts[i] = text
-            new_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    while pending:
+        again = []
+        lengths = [len(enc[i]) + len(done[i]) for i in pending]
+        for idx in _batches_by_length(lengths, batch_size):
+            rows = [pending[k] for k in idx]
+            ids, mask = _left_pad([enc[i] + done[i] for i in rows], pad)
+            budget = max_new_tokens - min(len(done[i]) for i in rows)
+            with _autocast(dtype, device):
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
+                    do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
+                    stop_strings=stops or None, tokenizer=tokenizer if stops else None,
+                )
+            steps += out.shape[1] - ids.shape[1]
+            for j, i in enumerate(rows):
+                new = out[j, ids.shape[1]:].tolist()
+                ended = eos is not None and eos in new
+                if ended:
+                    new = new[: new.index(eos)]
+                new = (done[i] + new)[:max_new_tokens]
+                text = tokenizer.decode(new, skip_special_tokens=True)
+                if stops and not ended and len(new) < max_new_tokens and not cut_at_stop(text, stops).strip():
+                    done[i] = new  # stopped at a stop string before any answer: go on from there
+                    again.append(i)
+                    continue
+                texts[i] = cut_at_stop(text, stops)
+                new_tokens += len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]) if texts[i] else 0
+        restarts += len(again)
+        pending = again
     wall = time.perf_counter() - t0
     model.train(was_training)
     stats = {"examples": len(prompts), "new_tokens": new_tokens, "seconds": wall,
              "tokens_per_s": new_tokens / wall if wall > 0 else None, "batch_size": batch_size,
-             "max_new_tokens": max_new_tokens, "decode_steps": steps}
+             "max_new_tokens": max_new_tokens, "decode_steps": steps,
+             "restarts": restarts}  # rows that opened with a stop string and went on past it
     return [t or "" for t in texts], stats

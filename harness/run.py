@@ -366,6 +366,7 @@ def _prepare_classification(cfg, data, tokenizer) -> dict:
 
 
 def _prepare_causal(cfg, data, tokenizer) -> dict:
+    from harness.config import stop_strings
     from harness.lm import IGNORE, tokenize_sft
 
     n = cfg.train.max_seq_len
@@ -378,7 +379,7 @@ def _prepare_causal(cfg, data, tokenizer) -> dict:
         if len(data.train) else 0,
         "prompt_format": cfg.task.format,
         "max_new_tokens": int(cfg.task.max_new_tokens),
-        "stop": list(cfg.task.stop),
+        "stop": stop_strings(cfg.task),
         "execution_tables": len(data.tables) if data.tables else 0,
     }
     return {"train": train_ds, "evals": evals, "norm": None, "info": info}

@@ -259,6 +259,47 @@ def test_batched_greedy_generation_equals_one_at_a_time_and_stops(tiny_causal):
     assert lm.cut_at_stop("SELECT a FROM t\nQ: next", ["\n"]) == "SELECT a FROM t"
 
 
+def test_an_answer_that_opens_with_the_stop_string_is_not_empty():
+    """Leading whitespace and stop strings are not an answer: a model that opens with a newline (the WikiSQL stop)
+    answers with what follows it. Generation stops on transformers' stop_strings and, when it stopped before any
+    answer, goes on from there: the same text as decoding without a stop and cutting afterwards."""
+    assert lm.cut_at_stop("\nSELECT a FROM t\nQ: next", ["\n"]) == "SELECT a FROM t"
+    assert lm.cut_at_stop(" \n\n  x y\n\nz", ["\n\n"]) == "x y"
+    assert lm.cut_at_stop("### ###  answer ### more", ["###"]) == "answer "
+    assert lm.cut_at_stop("\n \n", ["\n"]) == "" and lm.cut_at_stop("", ["\n"]) == ""
+    # a newline in a stop string, from the command line (Hydra keeps the backslash) as from YAML
+    from harness.config import stop_strings
+
+    for override, want in [('task.stop=["\\n\\n"]', ["\n\n"]), ("task.stop=['\\n','###']", ["\n", "###"]),
+                           ('task.stop=["a\\\\b"]', ["a\\b"])]:
+        assert stop_strings(compose(["model=smollm2_135m", "task=wikisql", override]).task) == want, override
+    assert stop_strings(compose(["model=smollm2_135m", "task=wikisql"]).task) == ["\n"]
+    # a byte-level BPE tokenizer (as SmolLM2's and GPT-2's; trained on ASCII text, so every token is ASCII): the
+    # text of a token is exactly its piece of the output
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["SELECT name FROM table WHERE age = 3\n", "the second prompt is longer than the first\n"] * 20
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"]))
+    t = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(t), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
+                                         pad_token_id=t.pad_token_id, eos_token_id=t.eos_token_id)).eval()
+    prompt = ["the second prompt is longer than the first"]
+    kw = dict(batch_size=1, max_prompt_len=64, dtype=torch.float32)
+    x = t(prompt, return_tensors="pt")
+    raw = model.generate(**x, max_new_tokens=16, do_sample=False)[0, x["input_ids"].shape[1]:].tolist()
+    first = t.decode(raw[:1])  # the model's first token, made the stop string
+    assert first.strip() and len(raw) == 16
+    got, stats = lm.generate(model, t, prompt, max_new_tokens=16, stop=[first], **kw)
+    assert stats["restarts"] >= 1  # it stopped at once (its first token is the stop string) and went on
+    assert got[0] == lm.cut_at_stop(t.decode(raw), [first]) and got[0].strip()
+
+
 # ------------------------------------------------------------------------------------------ readers
 def test_wikisql_subset_reader_splits_prompt_and_answer():
     from harness.tasks import find_data_dir, load_task

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.config import ConfigError, compose
+from harness.progress import clock, eta
 
 log = logging.getLogger("harness.search")
 
@@ -565,8 +566,13 @@ def progress_line(spec, study, number: int, state: str, values, params: dict, se
         with contextlib.suppress(ValueError):
             b = study.best_trial
             best = f" | best {b.value:.4g} (#{b.number})"
+    finished = c["COMPLETE"] + c["PRUNED"]
+    took = [t.user_attrs["seconds"] for t in study.get_trials(deepcopy=False) if "seconds" in t.user_attrs]
+    # trials still to finish, at the mean time a trial took, as many at once as are running now (this one included)
+    left = eta(len(took), len(took) + max(0, spec.n_trials - finished), sum(took), c["RUNNING"] + 1) if took else None
     return (f"[{spec.study}] trial {number} {state:<8} {val}  {p}  {seconds:.0f} s{best} | "
-            f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed of {spec.n_trials}")
+            f"{finished}/{spec.n_trials} finished ({c['COMPLETE']} complete, {c['PRUNED']} pruned), "
+            f"{c['FAIL']} failed" + (f", ETA ~{clock(left)}" if left else ""))
 
 
 # ============================================================================================ trials = runs

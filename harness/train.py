@@ -129,6 +129,17 @@ def _trainer_class():
         def __init__(self, meter: Throughput, diverge_on_nan: bool = True, on_evaluate=None, splits=(), names=()):
             self.meter, self.diverge_on_nan = meter, diverge_on_nan
             self.hook, self.splits, self.names = on_evaluate, splits, names
+            self.progress, self.last_loss = None, None
+
+        def on_train_begin(self, args, state, control, **kw):
+            from harness.progress import Progress
+
+            if state.is_world_process_zero:
+                self.progress = Progress(state.max_steps)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.progress is not None:
+                self.progress.close()
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
             # one call per eval split; the hook sees {split: {metric: value}} at this optimizer step
@@ -146,6 +157,8 @@ def _trainer_class():
             trainer = getattr(self, "trainer", None)
             if state.global_step == WINDOW_STEPS and trainer is not None and trainer.memory_window is not None:
                 trainer.memory_probe()
+            if self.progress is not None:
+                self.progress.update(state.global_step, getattr(trainer, "_samples", 0), self.last_loss)
 
         def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
             # second optimizer step: weights, gradients and the optimizer state (made by the first step) all exist
@@ -154,6 +167,8 @@ def _trainer_class():
 
         def on_log(self, args, state, control, logs=None, **kw):
             loss = (logs or {}).get("loss")
+            if loss is not None:
+                self.last_loss = float(loss)
             if loss is not None and self.diverge_on_nan and not math.isfinite(loss):
                 raise DivergedError(f"training loss became {loss} at step {state.global_step}")
 

@@ -336,11 +336,14 @@ def test_a_collapsed_seed_is_counted_apart_and_keeps_a_task_from_claims(tmp_path
 
 
 @needs_data
-def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path):
+def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path, caplog):
     """majority, zero-shot, head-only and LoRA on MRPC as a bi-encoder (tiny random BERT, 64 pairs): each a record
     of the usual shape, and every two-class bi-encoder starts from the cosine threshold fit on its train pairs."""
+    import logging
+
     from harness.run import execute
 
+    caplog.set_level(logging.INFO, logger="harness.progress")
     base = [*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.pair_encoding=bi", "task.train_size=64",
             "task.eval_size=32", "train.batch_size=16", "train.threads=1", "method.compute_dtype=fp32",
             f"paths.output_root={tmp_path}"]
@@ -358,6 +361,9 @@ def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path
         "computed", "cached", "cached"]
     assert len(list((tmp_path / "cache" / "zero_shot_cosines").glob("*.npy"))) == 1
     assert recs["head_only"]["params"]["trainable"] == 2 and recs["head_only"]["steps"] == 4
+    # a run shows its progress (off a terminal: log lines, the last at 100%)
+    shown = [r.getMessage() for r in caplog.records if r.name == "harness.progress"]
+    assert any(m.startswith("train 4/4 (100%) | loss ") and "ETA 0 s" in m for m in shown), shown
     assert recs["lora"]["model"]["head"] == "bi_encoder_cosine_threshold"
     assert recs["lora"]["task"]["pair_encoding"] == "bi" and recs["lora"]["method"]["baseline"] == "none"
     # per-example predictions beside the record (for a paired bootstrap): they give back the recorded accuracy

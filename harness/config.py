@@ -80,6 +80,13 @@ class LoraInit(str, Enum):
     olora = "olora"
 
 
+class Tracker(str, Enum):
+    """train.report_to: where the Trainer also logs the run (harness/tracking.py)."""
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+    wandb = "wandb"
+
+
 class Schedule(str, Enum):
     linear = "linear"
     cosine = "cosine"
@@ -222,6 +229,9 @@ class TrainConfig:
     # peak memory on CPU is read exactly in a window (loading, two optimizer steps and a probe pass over the
     # largest batch), then glibc keeps freed memory for speed (harness/profile.py); false: exact to the end (slower)
     memory_probe: bool = True
+    # experiment trackers the run also logs to (none by default), e.g. train.report_to=[tensorboard,mlflow]:
+    # TensorBoard event files / an MLflow store under the run directory unless the environment names another
+    report_to: list[Tracker] = field(default_factory=list)
 
 
 @dataclass

@@ -61,8 +61,15 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
         "seed": cfg.train.seed,
         "started_at": started,
     }
+    tracking = None
     try:
         validate(cfg)
+        if cfg.train.report_to and main_process:
+            from harness.tracking import Tracking, check
+
+            check(cfg)
+            tracking = Tracking(cfg, out_dir, out_dir.name)
+            rec["tracking"] = tracking.start(rcfg)
         _run(cfg, out_dir, rec, on_evaluate)
         rec["status"] = "ok"
     except Exception as e:  # recorded, then re-raised so the process exits non-zero
@@ -81,6 +88,8 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
                                "`python -m harness.plan` shows what each setting needs")
         raise
     finally:
+        if tracking is not None:  # the trackers' runs close as failed unless this one is ok (interrupted too)
+            tracking.finish(rec)
         if rec["status"] != "running" and main_process:  # KeyboardInterrupt/SystemExit: no record, not done
             rec["finished_at"] = datetime.now(timezone.utc).isoformat()
             rec.setdefault("times", {})["total_s"] = time.perf_counter() - t_start

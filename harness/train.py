@@ -17,6 +17,7 @@ from harness import metrics as metric_fns
 from harness.config import effective_lr, is_bi_encoder, is_causal, is_regression, trains
 from harness.lm import padded_length
 from harness.profile import Throughput
+from harness.tracking import TRACKERS, names as tracker_names
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
         logging_strategy="steps",
         logging_steps=_logging_steps(len(train_ds), t),
         logging_nan_inf_filter=False,  # a NaN/inf loss must reach our divergence check
-        report_to=[],
+        report_to=[TRACKERS[n][1] for n in tracker_names(cfg)],  # train.report_to (harness/tracking.py)
         seed=t.seed,
         data_seed=t.seed,
         use_cpu=not on_cuda,

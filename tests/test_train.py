@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from harness.run import execute
-from tests.conftest import DATA, compose, tiny_overrides
+from tests.conftest import DATA, REPO, compose, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
 
@@ -168,3 +168,55 @@ print(out[0], out[1])
     exact_freed, fast_freed = map(float, r.stdout.split())
     assert exact_freed > 44  # MiB back to the kernel of the 48 freed
     assert fast_freed < 8  # kept by glibc
+
+
+def test_report_to_writes_tensorboard_events_and_an_mlflow_run_under_the_run_dir(tiny_bert, tmp_path, monkeypatch):
+    """train.report_to=[tensorboard,mlflow], offline: the Trainer's curve and the record's summary (final metric,
+    peak memory) land in TensorBoard event files and an MLflow store under the run directory; the record says
+    where; the setting is not part of the config hash."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from harness.records import config_hash
+    from harness.run import execute
+
+    for k in ("TENSORBOARD_LOGGING_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    base = [*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.pair_encoding=bi", "task.train_size=32",
+            "task.eval_size=16", "train.batch_size=8", "train.threads=1", "method=lora", "train.max_steps=3",
+            f"paths.output_root={tmp_path}", "experiment_name=tracked"]
+    rec = execute(compose([*base, "train.report_to=[tensorboard,mlflow]"]), tmp_path / "run")
+    assert rec["status"] == "ok" and set(rec["tracking"]) == {"tensorboard", "mlflow"}
+    assert rec["config_hash"] == config_hash({**rec["config"], "train": {**rec["config"]["train"], "report_to": []}})
+    acc = 100 * rec["metrics"]["final"]["validation"]["accuracy"]
+
+    ev = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    tags = ev.Tags()["scalars"]
+    assert "train/loss" in tags  # the Trainer's curve
+    final = ev.Scalars("summary/final/validation/accuracy")
+    assert final[-1].step == 3 and 100 * final[-1].value == pytest.approx(acc)
+    assert ev.Scalars("summary/memory/peak_mb")[-1].value == pytest.approx(rec["memory"]["peak_mb"], rel=1e-6)
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tracked")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert 100 * run.data.metrics["final.validation.accuracy"] == pytest.approx(acc)
+    assert "loss" in run.data.metrics and run.data.tags["harness.config_hash"] == rec["config_hash"]
+    assert not (tmp_path / "mlruns").exists() and not (REPO / "mlruns").exists()
+    import os
+
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ  # the next run in this process (a search) writes its own
+    import importlib.util
+
+    from harness.config import ConfigError
+
+    if importlib.util.find_spec("wandb") is None:  # a tracker that is not installed fails before any model loads
+        with pytest.raises(ConfigError, match="train.report_to=wandb: the 'wandb' package is not installed"):
+            execute(compose([*base, "train.report_to=[wandb]"]), tmp_path / "run_wandb")
+    with pytest.raises(Exception) as e:
+        compose([*base, "train.report_to=[tensorbored]"])
+    assert "expected one of [tensorboard, mlflow, wandb]" in str(e.value.__cause__)

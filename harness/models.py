@@ -255,6 +255,25 @@ def _config(path: str, model_cfg):
         raise ModelError(f"model {model_cfg.name!r}: no model at {path!r} ({str(e).splitlines()[0]})") from None
 
 
+def check_shape(path: str, model_cfg) -> None:
+    """The weights at `path` are the model its config describes (model.shape): a run of another model under this
+    model's name would be recorded, planned and reported as the wrong one. Reads the model's config only."""
+    from omegaconf import OmegaConf
+
+    shape = model_cfg.get("shape") if hasattr(model_cfg, "get") else None
+    if not shape:
+        return
+    want = OmegaConf.to_container(shape, resolve=True) if not isinstance(shape, dict) else dict(shape)
+    config = _config(path, model_cfg)
+    diffs = [f"{k} {getattr(config, k)!r} (model.shape says {v!r})" for k, v in want.items()
+             if getattr(config, k, None) is not None and getattr(config, k) != v]
+    if diffs:
+        raise ModelError(
+            f"model {model_cfg.name!r}: the weights at {path} (model.source={model_cfg.source}) are not the model "
+            f"this config describes: {'; '.join(diffs)}. Another model needs a name and shape of its own: "
+            f"model.name=<its name> model.shape=null (no memory plan), or a conf/model/<name>.yaml with its shape")
+
+
 def _from_pretrained(auto_cls, path: str, model_cfg, **kw):
     """from_pretrained that loads safetensors only unless model.use_safetensors=false: pickle-based checkpoints
     (.bin/.pt) can run code when they are loaded."""

@@ -169,6 +169,8 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     t = time.perf_counter()
     data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=need_train)
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
+    if baseline != "majority":
+        models.check_shape(model_path, cfg.model)  # the weights are the model the record will name
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     prep = _prepare_causal(cfg, data, tokenizer) if causal else _prepare_classification(cfg, data, tokenizer)
     rec["task"] = {

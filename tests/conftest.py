@@ -98,4 +98,4 @@ def tiny_llama(tmp_path_factory) -> str:
 
 def tiny_overrides(path: str, arch: str, pooling: str) -> list[str]:
     return [f"model.source={path}", f"model.arch={arch}", f"model.pooling={pooling}", "model.name=tiny",
-            "model.max_position=128"]
+            "model.max_position=128", "model.shape=null"]

@@ -67,6 +67,27 @@ def test_missing_task_files_say_where_and_how(tmp_path):
     assert "paths.data_dir" in msg and "HARNESS_DATA_DIR" in msg
 
 
+def test_a_mistyped_local_path_names_the_paths_tried_and_the_exact_hub_dataset(tmp_path, monkeypatch):
+    """A causal task whose local file is misspelt: the error lists each local path tried (found or missing) before
+    the Hub, and names the Hub dataset as it was asked for (a causal task has no config named after the task)."""
+    import datasets
+
+    asked = []
+
+    def offline(path, name=None, split=None):
+        asked.append((path, name, split))
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = compose(["model=smollm2_135m", "task=wikisql", "task.local.train=[{path: wikisql/mlx_subset/trian.jsonl}]"])
+    with pytest.raises(DataError) as e:
+        load_task(cfg.task, DATA, seed=0)
+    msg = str(e.value)
+    assert f"{DATA / 'wikisql/mlx_subset/trian.jsonl'} (missing)" in msg
+    assert "the Hub dataset Salesforce/wikisql, which failed (ConnectionError: offline)" in msg
+    assert asked == [("Salesforce/wikisql", None, "train")] and "task.local.train" in msg
+
+
 def test_data_dir_that_does_not_exist(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_data_dir(str(tmp_path / "nope"))

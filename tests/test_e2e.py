@@ -96,7 +96,8 @@ def test_training_peak_memory_orders_full_over_lora_over_qlora(tmp_path, llama_4
     peaks = {}
     for method in ("full", "lora", "qlora_nf4_dq"):
         rec = run(tmp_path / method, f"method={method}", f"model.source={llama_40m}", "model.arch=llama",
-                  "model.pooling=last", "model.name=llama_mem", "task.train_size=16", "task.eval_size=8",
+                  "model.pooling=last", "model.name=llama_mem", "model.shape=null", "task.train_size=16",
+                  "task.eval_size=8",
                   "train.max_steps=2", "train.batch_size=8", "train.max_seq_len=32",
                   "train.gradient_checkpointing=true", "method.compute_dtype=fp32", "train.save_adapter=false")
         peaks[method] = rec["memory"]["peak_mb"]

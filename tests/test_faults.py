@@ -140,7 +140,7 @@ def test_override_values_never_reach_a_shell(tmp_path, tiny_bert):
     out = tmp_path / "out"
     value = f"$(touch {marker})`touch {marker}`;touch {marker}"
     p = subprocess.run([sys.executable, "-m", "harness.run", "-m", f"paths.output_root={out}",
-                        f"model.source={tiny_bert}", "model.name=tiny", "experiment_name=t",
+                        f"model.source={tiny_bert}", "model.name=tiny", "model.shape=null", "experiment_name=t",
                         f"paths.data_dir='{value}'"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     rec = json.loads(next(out.rglob("record.json")).read_text())

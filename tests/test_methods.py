@@ -318,3 +318,17 @@ def test_peft_options_are_checked_and_leave_older_hashes_alone():
         del old["lora"][k]
     assert config_hash(plain) == config_hash(old)
     assert config_hash(resolved(compose(["method=lora", "lora.use_dora=true"]))) != config_hash(plain)
+
+
+def test_another_model_under_a_shipped_models_name_is_refused_before_loading(tiny_bert, tmp_path):
+    """model=minilm_l6 model.source=<another model>: the run would be recorded, planned and reported as MiniLM.
+    It fails naming what differs; with a name and shape of its own it runs."""
+    from harness.run import execute
+
+    base = ["model=minilm_l6", f"model.source={tiny_bert}", "task.train_size=16", "task.eval_size=8",
+            "train.max_steps=1", "train.threads=1", f"paths.output_root={tmp_path}"]
+    with pytest.raises(models.ModelError, match=r"not the model this config describes: hidden_size 64 \(model.shape "
+                                                r"says 384\); num_hidden_layers 2 \(model.shape says 6\)"):
+        execute(compose(base), tmp_path / "refused")
+    rec = execute(compose([*base, "model.name=tiny", "model.shape=null"]), tmp_path / "own_name")
+    assert rec["status"] == "ok" and rec["model"]["name"] == "tiny"

@@ -268,3 +268,13 @@ def test_qlora_table4_mirror_and_claims_from_mmlu_before_and_after():
     assert got["MMLU after tuning on an NF4+DQ base matches a BF16 base"].verdict == "not resolved"
     # BF16 - FP4 per seed: +3, +4 -> 3.5 [-2.9, 9.9]: not resolved with 2 seeds
     assert got["FP4 trails BF16"].verdict == "not resolved" and "paired over seeds 1,2" in got["FP4 trails BF16"].evidence
+
+
+def test_the_reproduce_line_names_configs_that_exist():
+    from harness.report.render import reproduce
+
+    assert reproduce("lora_table2").startswith("Reproduce: `make sweep EXPERIMENT=lora_table2`")
+    assert reproduce("sanity") == ("Reproduce: `python -m harness.run -m +experiment=sanity` and "
+                                   "`python -m harness.run -m +experiment=sanity_wikisql`.")
+    adhoc = reproduce("my_quick_try")
+    assert "no config in conf/experiment/ sets experiment_name=my_quick_try" in adhoc and "overrides.yaml" in adhoc

@@ -29,7 +29,8 @@ def test_submitit_local_launcher_runs_a_sweep_and_resumes(tmp_path, tiny_bert):
     submitit's local executor instead of sbatch; every job writes its record, a rerun skips done jobs."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "harness.run", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-           f"paths.output_root={out}", f"model.source={tiny_bert}", "model.name=tiny", "task.train_size=16",
+           f"paths.output_root={out}", f"model.source={tiny_bert}", "model.name=tiny", "model.shape=null",
+           "task.train_size=16",
            "task.eval_size=16", "train.max_seq_len=32", "train.threads=1", "train.max_steps=2",
            "experiment_name=submitit", "lora.r=2,4"]
     p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
@@ -61,7 +62,8 @@ def tiny_bert_no_dropout(tmp_path_factory, minilm_path) -> str:
 def test_two_processes_under_accelerate_match_one_process(tmp_path, tiny_bert_no_dropout):
     """DDP over gloo, 2 processes x 8 examples vs 1 process x 16: the same global batch (the whole 16-example
     train set each step), so the same loss curve; only process 0 writes the record."""
-    common = [f"model.source={tiny_bert_no_dropout}", "model.name=tiny", "model.max_position=128", "task=rte",
+    common = [f"model.source={tiny_bert_no_dropout}", "model.name=tiny", "model.shape=null",
+              "model.max_position=128", "task=rte",
               "task.train_size=16", "task.eval_size=16", "train.max_seq_len=64", "train.threads=1",
               "train.max_steps=3", "train.lr=1e-2", "lora.dropout=0", "lora.targets=qv", "train.save_adapter=false",
               f"paths.output_root={tmp_path / 'out'}"]

@@ -115,7 +115,8 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not
 
 def sweep_cmd(out: Path, tiny_bert: str, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "harness.run", "-m", "+experiment=default", f"paths.output_root={out}",
-            f"model.source={tiny_bert}", "model.name=tiny", "task.train_size=32", "task.eval_size=32",
+            f"model.source={tiny_bert}", "model.name=tiny", "model.shape=null",
+            "task.train_size=32", "task.eval_size=32",
             "train.max_seq_len=32", "train.threads=1", "method=lora", "experiment_name=t", *overrides]
 
 

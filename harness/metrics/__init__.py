@@ -1,8 +1,8 @@
 """Metrics, computed locally (the Hub's `evaluate` GLUE module is unreachable offline).
 
 GLUE metrics are below (NumPy, as scikit-learn defines them; SciPy for the correlations). Causal-LM tasks score
-text: generation metrics take lists of predicted and reference strings (harness/metrics/sql.py for WikiSQL, harness/metrics/text.py for ROUGE-L and
-label words); `loss` and `perplexity` come from the held-out answer tokens; multiple choice uses `accuracy`.
+text: generation metrics take lists of predicted and reference strings (harness/metrics/sql.py for WikiSQL,
+harness/metrics/text.py for ROUGE-L and label words); `loss` and `perplexity` come from the held-out answer tokens; multiple choice uses `accuracy`.
 
 Each metric takes (predictions, references) as 1-D arrays — class ids for classification, floats for
 regression — and returns a float. Values are fractions (0..1), as the GLUE metric modules return them;

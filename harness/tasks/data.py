@@ -169,10 +169,15 @@ def _load_local(data_dir: Path, split: str, task, ctx: dict) -> Optional[tuple[p
     return pd.concat(frames, ignore_index=True), " + ".join(paths)
 
 
+def _hub_name(task) -> Optional[str]:
+    """The Hub dataset's config name: task.hub_config, else the GLUE task's name (a causal task's dataset: none)."""
+    return task.hub_config or (None if is_causal(task) else task.name)
+
+
 def _load_hub(split: str, task, ctx: dict) -> tuple[pd.DataFrame, str]:
     import datasets
 
-    name = task.hub_config or (None if is_causal(task) else task.name)
+    name = _hub_name(task)
     where = f"hub:{task.hub_id}/{name}:{split}"
     df = datasets.load_dataset(task.hub_id, name, split=split).to_pandas()
     rename = dict(task.get("hub_rename") or {})
@@ -191,15 +196,18 @@ def load_split(task, split: str, data_dir: Optional[Path], ctx: Optional[dict] =
         if got is not None:
             return got
         specs = (task.get("local") or {}).get(split) or []
-        looked = [str(data_dir / s["path"]) for s in specs] or [f"{data_dir} (no local files declared for this split)"]
+        looked = [f"{data_dir / s['path']} ({'found' if (data_dir / s['path']).exists() else 'missing'})"
+                  for s in specs] or [f"{data_dir} (no local files declared for this split)"]
+    hub = task.hub_id + (f" (config {_hub_name(task)!r})" if _hub_name(task) else "")
     try:
         return _load_hub(split, task, ctx)
     except Exception as e:  # offline, unknown dataset, ...: say where we looked and how to fix it
         raise DataError(
-            f"task {task.name!r}, split {split!r}: not found locally (looked for {looked or 'no data directory'}) "
-            f"and loading {task.hub_id}/{task.hub_config or task.name} from the Hub failed "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            f"Set paths.data_dir=/path/to/data or ${ENV_VAR} to a folder holding the task files."
+            f"task {task.name!r}, split {split!r}: the local files were tried first: "
+            f"{'; '.join(looked) if looked else 'none (no data directory: paths.data_dir=hub or none found)'}; "
+            f"then the Hub dataset {hub}, which failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Fix the path in task.local.{split} or set "
+            f"paths.data_dir=/path/to/data or ${ENV_VAR} to a folder holding the task files."
         ) from None
 
 

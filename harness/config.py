@@ -232,6 +232,11 @@ class TrainConfig:
     # experiment trackers the run also logs to (none by default), e.g. train.report_to=[tensorboard,mlflow]:
     # TensorBoard event files / an MLflow store under the run directory unless the environment names another
     report_to: list[Tracker] = field(default_factory=list)
+    # checkpoints to resume a run mid-training (off: local runs take minutes): every N optimizer steps and/or every
+    # M minutes, under <output_root>/checkpoints/<experiment>/<config hash>/; rerunning the same config (a
+    # SLURM/submitit requeue too) resumes from the last complete one; they are removed once the run is recorded ok
+    save_every: int = 0
+    save_every_min: float = 0.0
 
 
 @dataclass
@@ -499,6 +504,8 @@ def validate(cfg: DictConfig) -> None:
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)
     _positive("train.threads", t.threads, allow_zero=True)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
+    _positive("train.save_every", t.save_every, allow_zero=True)
+    _positive("train.save_every_min", t.save_every_min, allow_zero=True)
     _positive("train.pad_to_multiple_of", t.pad_to_multiple_of)
     if t.max_steps < 0:
         _positive("train.epochs", t.epochs)

@@ -20,7 +20,8 @@ HASH_EXCLUDE = ("paths", "tags", "report", "search")
 # on a non-finite loss (a run that never meets one computes the same, and one that did is not `ok`, so reruns);
 # how memory is metered (the probe restores the RNG and drops its gradients: training is the same)
 HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"),
-                     "train": ("stop_on_nonfinite_loss", "memory_probe", "report_to")}
+                     "train": ("stop_on_nonfinite_loss", "memory_probe", "report_to", "save_every",
+                               "save_every_min")}
 # schema keys added after records existed, left out of the hash while at their default (a run that does not use
 # them computes what it did before they existed, so its hash, resume and grouping with older seeds stay the same)
 HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None},
@@ -54,6 +55,11 @@ def hashed_config(resolved_cfg: dict) -> dict:
 HASH_VERSION = hashlib.sha256(json.dumps(
     [HASH_EXCLUDE, {k: list(v) for k, v in HASH_EXCLUDE_KEYS.items()}, HASH_OMIT_DEFAULTS, "unused_lrs:1"],
     sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_dir(output_root: str | os.PathLike, experiment: str, chash: str) -> Path:
+    """Where a configuration's mid-run checkpoints live: found again by any rerun of the same config."""
+    return Path(output_root) / "checkpoints" / experiment / chash
 
 
 def identity(rec: dict) -> str:

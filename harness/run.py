@@ -107,6 +107,16 @@ def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
                     f"{str(out_dir / records.RECORD_NAME)!r}: {e.strerror or e}; records written before are untouched"
                 ) from e
             log.info("record: %s (status %s)", path, rec["status"])
+            if rec["status"] == "ok" and rec.get("checkpoints"):  # recorded: nothing left to resume
+                import shutil
+
+                ckpt = Path(rec["checkpoints"])
+                shutil.rmtree(ckpt, ignore_errors=True)
+                for parent in (ckpt.parent, ckpt.parent.parent):  # <experiment>/ and checkpoints/, once empty
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
             _index(cfg, path, rec)
     return rec
 
@@ -149,7 +159,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     import torch
     import transformers
 
-    from harness import methods, models
+    from harness import methods, models, records
     from harness.config import baseline_of, effective_lr, is_bi_encoder, is_causal, pair_encoding_of, trains
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
@@ -244,7 +254,11 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
                              dtype=dtype, on_trained=meter.trained, label_norm=prep["norm"],
                              final_evaluate=final_evaluate, on_evaluate=on_evaluate,
                              predictions_dir=out_dir / "predictions" if _process_rank() == 0 else None,
-                             memory_window=meter.window_closed)
+                             memory_window=meter.window_closed,
+                             checkpoint_dir=records.checkpoint_dir(cfg.paths.output_root, cfg.experiment_name,
+                                                                   rec["config_hash"]))
+    if out["resumed"]:
+        rec["resumed"] = out["resumed"]  # this process trained from that step on; the record covers the whole run
     if causal and cfg.mmlu_eval.enabled:
         rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
     rec["memory"] = meter.record()
@@ -260,6 +274,8 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     rec["throughput"] = out["throughput"]
     rec["times"].update(out["times"])
     rec["steps"] = out["steps"]
+    if out["checkpoints"]:
+        rec["checkpoints"] = out["checkpoints"]
     rec["method"]["optimizer"] = out["optimizer"]
     world = _launch_env("WORLD_SIZE", 1)
     if world > 1:

@@ -342,7 +342,8 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="steps" if t.eval_every > 0 else "no",
         eval_steps=t.eval_every if t.eval_every > 0 else None,
-        save_strategy="no",
+        save_strategy="no",  # checkpoints are asked for by _checkpoint_callback (train.save_every / save_every_min)
+        save_total_limit=2,  # the newest two: the last complete one survives a kill while the next is written
         logging_strategy="steps",
         logging_steps=_logging_steps(len(train_ds), t),
         logging_nan_inf_filter=False,  # a NaN/inf loss must reach our divergence check
@@ -377,6 +378,52 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str,
     return trainer
 
 
+CHECKPOINT_DONE = "harness_checkpoint.json"  # written last into a checkpoint: one without it is incomplete
+
+
+def latest_checkpoint(root: Path | str | None) -> Path | None:
+    """The last complete checkpoint (Trainer's checkpoint-<step>, with our marker) under `root`; a half-written one
+    (killed while saving) has no marker and is passed over."""
+    best = None
+    for d in Path(root).glob("checkpoint-*") if root else ():
+        try:
+            step = int(d.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if (d / CHECKPOINT_DONE).is_file() and (best is None or step > best[0]):
+            best = (step, d)
+    return best[1] if best else None
+
+
+def _checkpoint_callback(every_steps: int, every_min: float):
+    """Asks the Trainer to save every `every_steps` optimizer steps and/or `every_min` minutes (not at the last
+    step: the run is about to be recorded), and marks each checkpoint complete once the Trainer has written it all
+    (weights or adapter, optimizer, scheduler, RNG states, trainer state with the step and the loss log)."""
+    from transformers import TrainerCallback
+
+    from harness.records import write_json_atomic
+
+    class CheckpointCallback(TrainerCallback):
+        def __init__(self):
+            self.last = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps:
+                return
+            due_steps = every_steps > 0 and state.global_step % every_steps == 0
+            due_time = every_min > 0 and time.monotonic() - self.last >= every_min * 60
+            if due_steps or due_time:
+                control.should_save = True
+
+        def on_save(self, args, state, control, **kw):
+            self.last = time.monotonic()
+            if state.is_world_process_zero:
+                d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_json_atomic(d / CHECKPOINT_DONE, {"step": state.global_step, "max_steps": state.max_steps})
+
+    return CheckpointCallback()
+
+
 def train_and_evaluate(
     model,
     tokenizer,
@@ -392,6 +439,7 @@ def train_and_evaluate(
     on_evaluate=None,
     predictions_dir: str | Path | None = None,
     memory_window=None,
+    checkpoint_dir: Path | str | None = None,
 ) -> dict:
     """Train, evaluate every `train.eval_every` steps and at the end. Returns metrics, history, timings.
 
@@ -404,17 +452,25 @@ def train_and_evaluate(
     `predictions_dir`: where the final evaluation writes per-example predictions (`_evaluate_all`).
     `memory_window(covered)`: called when the window of exact memory closes (after the second optimizer step and
     a probe pass over the largest batch, `HarnessTrainer.memory_probe`; never with train.memory_probe=false).
+    `checkpoint_dir` (train.save_every / save_every_min set): checkpoints are written there, and training resumes
+    from the last complete one found there (`latest_checkpoint`); the result says from which step.
     """
     t = cfg.train
     task = cfg.task
     train_steps = trains(cfg)
     meter = Throughput(warmup_steps=t.warmup_steps_excluded)
     first_split = next(iter(eval_sets))
-    trainer = make_trainer(model, tokenizer, train_ds, eval_sets, cfg, out_dir, dtype=dtype, meter=meter,
-                           label_norm=label_norm, on_evaluate=on_evaluate, memory_window=memory_window)
+    saving = checkpoint_dir is not None and train_steps and (t.save_every > 0 or t.save_every_min > 0)
+    trainer = make_trainer(model, tokenizer, train_ds, eval_sets, cfg, str(checkpoint_dir) if saving else out_dir,
+                           dtype=dtype, meter=meter, label_norm=label_norm, on_evaluate=on_evaluate,
+                           memory_window=memory_window,
+                           callbacks=[_checkpoint_callback(t.save_every, t.save_every_min)] if saving else ())
+    resume = latest_checkpoint(checkpoint_dir) if saving else None
+    if resume is not None:
+        log.info("resuming from %s (step %s)", resume, resume.name.split("-", 1)[1])
 
     t0 = time.perf_counter()
-    train_out = trainer.train() if train_steps else None
+    train_out = trainer.train(resume_from_checkpoint=str(resume) if resume else None) if train_steps else None
     trainer.finish_counts()
     train_wall = time.perf_counter() - t0
     if on_trained is not None:  # e.g. read the memory high-water mark before the final evaluation
@@ -454,6 +510,9 @@ def train_and_evaluate(
         "memory_breakdown": meter.breakdown,
         "times": {"train_s": train_wall, "final_eval_s": eval_wall},
         "steps": trainer.state.global_step,
+        "resumed": None if resume is None else {"from_step": int(resume.name.split("-", 1)[1]),
+                                                "checkpoint": str(resume)},
+        "checkpoints": str(checkpoint_dir) if saving else None,
         "trainer": trainer,
     }
 

@@ -203,6 +203,21 @@ def test_the_carved_split_never_overlaps_the_training_rows(train_size):
     assert seen[0] == seen[1]  # the same carved rows for every run seed
 
 
+@needs_data
+def test_a_carve_for_a_one_file_task_never_draws_from_its_holdout():
+    """Alpaca ships as one file whose seeded holdout is the eval split reports show: choosing a recipe
+    (task.tune=true) carves from the rest only."""
+    from harness.tasks import find_data_dir, load_task
+
+    base = ["model=smollm2_135m", "task=alpaca"]
+    shown = load_task(compose(base).task, find_data_dir(None), seed=1)
+    tuned = load_task(compose([*base, "task.tune=true", "task.carve_size=100"]).task, find_data_dir(None), seed=1)
+    key = lambda df: collections.Counter(zip(df["prompt"], df["answer"]))  # noqa: E731 (the file repeats a few rows)
+    held, carved, rest = key(shown.evals["validation"]), key(tuned.evals["carved"]), key(tuned.train)
+    assert sum(carved.values()) == 100 and sum(rest.values()) == len(shown.train) - 100
+    assert carved + rest == key(shown.train)  # the carve and what tuning trains on are the training rows, not held
+
+
 def test_a_rendered_report_shows_baseline_rows_and_marks_configurations_below_them(tmp_path):
     from harness.report.render import render_experiment
 

@@ -229,6 +229,13 @@ def carve(train: pd.DataFrame, n: int, seed: int, name: str = "") -> tuple[pd.Da
     return held.reset_index(drop=True), train.drop(held.index).reset_index(drop=True)
 
 
+def _holdout(train: pd.DataFrame, n: int, name: str) -> pd.DataFrame:
+    """The rows of a one-file task that become its first eval split: the same for every seed."""
+    if n >= len(train):
+        raise DataError(f"task {name!r}: holdout_size={n} leaves no training rows (the train split has {len(train)})")
+    return train.sample(n=n, random_state=0)
+
+
 def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = True) -> TaskData:
     """The train split (seeded `train_size` subset) and each eval split (seeded `eval_size` subset).
 
@@ -241,6 +248,9 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
     train = None
     if task.get("tune"):  # choosing a recipe: evaluate on rows carved out of train only, never on the dev split
         train, src = load_split(task, task.train_split, data_dir, ctx)
+        if holdout:  # the holdout is the eval split reports show: the carve never draws from it
+            train = train.drop(_holdout(train, holdout, task.name).index).reset_index(drop=True)
+            src = f"{src} (less the seeded holdout of {holdout})"
         carved, train = carve(train, task.carve_size, task.carve_seed, task.name)
         evals[CARVED], source[CARVED] = carved, f"{src} (seeded carve of {len(carved)}, seed {task.carve_seed})"
         source[task.train_split] = f"{src} (less the carved {len(carved)})"
@@ -250,10 +260,7 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
         train, source[task.train_split] = load_split(task, task.train_split, data_dir, ctx)
     for i, split in enumerate(task.eval_splits):
         if i == 0 and holdout:
-            if holdout >= len(train):
-                raise DataError(f"task {task.name!r}: holdout_size={holdout} leaves no training rows "
-                                f"(the train split has {len(train)})")
-            held = train.sample(n=holdout, random_state=0)  # the same eval set for every seed
+            held = _holdout(train, holdout, task.name)
             train = train.drop(held.index).reset_index(drop=True)
             df, src = held.reset_index(drop=True), f"{source[task.train_split]} (seeded holdout of {holdout})"
         else:

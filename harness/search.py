@@ -117,6 +117,7 @@ def _override(name: str, value: Any) -> str:
 def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] = ()) -> None:
     """Check a search space before any model loads; raise ConfigError naming the bad value and the valid ones.
     `cfg` is the run config composed from `base` (the overrides every trial starts from)."""
+    from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
     from harness.config import kind_of, validate
@@ -206,6 +207,9 @@ def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] =
                 validate(c)
             except ConfigError as e:
                 raise ConfigError(f"search.params.{name}: the value {v!r} makes an invalid run: {e}") from None
+            except ConfigCompositionException as e:  # a value the schema refuses (an enum's unknown option)
+                why = str(e.__cause__ or e).splitlines()[0]
+                raise ConfigError(f"search.params.{name}: the value {v!r} makes an invalid run: {why}") from None
 
 
 def to_optuna_params(spec, fixed: dict[str, Any], where: str = "fixed parameters") -> dict[str, Any]:

@@ -92,6 +92,17 @@ def test_bad_spaces_fail_before_any_model_loads_with_a_clear_message(overrides, 
     assert message in str(e.value)
 
 
+def test_a_space_can_search_the_peft_options_and_bad_values_fail_early():
+    """lora.init, lora.use_rslora and lora.use_dora are ordinary run-config values: a search space takes them."""
+    extra = {"init": {"key": "lora.init", "choices": ["default", "gaussian", "pissa"]},
+             "rslora": {"key": "lora.use_rslora", "choices": [False, True]},
+             "dora": {"key": "lora.use_dora", "choices": [False, True]}}
+    s, _, _ = check(patch={"params": extra})
+    assert {"init", "rslora", "dora"} <= set(s.params)
+    with pytest.raises(ConfigError, match="the value 'svd' makes an invalid run"):
+        check(patch={"params": {"init": {"key": "lora.init", "choices": ["default", "svd"]}}})
+
+
 def test_unknown_search_and_typoed_keys_list_the_valid_ones():
     p = subprocess.run([sys.executable, "-m", "harness.search", "search=stsb_minlm"], cwd=REPO, capture_output=True,
                        text=True, timeout=120, env={**os.environ, "HARNESS_NO_REEXEC": "1"})

@@ -279,9 +279,22 @@ def open_storage(url: str, heartbeat_s: int, max_retry: int):
     if url.startswith("sqlite:"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry), **kwargs)
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                **kwargs)
+        except Exception as e:
+            # another process (a second worker's study, a dashboard, a reader) created the tables of a fresh
+            # storage at the same moment: they exist now, so opening again finds them (seen: "table
+            # trial_user_attributes already exists", the worker died)
+            if attempt == 4 or not any(m in str(e) for m in _CREATED_CONCURRENTLY):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+_CREATED_CONCURRENTLY = ("already exists", "UNIQUE constraint failed", "duplicate key")
 
 
 @contextlib.contextmanager

@@ -340,3 +340,26 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
                         capture_output=True, text=True, timeout=300)
     assert p3.returncode == 0 and "search/tiny/README.md" in p3.stdout, p3.stdout + p3.stderr
     assert "Searches" in (rep / "README.md").read_text()
+
+
+def test_a_storage_whose_tables_another_process_is_creating_opens_on_retry(tmp_path, monkeypatch):
+    """Two processes opening a fresh storage at once: the second's CREATE TABLE meets the first's table. Seen in
+    the killed-worker test (its poller and the worker), and possible with two workers of different studies."""
+    import sqlalchemy
+
+    from harness.search import open_storage
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            real(*a, **kw)  # the other process got there first
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE trial_user_attributes", {},
+                                                  Exception("table trial_user_attributes already exists"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = open_storage(url(tmp_path), 1, 1)
+    assert len(calls) == 2 and storage.get_all_studies() == []

@@ -47,6 +47,7 @@ class Progress:
         self.t0 = now()
         self.last_shown = self.t0
         self.quarter = 0
+        self.first: Optional[int] = None  # the step before this process's first (a resumed run starts past 0)
         self.lines: list[str] = []  # every line shown (tests read them)
         self._open = False
 
@@ -57,10 +58,13 @@ class Progress:
             parts.append(f"loss {loss:.4g}")
         if elapsed > 0 and samples:
             parts.append(f"{samples / elapsed:.1f} samples/s")
-        parts.append(f"{clock(elapsed)} elapsed, ETA {clock(eta(step, self.total, elapsed))}")
+        done = step - (self.first or 0)
+        parts.append(f"{clock(elapsed)} elapsed, ETA {clock(eta(done, self.total - (self.first or 0), elapsed))}")
         return " | ".join(parts)
 
     def update(self, step: int, samples: int = 0, loss: Optional[float] = None) -> Optional[str]:
+        if self.first is None:
+            self.first = step - 1
         t = self.now()
         quarter = 4 * step // self.total
         if self.tty:

@@ -413,6 +413,9 @@ def _checkpoint_callback(every_steps: int, every_min: float):
             due_steps = every_steps > 0 and state.global_step % every_steps == 0
             due_time = every_min > 0 and time.monotonic() - self.last >= every_min * 60
             if due_steps or due_time:
+                # the loss since the last reading is logged first: a run resumed here then logs exactly what an
+                # uninterrupted one does (otherwise the steps between that reading and the checkpoint are lost)
+                control.should_log = True
                 control.should_save = True
 
         def on_save(self, args, state, control, **kw):
@@ -492,7 +495,13 @@ def train_and_evaluate(
     sign = 1.0 if metric_fns.higher_is_better(headline) else -1.0
     scored = [h for h in history if headline in h["metrics"].get(headline_split, {})]
     best = max(scored, key=lambda h: sign * h["metrics"][headline_split][headline]) if scored else history[-1]
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    losses = [e["loss"] for e in logged]
+    mean_loss = train_out.training_loss if train_out else None
+    if resume is not None and logged:  # the Trainer's mean covers this process's steps only: weigh each reading
+        steps = [int(e.get("step") or 0) for e in logged]  # by the steps it averages
+        widths = [b - a for a, b in zip([0, *steps[:-1]], steps)]
+        mean_loss = sum(x * w for x, w in zip(losses, widths)) / max(1, sum(widths))
     thr = meter.record(train_wall, in_train_eval, trainer.probe_seconds) if train_steps else None
     return {
         "optimizer": describe_optimizer(trainer.optimizer),
@@ -503,7 +512,7 @@ def train_and_evaluate(
             "best_step": best["step"],
             "history": history,
             "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                           "mean": train_out.training_loss if train_out else None, "log": losses,
+                           "mean": mean_loss, "log": losses,
                            "nonfinite": sum(1 for x in losses if not math.isfinite(x))},
         },
         "throughput": thr,

@@ -66,3 +66,10 @@ def test_the_sweep_tally_counts_statuses_and_estimates_what_is_left():
     t.finish("ok", 90.0)
     last = t.finish("ok", 60.0)
     assert last.startswith("4/4 jobs finished: 1 failed, 3 ok, 3 skipped (done before)") and "ETA" not in last
+
+
+def test_a_resumed_run_estimates_from_its_own_steps():
+    now = Clock()
+    p = Progress(100, stream=io.StringIO(), tty=False, now=now)
+    now.t += 3.0
+    assert p.update(51, samples=16).endswith("3 s elapsed, ETA 2:27")  # 3 s for its first step, 49 to go

@@ -247,16 +247,18 @@ runpy.run_module("harness.run", run_name="__main__", alter_sys=True)  # as pytho
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint_and_ends_as_if_never_killed(
         tiny_bert, tmp_path, method):
-    """SIGKILL right after the step-8 checkpoint (epoch 2 of 2, third batch of 6), a half-written checkpoint at
-    step 10 beside it; the rerun of the same config resumes at step 8 (weights or adapter, optimizer, scheduler,
-    RNG states, data position) and ends with the uninterrupted run's loss curve, evaluations and final metric,
-    exactly (CPU, one thread). The record says where it resumed; the checkpoints go once it is recorded ok."""
+    """SIGKILL right after the step-25 checkpoint (epoch 5 of 9, first batch of 6; the loss is read every 2
+    steps, so the checkpoint falls between two readings), a half-written checkpoint at step 30 beside it; the rerun
+    of the same config resumes at step 25 (weights or adapter, optimizer, scheduler, RNG states, data position) and
+    ends with the uninterrupted run's loss curve, mean loss, evaluations and final metric, exactly (CPU, one
+    thread). The record says where it resumed; the checkpoints go once it is recorded ok."""
     import os
     import shutil
 
     args = [*tiny_overrides(tiny_bert, "bert", "cls"), "train=default", "task=rte", "task.train_size=48",
-            "task.eval_size=16", "train.batch_size=8", "train.epochs=2", "train.eval_every=4", "train.threads=1", "train.max_seq_len=64",
-            f"method={method}", "train.save_every=4", "experiment_name=resume", "train.save_adapter=false"]
+            "task.eval_size=16", "train.batch_size=8", "train.epochs=9", "train.eval_every=10", "train.threads=1",
+            "train.max_seq_len=64", f"method={method}", "train.save_every=5", "experiment_name=resume",
+            "train.save_adapter=false"]
     env = {**os.environ, "HARNESS_NO_REEXEC": "1"}
 
     def run(root, name, script=None):
@@ -267,21 +269,22 @@ def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint_and_ends_as_
     ref_rec = execute(compose([*args, f"paths.output_root={tmp_path / 'a'}"]), tmp_path / "a" / "ref")  # uninterrupted
     assert "resumed" not in ref_rec and not (tmp_path / "a" / "checkpoints").exists()
 
-    killed = run(tmp_path / "b", "killed", KILL_AFTER_SAVE.replace("{step}", "8"))
+    killed = run(tmp_path / "b", "killed", KILL_AFTER_SAVE.replace("{step}", "25"))
     assert killed.returncode == -9 and not (tmp_path / "b" / "killed" / "record.json").exists()
     (ckpt_root,) = (tmp_path / "b" / "checkpoints" / "resume").iterdir()
-    assert sorted(p.name for p in ckpt_root.iterdir()) == ["checkpoint-4", "checkpoint-8"]
-    half = ckpt_root / "checkpoint-10"  # killed while writing: no completion marker
-    shutil.copytree(ckpt_root / "checkpoint-8", half)
+    assert sorted(p.name for p in ckpt_root.iterdir()) == ["checkpoint-20", "checkpoint-25"]  # the newest two
+    half = ckpt_root / "checkpoint-30"  # killed while writing: no completion marker
+    shutil.copytree(ckpt_root / "checkpoint-25", half)
     (half / "harness_checkpoint.json").unlink()
     (half / "optimizer.pt").write_bytes(b"truncated")
 
     again = run(tmp_path / "b", "again")
     assert again.returncode == 0, again.stderr[-3000:]
     rec = json.loads((tmp_path / "b" / "again" / "record.json").read_text())
-    assert rec["resumed"] == {"from_step": 8, "checkpoint": str(ckpt_root / "checkpoint-8")}
-    assert rec["config_hash"] == ref_rec["config_hash"] and rec["steps"] == ref_rec["steps"] == 12
+    assert rec["resumed"] == {"from_step": 25, "checkpoint": str(ckpt_root / "checkpoint-25")}
+    assert rec["config_hash"] == ref_rec["config_hash"] and rec["steps"] == ref_rec["steps"] == 54
     assert rec["metrics"]["train_loss"]["log"] == ref_rec["metrics"]["train_loss"]["log"]
+    assert rec["metrics"]["train_loss"]["mean"] == pytest.approx(ref_rec["metrics"]["train_loss"]["mean"], rel=1e-6)
     assert rec["metrics"]["history"] == ref_rec["metrics"]["history"]
     assert rec["metrics"]["final"] == ref_rec["metrics"]["final"]
     assert not ckpt_root.exists()  # recorded ok: nothing left to resume

@@ -72,7 +72,9 @@ def run_row(rec: dict) -> dict:
         "model": _get(cfg, "model", "name"),
         "method": _get(cfg, "method", "name"),
         "baseline": baseline_name(rec),
-        "pair_encoding": _get(cfg, "task", "pair_encoding") or _get(rec, "task", "pair_encoding"),
+        # a sentence-pair encoding is a classifier's; a causal-LM task (generation, multiple choice) has none
+        "pair_encoding": None if _get(cfg, "task", "kind") in ("generation", "multiple_choice") else (
+            _get(cfg, "task", "pair_encoding") or _get(rec, "task", "pair_encoding")),
         "quant": _get(cfg, "method", "quant"),
         "compute_dtype": _get(rec, "method", "compute_dtype"),
         "targets": (lora.get("targets") if lora else _get(cfg, "lora", "targets")) if adapter else "-",

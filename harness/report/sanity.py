@@ -73,7 +73,7 @@ def summarize(records: list[dict]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         usable = bool(tuned) and all(x["vs_baseline"] == frame.CLEAR and not x["collapsed"] and not x["failed"]
                                      for x in tuned)
         out["tasks"][f"{task}/{model}"] = {
-            "task": task, "model": model, "pair_encoding": g["pair_encoding"].iloc[0], "rows": rows,
+            "task": task, "model": model, "pair_encoding": pe if isinstance(pe := g["pair_encoding"].iloc[0], str) else None, "rows": rows,
             "usable_for_claims": usable,
             "why": ("every fine-tuned configuration is clearly above its best baseline" if usable else
                     "no fine-tuned configuration has an ok run" if not tuned else

@@ -10,6 +10,8 @@ head_only is an ordinary run with a frozen backbone (harness.methods.apply).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from harness.config import is_regression
@@ -91,14 +93,13 @@ def encoder_digest(backbone) -> str | None:
 def _source_digest() -> str:
     """Our code between the weights and the cosines (encoding and pooling, collation, this fit), as it is now."""
     import hashlib
-    from pathlib import Path
 
     here = Path(__file__).resolve().parent
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("models.py", "train.py", "baselines.py"))
                           ).hexdigest()
 
 
-def _cosine_cache_path(cfg, backbone, rows, bs: int) -> "Path | None":
+def _cosine_cache_path(cfg, backbone, rows, bs: int) -> Path | None:
     """Where the untrained encoder's cosines of these fit pairs are kept, keyed by everything they depend on (the
     weights, the pairs' token ids, the batch and padding, the kernels that run: library versions, threads, CPU, ISA
     limits, our code's source); None when the weights cannot be fingerprinted (`encoder_digest`) or no output
@@ -106,7 +107,6 @@ def _cosine_cache_path(cfg, backbone, rows, bs: int) -> "Path | None":
     import hashlib
     import json
     import os
-    from pathlib import Path
 
     import torch
     import transformers

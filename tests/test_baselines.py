@@ -208,6 +208,7 @@ def test_a_carve_for_a_one_file_task_never_draws_from_its_holdout():
     """Alpaca ships as one file whose seeded holdout is the eval split reports show: choosing a recipe
     (task.tune=true) carves from the rest only."""
     from harness.tasks import find_data_dir, load_task
+    from harness.tasks.data import load_split
 
     base = ["model=smollm2_135m", "task=alpaca"]
     shown = load_task(compose(base).task, find_data_dir(None), seed=1)
@@ -216,6 +217,8 @@ def test_a_carve_for_a_one_file_task_never_draws_from_its_holdout():
     held, carved, rest = key(shown.evals["validation"]), key(tuned.evals["carved"]), key(tuned.train)
     assert sum(carved.values()) == 100 and sum(rest.values()) == len(shown.train) - 100
     assert carved + rest == key(shown.train)  # the carve and what tuning trains on are the training rows, not held
+    full, _ = load_split(compose(base).task, "train", find_data_dir(None))
+    assert sum(held.values()) == 100 and held + key(shown.train) == key(full)  # held apart from every training row
 
 
 def test_a_rendered_report_shows_baseline_rows_and_marks_configurations_below_them(tmp_path):

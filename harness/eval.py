@@ -35,43 +35,55 @@ def run_config(rec: dict, overrides: dict | None = None):
     return cfg
 
 
-def reevaluate(run_dir: str | Path, data_dir: str | None = None) -> dict:
-    """{split: {metric: value}} of the run's saved adapter, evaluated as the run's final evaluation was."""
+def load_run(run_dir: str | Path, data_dir: str | None = None):
+    """(record, typed config, model with the saved adapter on it, tokenizer, compute dtype) of a finished adapter
+    run; EvalError naming what is missing when it cannot be rebuilt. Nothing is written."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from harness import models
-    from harness.config import is_causal
     from harness.records import RECORD_NAME, read_record
-    from harness.run import _causal_evaluator, _prepare_causal, _prepare_classification, build_model, num_labels
-    from harness.tasks import find_data_dir, load_task
-    from harness.train import train_and_evaluate
+    from harness.run import build_model, num_labels
 
     run_dir = Path(run_dir)
     if not (run_dir / RECORD_NAME).is_file():
         raise EvalError(f"{run_dir}: no {RECORD_NAME} (give the directory of one run)")
     rec = read_record(run_dir / RECORD_NAME)
     if rec.get("status") != "ok":
-        raise EvalError(f"{run_dir}: the run's status is {rec.get('status')!r}, not ok: there is nothing to re-score")
+        raise EvalError(f"{run_dir}: the run's status is {rec.get('status')!r}, not ok: it has no final adapter")
     weights = run_dir / "adapter" / "adapter_model.safetensors"
     if not rec.get("adapter") or not weights.is_file():
         raise EvalError(f"{run_dir}: no saved adapter ({weights} is missing): only adapter runs save their weights "
                         f"(method {rec['config']['method']['name']!r}; train.save_adapter=true)")
     cfg = run_config(rec, {"paths.data_dir": data_dir} if data_dir else None)
     torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
+    try:
+        model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
+        tokenizer = models.load_tokenizer(model_path, cfg.model)
+        model, dtype, _, _ = build_model(cfg, model_path, num_labels(cfg.task))
+    except (OSError, models.ModelError) as e:
+        raise EvalError(f"{run_dir}: its base model {cfg.model.name!r} ({cfg.model.source}) cannot be loaded: "
+                        f"{str(e).splitlines()[0]}") from None
+    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    extra = list(getattr(result, "unexpected_keys", []) or [])
+    if extra:
+        raise EvalError(f"{weights}: {len(extra)} saved tensors fit no module of the rebuilt model "
+                        f"(e.g. {extra[0]}): the record's config does not rebuild the model that was trained")
+    return rec, cfg, model, tokenizer, dtype
+
+
+def reevaluate(run_dir: str | Path, data_dir: str | None = None) -> dict:
+    """{split: {metric: value}} of the run's saved adapter, evaluated as the run's final evaluation was."""
+    from harness.config import is_causal
+    from harness.run import _causal_evaluator, _prepare_causal, _prepare_classification
+    from harness.tasks import find_data_dir, load_task
+    from harness.train import train_and_evaluate
+
+    rec, cfg, model, tokenizer, dtype = load_run(run_dir, data_dir)
     causal = is_causal(cfg.task)
     data = load_task(cfg.task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=not causal)
-    model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
-    tokenizer = models.load_tokenizer(model_path, cfg.model)
     prep = _prepare_causal(cfg, data, tokenizer) if causal else _prepare_classification(cfg, data, tokenizer)
-    model, dtype, _, _ = build_model(cfg, model_path, num_labels(cfg.task))
-    state = load_file(str(weights))
-    result = set_peft_model_state_dict(model, state)
-    missing = [k for k in getattr(result, "unexpected_keys", []) or []]
-    if missing:
-        raise EvalError(f"{weights}: {len(missing)} saved tensors fit no module of the rebuilt model "
-                        f"(e.g. {missing[0]}): the record's config does not rebuild the model that was trained")
     with tempfile.TemporaryDirectory() as tmp:
         final_evaluate = _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, Path(tmp), {}) if causal else None
         out = train_and_evaluate(model, tokenizer, prep["train"], prep["evals"], cfg, tmp, dtype=dtype,

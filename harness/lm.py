@@ -201,6 +201,19 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:cut]
 
 
+def _stop_strings_supported(tokenizer, stops: list[str]) -> bool:
+    """Whether transformers can stop on these strings with this tokenizer (it maps them onto vocabulary pieces; a
+    WordPiece vocabulary has no newline). When it cannot, generation runs to EOS or max_new_tokens and the answer
+    is cut at the stop afterwards: the same text, more decoding steps."""
+    from transformers import StopStringCriteria
+
+    try:
+        StopStringCriteria(tokenizer=tokenizer, stop_strings=stops)
+    except ValueError:
+        return False
+    return True
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str], batch_size: int,
              max_prompt_len: int, dtype: torch.dtype) -> tuple[list[str], dict]:
@@ -217,6 +230,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     eos = tokenizer.eos_token_id
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_len:] for p in prompts]
     stops = [x for x in stop if x]
+    use_stops = bool(stops) and _stop_strings_supported(tokenizer, stops)
     texts: list[Optional[str]] = [None] * len(prompts)
     done: list[list[int]] = [[] for _ in prompts]  # tokens generated so far per row (more than one pass: a restart)
     new_tokens = 0  # generated tokens up to each row's stop (what a user waits for)
@@ -235,7 +249,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
                 out = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
                     do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
-                    stop_strings=stops or None, tokenizer=tokenizer if stops else None,
+                    stop_strings=stops if use_stops else None, tokenizer=tokenizer if use_stops else None,
                 )
             steps += out.shape[1] - ids.shape[1]
             for j, i in enumerate(rows):
@@ -245,7 +259,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
                     new = new[: new.index(eos)]
                 new = (done[i] + new)[:max_new_tokens]
                 text = tokenizer.decode(new, skip_special_tokens=True)
-                if stops and not ended and len(new) < max_new_tokens and not cut_at_stop(text, stops).strip():
+                if use_stops and not ended and len(new) < max_new_tokens and not cut_at_stop(text, stops).strip():
                     done[i] = new  # stopped at a stop string before any answer: go on from there
                     again.append(i)
                     continue
@@ -258,5 +272,6 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     stats = {"examples": len(prompts), "new_tokens": new_tokens, "seconds": wall,
              "tokens_per_s": new_tokens / wall if wall > 0 else None, "batch_size": batch_size,
              "max_new_tokens": max_new_tokens, "decode_steps": steps,
-             "restarts": restarts}  # rows that opened with a stop string and went on past it
+             "restarts": restarts,  # rows that opened with a stop string and went on past it
+             "stopped_on_strings": use_stops}  # false: the tokenizer cannot (cut after decoding instead)
     return [t or "" for t in texts], stats

@@ -34,3 +34,98 @@ def test_runs_without_saved_weights_say_why(tiny_bert, tmp_path, capsys):
     assert main([str(tmp_path / "full")]) == 2
     assert "no saved adapter" in capsys.readouterr().err
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def _run(tmp_path, name, overrides):
+    rec = execute(compose([*overrides, "train.threads=1", f"paths.output_root={tmp_path}"]), tmp_path / name)
+    assert rec["status"] == "ok", rec.get("error")
+    return tmp_path / name
+
+
+def test_merge_writes_a_model_transformers_loads_without_peft_and_it_computes_what_the_adapter_did(tiny_bert,
+                                                                                                   tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from harness.eval import load_run
+    from harness.merge import main
+    from harness.models import pool_hidden
+
+    run = _run(tmp_path, "bi", [*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.pair_encoding=bi",
+                                "task.train_size=32", "task.eval_size=8", "train.batch_size=8", "train.max_steps=4",
+                                "method=lora", "lora.targets=all_linear", "train.lr=1e-2"])
+    assert main([str(run), str(tmp_path / "merged")]) == 0
+    assert main([str(run), str(tmp_path / "merged")]) == 2  # never overwrites
+    _, _, adapted, tok, _ = load_run(run)
+    merged = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    x = AutoTokenizer.from_pretrained(tmp_path / "merged")(["a man plays a guitar", "rain today"], padding=True,
+                                                           return_tensors="pt")
+    with torch.no_grad():
+        want = adapted.eval().get_base_model().encode(x["input_ids"], x["attention_mask"])
+        got = pool_hidden(merged(**x).last_hidden_state, x["attention_mask"], "mean")
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, want * 0)
+    info = json.loads((tmp_path / "merged" / "harness_head.json").read_text())
+    assert info["head"] == "CosineHead" and info["dequantized_layers"] == 0
+    assert (tmp_path / "merged" / "head.safetensors").is_file()
+
+
+def test_merging_a_4bit_run_dequantizes_and_says_so(tiny_llama, tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModel
+
+    from harness.eval import load_run
+    from harness.merge import merge
+
+    run = _run(tmp_path, "q", [*tiny_overrides(tiny_llama, "llama", "last"), "task=rte", "task.train_size=16",
+                               "task.eval_size=8", "train.batch_size=8", "train.max_steps=2", "method=qlora_nf4",
+                               "method.compute_dtype=fp32", "train.max_seq_len=32"])
+    info = merge(run, tmp_path / "merged")
+    assert info["dequantized_layers"] > 0 and "dequantized values" in info["note"]
+    assert json.loads((tmp_path / "merged" / "merge.json").read_text())["method"] == "qlora_nf4"
+    _, _, adapted, _, _ = load_run(run)
+    merged = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        want = adapted.eval().get_base_model().backbone(input_ids=ids).last_hidden_state
+        got = merged(input_ids=ids).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-4)  # the 4-bit model computes with these same dequantized values
+
+
+def test_generate_answers_in_the_tasks_template_and_a_merged_causal_lm_gives_the_same_logits(tiny_llama, tmp_path,
+                                                                                              capsys):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.eval import load_run
+    from harness.generate import main, render
+    from harness.merge import merge
+
+    run = _run(tmp_path, "c", [*tiny_overrides(tiny_llama, "llama", "last"), "task=wikisql", "task.train_size=8",
+                               "task.eval_size=2", "train.batch_size=4", "train.max_steps=1",
+                               "task.max_new_tokens=4", "train.max_seq_len=64", "method=lora"])
+    assert main([str(run), "table: 1-1\ncolumns: a, b\nQ: what is a?\nA:"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["prompt"].startswith("table: 1-1") and isinstance(row["answer"], str)
+    merge(run, tmp_path / "merged")
+    _, _, adapted, _, _ = load_run(run)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[101, 2795, 1024, 102]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits, atol=1e-4)
+    alpaca = compose(["model=smollm2_135m", "task=alpaca"]).task
+    assert render(alpaca, "Name a color.").endswith("### Instruction:\nName a color.\n\n### Response:\n")
+    assert "### Input:\nred\n\n" in render(alpaca, "Translate.", "red")
+
+
+def test_generate_refuses_a_classifier_run(tiny_bert, tmp_path, capsys):
+    from harness.generate import main
+
+    run = _run(tmp_path, "cls", [*tiny_overrides(tiny_bert, "bert", "cls"), "task=rte", "task.train_size=16",
+                                 "task.eval_size=8", "train.batch_size=8", "train.max_steps=1", "method=lora"])
+    assert main([str(run), "hello"]) == 2 and "is a classifier, not a causal LM" in capsys.readouterr().err

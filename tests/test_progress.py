@@ -65,6 +65,10 @@ def test_the_sweep_tally_counts_statuses_and_estimates_what_is_left():
     assert second.endswith("ETA ~1:15")
     t.finish("ok", 90.0)
     last = t.finish("ok", 60.0)
+    long = _Tally(total=12, skipped=0, parallel=2)  # 6 short jobs, then the long ones: the latest 4 set the pace
+    for w in (5, 5, 5, 5, 160, 170):
+        msg = long.finish("ok", w)
+    assert msg.endswith("ETA ~" + clock((5 + 5 + 160 + 170) / 4 * 6 / 2))
     assert last.startswith("4/4 jobs finished: 1 failed, 3 ok, 3 skipped (done before)") and "ETA" not in last
 
 

@@ -62,7 +62,7 @@ def job_identity(sweep_config: DictConfig) -> tuple[dict, str]:
 
 class _Tally:
     """A batch's progress for the log: "job k/N" when a job starts; "done/failed/skipped so far, ETA" when one ends
-    (the finished jobs' mean wall time x the jobs left / the jobs run at once: `progress.eta`)."""
+    (the latest finished jobs' mean wall time x the jobs left / the jobs run at once: `progress.eta`)."""
 
     def __init__(self, total: int, skipped: int, parallel: int):
         import threading
@@ -85,7 +85,10 @@ class _Tally:
             self.walls.append(wall)
             done = sum(self.counts.values())
             elapsed = time.perf_counter() - self.t0
-            left = eta(done, self.total, sum(self.walls), self.parallel)
+            # the latest jobs' mean: a grid runs its kinds in order (baselines, then the slower fine-tuning), so
+            # the jobs just done say more about the ones left than the first ones do
+            recent = self.walls[-max(4, 2 * self.parallel):]
+            left = eta(len(recent), len(recent) + self.total - done, sum(recent), self.parallel)
             parts = [f"{n} {k}" for k, n in sorted(self.counts.items())] + (
                 [f"{self.skipped} skipped (done before)"] if self.skipped else [])
             return (f"{done}/{self.total} jobs finished: {', '.join(parts)}; {clock(elapsed)} elapsed"

@@ -276,5 +276,6 @@ def test_the_reproduce_line_names_configs_that_exist():
     assert reproduce("lora_table2").startswith("Reproduce: `make sweep EXPERIMENT=lora_table2`")
     assert reproduce("sanity") == ("Reproduce: `python -m harness.run -m +experiment=sanity` and "
                                    "`python -m harness.run -m +experiment=sanity_wikisql`.")
+    assert reproduce("confirm/mrpc_minilm") == "Reproduce: `make search SEARCH=mrpc_minilm ARGS=--confirm`."
     adhoc = reproduce("my_quick_try")
     assert "no config in conf/experiment/ sets experiment_name=my_quick_try" in adhoc and "overrides.yaml" in adhoc

@@ -159,6 +159,9 @@ def experiment_configs(name: str) -> list[str]:
 def reproduce(name: str) -> str:
     """How to rerun an experiment's runs: its experiment configs, or (an experiment_name given on the command line,
     which no config sets) each run's own overrides."""
+    for prefix, extra in (("confirm/", " ARGS=--confirm"), ("search/", "")):  # set by harness.search
+        if name.startswith(prefix):
+            return f"Reproduce: `make search SEARCH={name[len(prefix):]}{extra}`."
     found = experiment_configs(name)
     if not found:
         return (f"Reproduce: no config in conf/experiment/ sets experiment_name={name} (it was given on the command "
@@ -211,8 +214,9 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
                       "Each fine-tuned configuration is compared with the best baseline measured on the same task, "
                       "eval split and examples (and model): majority class or mean, the untrained model (zero-shot), "
                       "and a frozen backbone with a trained head (head only). A configuration below it is marked "
-                      f"{tables.BELOW_MARK} and is not evidence for any claim; \"clearly above\" = every seed above "
-                      "every baseline seed and the gap over 2 standard errors.", "",
+                      f"{tables.BELOW_MARK} and is not evidence for any claim; \"clearly above\" = the 95% "
+                      "t-interval of the difference, paired by seed where both have the seed, lies above 0; "
+                      "\"above, within noise\" = above on average but that interval reaches 0.", "",
                       tables.baselines_table(used), "",
                       f"{n_below} of {int((~agg['baseline'].isin(frame.BASELINES)).sum())} fine-tuned "
                       "configurations are below their best baseline." if agg["vs_baseline"].notna().any() else

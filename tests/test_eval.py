@@ -8,19 +8,29 @@ from harness.run import execute
 from tests.conftest import compose, tiny_overrides
 
 
-@pytest.mark.parametrize("extra", [["task.pair_encoding=bi"], ["task.pair_encoding=cross", "lora.use_rslora=true"]],
-                         ids=["bi-encoder", "cross-encoder"])
-def test_a_saved_adapter_rescored_gives_the_recorded_final_metric_exactly(tiny_bert, tmp_path, extra, capsys):
+@pytest.fixture(scope="module")
+def lora_runs(tiny_bert, tmp_path_factory):
+    """Two finished tiny LoRA runs on MRPC, shared by the tests below: a bi-encoder and a cross-encoder (rsLoRA)."""
+    root = tmp_path_factory.mktemp("lora_runs")
+    out = {}
+    for name, extra in (("bi", ["task.pair_encoding=bi", "lora.targets=all_linear", "train.lr=1e-2"]),
+                        ("cross", ["task.pair_encoding=cross", "lora.use_rslora=true", "lora.targets=qv"])):
+        rec = execute(compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.train_size=32",
+                               "task.eval_size=24", "train.batch_size=8", "train.max_steps=4", "train.threads=1",
+                               "method=lora", f"paths.output_root={root}", *extra]), root / name)
+        assert rec["status"] == "ok" and rec["adapter"]["bytes"] > 0
+        out[name] = (root / name, rec)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bi", "cross"])
+def test_a_saved_adapter_rescored_gives_the_recorded_final_metric_exactly(lora_runs, kind, capsys):
     from harness.eval import main, reevaluate
 
-    cfg = compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.train_size=32",
-                   "task.eval_size=24", "train.batch_size=8", "train.max_steps=4", "train.threads=1",
-                   "method=lora", "lora.targets=qv", f"paths.output_root={tmp_path}", *extra])
-    rec = execute(cfg, tmp_path / "run")
-    assert rec["status"] == "ok" and rec["adapter"]["bytes"] > 0
-    got = reevaluate(tmp_path / "run")
+    run, rec = lora_runs[kind]
+    got = reevaluate(run)
     assert got["validation"] == rec["metrics"]["final"]["validation"]  # every metric, to the last bit
-    assert main([str(tmp_path / "run")]) == 0
+    assert main([str(run)]) == 0
     assert '{"matches": true}' in capsys.readouterr().out
 
 
@@ -42,7 +52,7 @@ def _run(tmp_path, name, overrides):
     return tmp_path / name
 
 
-def test_merge_writes_a_model_transformers_loads_without_peft_and_it_computes_what_the_adapter_did(tiny_bert,
+def test_merge_writes_a_model_transformers_loads_without_peft_and_it_computes_what_the_adapter_did(lora_runs,
                                                                                                    tmp_path):
     import json
 
@@ -53,9 +63,7 @@ def test_merge_writes_a_model_transformers_loads_without_peft_and_it_computes_wh
     from harness.merge import main
     from harness.models import pool_hidden
 
-    run = _run(tmp_path, "bi", [*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.pair_encoding=bi",
-                                "task.train_size=32", "task.eval_size=8", "train.batch_size=8", "train.max_steps=4",
-                                "method=lora", "lora.targets=all_linear", "train.lr=1e-2"])
+    run = lora_runs["bi"][0]
     assert main([str(run), str(tmp_path / "merged")]) == 0
     assert main([str(run), str(tmp_path / "merged")]) == 2  # never overwrites
     _, _, adapted, tok, _ = load_run(run)
@@ -123,9 +131,7 @@ def test_generate_answers_in_the_tasks_template_and_a_merged_causal_lm_gives_the
     assert "### Input:\nred\n\n" in render(alpaca, "Translate.", "red")
 
 
-def test_generate_refuses_a_classifier_run(tiny_bert, tmp_path, capsys):
+def test_generate_refuses_a_classifier_run(lora_runs, capsys):
     from harness.generate import main
 
-    run = _run(tmp_path, "cls", [*tiny_overrides(tiny_bert, "bert", "cls"), "task=rte", "task.train_size=16",
-                                 "task.eval_size=8", "train.batch_size=8", "train.max_steps=1", "method=lora"])
-    assert main([str(run), "hello"]) == 2 and "is a classifier, not a causal LM" in capsys.readouterr().err
+    assert main([str(lora_runs["cross"][0]), "hello"]) == 2 and "is a classifier, not a causal LM" in capsys.readouterr().err

@@ -244,33 +244,53 @@ runpy.run_module("harness.run", run_name="__main__", alter_sys=True)  # as pytho
 """
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method,stop", [("lora", "sigkill"), ("full", "interrupt")])
 def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint_and_ends_as_if_never_killed(
-        tiny_bert, tmp_path, method):
-    """SIGKILL right after the step-25 checkpoint (epoch 5 of 9, first batch of 6; the loss is read every 2
-    steps, so the checkpoint falls between two readings), a half-written checkpoint at step 30 beside it; the rerun
-    of the same config resumes at step 25 (weights or adapter, optimizer, scheduler, RNG states, data position) and
-    ends with the uninterrupted run's loss curve, mean loss, evaluations and final metric, exactly (CPU, one
-    thread). The record says where it resumed; the checkpoints go once it is recorded ok."""
+        tiny_bert, tmp_path, monkeypatch, method, stop):
+    """Stopped right after the step-25 checkpoint (epoch 5 of 9, first batch of 6; the loss is read every 2 steps,
+    so the checkpoint falls between two readings) by SIGKILL (a process that cleans nothing up) or an interrupt
+    (in this process: full fine-tuning's weights instead of an adapter), a half-written checkpoint at step 30 beside
+    it; the rerun of the same config resumes at step 25 (weights or adapter, optimizer, scheduler, RNG states, data
+    position) and ends with the uninterrupted run's loss curve, mean loss, evaluations and final metric, exactly
+    (CPU, one thread). The record says where it resumed; the checkpoints go once it is recorded ok."""
     import os
     import shutil
+
+    from harness import train
 
     args = [*tiny_overrides(tiny_bert, "bert", "cls"), "train=default", "task=rte", "task.train_size=48",
             "task.eval_size=16", "train.batch_size=8", "train.epochs=9", "train.eval_every=10", "train.threads=1",
             "train.max_seq_len=64", f"method={method}", "train.save_every=5", "experiment_name=resume",
             "train.save_adapter=false"]
-    env = {**os.environ, "HARNESS_NO_REEXEC": "1"}
-
-    def run(root, name, script=None):
-        cmd = [sys.executable, *(["-c", script] if script else ["-m", "harness.run"]), *args,
-               f"paths.output_root={root}", f"hydra.run.dir={root / name}"]
-        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
     ref_rec = execute(compose([*args, f"paths.output_root={tmp_path / 'a'}"]), tmp_path / "a" / "ref")  # uninterrupted
     assert "resumed" not in ref_rec and not (tmp_path / "a" / "checkpoints").exists()
 
-    killed = run(tmp_path / "b", "killed", KILL_AFTER_SAVE.replace("{step}", "25"))
-    assert killed.returncode == -9 and not (tmp_path / "b" / "killed" / "record.json").exists()
+    b = [*args, f"paths.output_root={tmp_path / 'b'}"]
+    if stop == "sigkill":
+        cmd = [sys.executable, "-c", KILL_AFTER_SAVE.replace("{step}", "25"), *b,
+               f"hydra.run.dir={tmp_path / 'b' / 'killed'}"]
+        killed = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HARNESS_NO_REEXEC": "1"}, capture_output=True,
+                                text=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr[-3000:]
+    else:
+        make = train._checkpoint_callback
+
+        def interrupting(every_steps, every_min):
+            cb = make(every_steps, every_min)
+            saved = cb.on_save
+
+            def on_save(args, state, control, **kw):
+                saved(args, state, control, **kw)
+                if state.global_step == 25:
+                    raise KeyboardInterrupt
+            cb.on_save = on_save
+            return cb
+
+        monkeypatch.setattr(train, "_checkpoint_callback", interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            execute(compose(b), tmp_path / "b" / "killed")
+        monkeypatch.setattr(train, "_checkpoint_callback", make)
+    assert not (tmp_path / "b" / "killed" / "record.json").exists()
     (ckpt_root,) = (tmp_path / "b" / "checkpoints" / "resume").iterdir()
     assert sorted(p.name for p in ckpt_root.iterdir()) == ["checkpoint-20", "checkpoint-25"]  # the newest two
     half = ckpt_root / "checkpoint-30"  # killed while writing: no completion marker
@@ -278,9 +298,7 @@ def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint_and_ends_as_
     (half / "harness_checkpoint.json").unlink()
     (half / "optimizer.pt").write_bytes(b"truncated")
 
-    again = run(tmp_path / "b", "again")
-    assert again.returncode == 0, again.stderr[-3000:]
-    rec = json.loads((tmp_path / "b" / "again" / "record.json").read_text())
+    rec = execute(compose(b), tmp_path / "b" / "again")  # the rerun
     assert rec["resumed"] == {"from_step": 25, "checkpoint": str(ckpt_root / "checkpoint-25")}
     assert rec["config_hash"] == ref_rec["config_hash"] and rec["steps"] == ref_rec["steps"] == 54
     assert rec["metrics"]["train_loss"]["log"] == ref_rec["metrics"]["train_loss"]["log"]

@@ -64,7 +64,7 @@ bench: setup  ## throughput: our training path vs the seed recipe (Trainer + pef
 # two pytest-xdist workers, each training subprocess on one thread (tests/conftest.py): 5.5 min instead of 9 on
 # 2 cores, since most of a test's time is a fresh process importing torch and transformers, one core each
 TEST_WORKERS ?= 2
-test: setup  ## the test suite (about 6 minutes on 2 CPU cores)
+test: setup  ## the test suite (about 8 minutes on 2 CPU cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: setup  ## unit tests only (no end-to-end training of shipped models)

@@ -228,8 +228,9 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
             "targets": cfg.lora.targets, "target_modules": sorted(peft_cfg.target_modules),
             "rank_budget": cfg.lora.rank_budget, "use_rslora": bool(peft_cfg.use_rslora),
             "use_dora": bool(peft_cfg.use_dora), "init": str(getattr(cfg.lora.init, "value", cfg.lora.init)),
-            # what multiplies B A x: alpha / r, or alpha / sqrt(r) with rsLoRA
-            "scale": peft_cfg.lora_alpha / (peft_cfg.r ** 0.5 if peft_cfg.use_rslora else peft_cfg.r),
+            # what multiplies B A x (alpha / r, or alpha / sqrt(r) with rsLoRA), as peft's layers hold it
+            "scale": next((float(m.scaling["default"]) for m in model.modules()
+                           if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling), None),
         },
         "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
         "lr": effective_lr(cfg) if train_steps else None,

@@ -23,6 +23,8 @@ from harness.profile import process_env
 register_resolvers()  # the run directories are built with ${path_part:}, also in a submitit job's process
 
 log = logging.getLogger("harness.run")
+# beside the saved adapter: its weights before the first step (harness.analysis measures how far A moved)
+INIT_FILE = "adapter_init.safetensors"
 
 
 def reexec_with_process_env(module: str = "harness.run") -> None:
@@ -239,6 +241,10 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
              params["trainable"], params["total"], params["trainable_pct"])
 
+    # the adapter's weights before any step (a few MB at most): the analysis measures how far training moved them
+    init = ({k.replace(".default.", "."): v.detach().to("cpu", copy=True)  # named as peft's saved adapter names them
+             for k, v in model.state_dict().items() if "lora_" in k}
+            if cfg.method.adapter and cfg.train.save_adapter and train_steps else None)
     if is_bi_encoder(task) and len(task.labels) == 2 and len(prep["train"]):
         # a two-class bi-encoder starts from the zero-shot classifier: the cosine threshold that fits the train pairs
         from harness.baselines import fit_cosine_threshold
@@ -288,6 +294,11 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
         adir = out_dir / "adapter"
         model.save_pretrained(adir)
         rec["adapter"] = {"path": str(adir), "bytes": sum(f.stat().st_size for f in adir.glob("*.safetensors"))}
+        if init:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in init.items()}, str(adir / INIT_FILE))
+            rec["adapter"]["init"] = str(adir / INIT_FILE)
     h = rec["metrics"]["headline"]
     thr = rec["throughput"] or {}
     log.info("final %s %s = %.4f (best %.4f at step %s); %.0f train tokens/s; train peak %.0f MB over baseline",

@@ -15,7 +15,7 @@ export GOMP_SPINCOUNT ?= 1000
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lock run sweep sanity sanity-wikisql search plan report results bench test test-fast clean-outputs
+.PHONY: setup lock run sweep sanity sanity-wikisql search plan report analyze results bench bench-inference test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -55,11 +55,18 @@ plan: setup  ## memory plan of every method for MODEL (no weights needed), e.g. 
 report: setup  ## reports/<experiment>/README.md + plots for every experiment in the results store
 	$(PY) -m harness.report $(ARGS)
 
+analyze: setup  ## what the adapters learned (LoRA section 7: Figures 3-4, Table 7) -> reports/analysis/$(EXPERIMENT)/
+	$(PY) -m harness.analyze --experiment $(EXPERIMENT) $(ARGS)
+
 results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
 	$(PY) -m harness.store $(ARGS)
 
-bench: setup  ## throughput: our training path vs the seed recipe (Trainer + peft, pad to max length), MFU; ~20 min
+bench: setup  ## throughput: our training path vs the seed recipe (Trainer + peft, pad to max length), MFU; ~20 min; then bench-inference
 	$(PY) -m bench.throughput $(ARGS)
+	$(PY) -m bench.inference
+
+bench-inference: setup  ## inference latency: base vs LoRA unmerged/merged vs 4-bit + LoRA, both models (~5 min) -> reports/bench/
+	$(PY) -m bench.inference $(ARGS)
 
 # two pytest-xdist workers, each training subprocess on one thread (tests/conftest.py): 5.5 min instead of 9 on
 # 2 cores, since most of a test's time is a fresh process importing torch and transformers, one core each

@@ -187,11 +187,84 @@ def render(res: dict) -> str:
     return "\n".join(L)
 
 
+VARIANT_NAMES = {
+    "base": "base model, no adapter",
+    "lora": "LoRA unmerged (W x + s B A x)",
+    "lora_merged": "LoRA merged into W",
+    "qlora": "4-bit NF4 base + LoRA unmerged",
+    "qlora_merged": "LoRA merged into a dequantized copy",
+}
+
+
+def _ratio(r: dict) -> str:
+    return f"{r['median']:.2f} [{r['lo90']:.2f}, {r['hi90']:.2f}]"
+
+
+def render_inference(inf: dict) -> str:
+    """The inference section (bench/inference.py's inference.json)."""
+    m = inf["machine"]
+    emu = {k: v for k, v in (inf.get("env") or {}).items() if v and k != "OMP_WAIT_POLICY"}
+    tol = inf["tolerance"]
+    L = ["## Inference: does an adapter add latency? (LoRA Table 1's question)", "",
+         f"Made by `make bench-inference` (bench/inference.py) from `inference.json`, {inf['started']} – "
+         f"{inf['finished']}. CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch on {m['torch_threads']} "
+         f"threads, native bf16: {'yes' if m['bf16_native'] else 'no'}"
+         + (f" ({', '.join(f'{k}={v}' for k, v in emu.items())}: an AVX2-only machine emulated)" if emu else "")
+         + f"; torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, bitsandbytes "
+         f"{m['bitsandbytes']}.", "",
+         f"Every variant is built from the same weights and the same adapter (LoRA on Wq,Wv, r=8, B set to small "
+         f"random values so that the adapter changes the outputs). Forward: real texts of the task padded to the "
+         f"batch's longest (at most {inf['max_len']} tokens), {inf['rounds']} timed calls per variant taken "
+         f"round-robin; generation: greedy, exactly {inf['gen_tokens']} new tokens, {inf['gen_rounds']} rounds. "
+         "Median [interquartile range]; ratios: the median over rounds of the per-round ratio to the base, with "
+         "a bootstrap 90% interval.", ""]
+    for key, r in inf["models"].items():
+        gen = bool(r.get("generate"))
+        L += [f"### {r['model']} ({r['task']}; compute {r['compute_dtype']}, the 4-bit base computes in "
+              f"{r['qlora_compute_dtype']})", ""]
+        head = ["variant", "forward b1 (ms)", "forward b8 (ms)", "b1 / base", "b8 / base"]
+        if gen:
+            head += ["generate b1 (tok/s)", "generate b8 (tok/s)"]
+        L += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for v, name in VARIANT_NAMES.items():
+            cells = [name]
+            for b in ("b1", "b8"):
+                st = r["forward"][b]["variants"][v]
+                cells.append(f"{1e3 * st['median_s']:.1f} [{1e3 * st['q1_s']:.1f}–{1e3 * st['q3_s']:.1f}]")
+            for b in ("b1", "b8"):
+                cells.append("1.00" if v == "base" else _ratio(r["forward"][b][f"{v}_over_base"]))
+            if gen:
+                for b in ("b1", "b8"):
+                    cells.append(f"{r['generate'][b]['variants'][v]['tokens_per_s']:.1f}")
+            L.append("| " + " | ".join(cells) + " |")
+        L.append("")
+        verdicts = []
+        for b in ("b1", "b8"):
+            x = r["forward"][b]["lora_merged_over_base"]
+            verdicts.append(f"forward {b} {_ratio(x)}: "
+                            + ("equal within noise" if x["within_tolerance"] else f"not shown equal within {tol:.0%}"))
+            if gen:
+                g = r["generate"][b]["lora_merged_over_base"]
+                verdicts.append(f"generate {b} {_ratio(g)}: "
+                                + ("equal within noise" if g["within_tolerance"] else f"not shown equal within {tol:.0%}"))
+        d = r["max_abs_diff"]
+        L += [f"- Merged LoRA vs the base model (the paper: no added latency; equal = the ratio's 90% interval inside "
+              f"1 ± {tol:.2f}): " + "; ".join(verdicts) + ".",
+              f"- Outputs: merged vs unmerged LoRA differ by at most {max(x['lora_merged_vs_lora'] for x in d.values()):.1e}, "
+              f"merged-into-dequantized vs 4-bit unmerged by {max(x['qlora_merged_vs_qlora'] for x in d.values()):.1e} "
+              f"(the adapter itself moves them by {max(x['lora_vs_base'] for x in d.values()):.2f}); "
+              f"{r['qlora_dequantized_layers']} 4-bit layers dequantized.", ""]
+    return "\n".join(L)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "reports" / "bench" / "results.json"
-    res = json.loads(path.read_text())
-    (path.parent / "README.md").write_text(render(res))
+    text = render(json.loads(path.read_text())) if path.is_file() else "# Benchmarks\n"
+    inf = path.parent / "inference.json"
+    if inf.is_file():
+        text = text.rstrip("\n") + "\n\n" + render_inference(json.loads(inf.read_text()))
+    (path.parent / "README.md").write_text(text)
     print(path.parent / "README.md")
 
 

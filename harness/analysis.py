@@ -59,9 +59,10 @@ def _projection_norm(w: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
     return float(np.linalg.norm(u.T @ w @ v))
 
 
-def amplification(w: np.ndarray, dw: np.ndarray, r: int, seed: int = 0) -> dict:
-    """LoRA Table 7 for one weight: ||U^T W V||_F with U, V from Delta W, from W, and random (each r columns),
-    ||W||_F, ||Delta W||_F and the amplification factor ||Delta W||_F / ||U^T W V||_F (U, V from Delta W)."""
+def amplification(w: np.ndarray, dw: np.ndarray, r: int, seed: int = 0, n_random: int = 1) -> dict:
+    """LoRA Table 7 for one weight: ||U^T W V||_F with U, V from Delta W, from W, and random (each r columns; the
+    mean over `n_random` random orthonormal pairs), ||W||_F, ||Delta W||_F and the amplification factor
+    ||Delta W||_F / ||U^T W V||_F (U, V from Delta W)."""
     w = np.asarray(w, dtype=np.float64)
     dw = np.asarray(dw, dtype=np.float64)
     if w.shape != dw.shape:
@@ -69,13 +70,16 @@ def amplification(w: np.ndarray, dw: np.ndarray, r: int, seed: int = 0) -> dict:
     ud, _, vtd = np.linalg.svd(dw, full_matrices=False)
     uw, _, vtw = np.linalg.svd(w, full_matrices=False)
     g = np.random.default_rng(seed)
-    ur, _ = np.linalg.qr(g.standard_normal((w.shape[0], r)))
-    vr, _ = np.linalg.qr(g.standard_normal((w.shape[1], r)))
+    on_random = []
+    for _ in range(n_random):
+        ur, _ = np.linalg.qr(g.standard_normal((w.shape[0], r)))
+        vr, _ = np.linalg.qr(g.standard_normal((w.shape[1], r)))
+        on_random.append(_projection_norm(w, ur, vr))
     on_dw = _projection_norm(w, ud[:, :r], vtd[:r].T)
     dnorm = float(np.linalg.norm(dw))
     return {"r": r, "W_norm": float(np.linalg.norm(w)), "dW_norm": dnorm,
             "W_on_dW": on_dw, "W_on_W": _projection_norm(w, uw[:, :r], vtw[:r].T),
-            "W_on_random": _projection_norm(w, ur, vr),
+            "W_on_random": float(np.mean(on_random)),
             "amplification": dnorm / on_dw if on_dw > 0 else float("inf")}
 
 

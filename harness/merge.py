@@ -44,7 +44,25 @@ def _dequantize(model) -> int:
                         lin.bias.copy_(child.bias.to(torch.float32))
                 setattr(parent, name, lin)
                 n += 1
+    _plain_lora_wrappers(model)
     return n
+
+
+def _plain_lora_wrappers(model) -> None:
+    """peft wraps a bitsandbytes layer in its own bnb LoRA class, whose merge reads the 4-bit state; once the base
+    is a plain nn.Linear it is peft's plain LoRA Linear (same attributes, merge W += scale B A)."""
+    from torch import nn
+
+    try:
+        from peft.tuners.lora import layer as lora_layer
+    except ImportError:
+        return
+    for m in model.modules():
+        if (isinstance(m, lora_layer.LoraLayer) and type(m).__module__.endswith("lora.bnb")
+                and type(m.get_base_layer()) is nn.Linear):
+            m.__class__ = lora_layer.Linear
+            m.fan_in_fan_out = getattr(m, "fan_in_fan_out", False)
+            m.is_target_conv_1d_layer = getattr(m, "is_target_conv_1d_layer", False)
 
 
 def _forget_quantization(pretrained) -> None:
@@ -76,9 +94,9 @@ def merge(run_dir: str | Path, out_dir: str | Path) -> dict:
     rec, cfg, model, tokenizer, _ = load_run(run_dir)
     dequantized = _dequantize(model)
     model = model.merge_and_unload()
-    model.to(torch.float32).eval()
     if dequantized:
-        _forget_quantization(model)
+        _forget_quantization(model)  # before .to(): transformers refuses to cast a model it holds as quantized
+    model.to(torch.float32).eval()
     out.mkdir(parents=True)
     info = {"run": str(Path(run_dir).resolve()), "model": cfg.model.name, "method": cfg.method.name,
             "lora": (rec.get("method") or {}).get("lora"), "dequantized_layers": dequantized,

@@ -52,6 +52,10 @@ def test_amplification_of_an_update_along_a_weak_and_a_strong_direction():
     strong = analysis.amplification(w, 5.0 * e(8, 0) @ e(6, 0).T, r=1)  # along W's top direction
     assert strong["W_on_dW"] == pytest.approx(10.0) and strong["amplification"] == pytest.approx(0.5)
     assert 0 <= weak["W_on_random"] <= weak["W_norm"]
+    # random orthonormal U, V (r columns) keep r^2 / (d_out d_in) of ||W||^2 on average
+    big = np.random.default_rng(3).standard_normal((40, 30))
+    rnd = analysis.amplification(big, big, r=3, n_random=500)["W_on_random"]
+    assert rnd == pytest.approx(np.sqrt(9 / (40 * 30)) * np.linalg.norm(big), rel=0.15)
     with pytest.raises(ValueError, match="Delta W is"):
         analysis.amplification(w, np.zeros((6, 8)), r=1)
 

@@ -115,3 +115,28 @@ def test_report_verdicts(ratio2, loss1, verdict, noise_word):
 def test_bad_choice_names_the_valid_ones():
     with pytest.raises(SystemExit, match=r"\['bert'\] not among \['minilm', 'smollm2'\]"):
         throughput.main(["--models", "bert"])
+
+
+def test_inference_bench_variants_compute_what_they_claim_and_render():
+    """bench/inference.py on MiniLM (two rounds: no timing is asserted): merged LoRA computes what the unmerged
+    adapter does, the adapter changes the outputs, the 4-bit base's merged copy matches its unmerged form."""
+    from bench import inference
+
+    r = inference.bench_model("minilm", rounds=2, gen_rounds=1)
+    for d in r["max_abs_diff"].values():
+        assert d["lora_merged_vs_lora"] < 1e-4 and d["qlora_merged_vs_qlora"] < 1e-3 and d["lora_vs_base"] > 1e-3
+    assert r["qlora_dequantized_layers"] > 0 and not r["generate"]  # an encoder: forward only
+    assert set(r["forward"]["b8"]["variants"]) == set(inference.VARIANTS)
+    text = report.render_inference({"machine": throughput.machine(), "started": "s", "finished": "f", "rounds": 2,
+                                    "gen_rounds": 1, "max_len": inference.MAX_LEN, "gen_tokens": 32,
+                                    "tolerance": inference.TOLERANCE, "env": {}, "models": {"minilm": r}})
+    assert "LoRA merged into W" in text and "Merged LoRA vs the base model" in text
+
+
+def test_the_latency_ratio_is_a_median_of_per_round_ratios_with_a_bootstrap_interval():
+    from bench.inference import ratio
+
+    same = ratio([1.0, 1.01, 0.99, 1.0] * 5, [1.0] * 20)
+    assert same["median"] == pytest.approx(1.0) and same["within_tolerance"]
+    slow = ratio([1.3, 1.32, 1.28] * 5, [1.0] * 15)
+    assert slow["lo90"] > 1.05 and not slow["within_tolerance"]

@@ -135,3 +135,25 @@ def test_generate_refuses_a_classifier_run(lora_runs, capsys):
     from harness.generate import main
 
     assert main([str(lora_runs["cross"][0]), "hello"]) == 2 and "is a classifier, not a causal LM" in capsys.readouterr().err
+
+
+def test_a_4bit_causal_lm_merges_into_a_plain_model(tiny_llama, tmp_path):
+    """A causal LM loaded by transformers in 4 bit gets peft's bitsandbytes LoRA wrappers (the SmolLM2 QLoRA path):
+    merge dequantizes, merges into plain layers and saves a model that loads without bitsandbytes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.eval import load_run
+    from harness.merge import merge
+
+    run = _run(tmp_path, "q", [*tiny_overrides(tiny_llama, "llama", "last"), "task=wikisql", "task.train_size=8",
+                               "task.eval_size=2", "train.batch_size=4", "train.max_steps=1", "task.max_new_tokens=2",
+                               "train.max_seq_len=64", "method=qlora_nf4", "method.compute_dtype=fp32"])
+    info = merge(run, tmp_path / "merged")
+    assert info["dequantized_layers"] > 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert getattr(merged.config, "quantization_config", None) is None
+    _, _, adapted, _, _ = load_run(run)
+    ids = torch.tensor([[101, 2795, 1024, 102]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits, atol=1e-3)

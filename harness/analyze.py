@@ -9,13 +9,13 @@ step (adapter/adapter_init.safetensors, written by every run since it was added)
 harness/analysis.py; the verdicts use harness/report/stats.py as every report does.
 
 Measured, for each adapted weight type (Wq, Wv, ...) and every layer:
-- how far training moved A from its initialisation, ||A - A0|| / ||A0||, and ||Delta W|| / ||W|| (when A barely
+- how far training moved A from its initialisation, ‖A - A0‖ / ‖A0‖, and ‖Delta W‖ / ‖W‖ (when A barely
   moved, a subspace similarity measures the random initialisation, not learning: the same measure on the A0's is
   shown beside it);
 - Figure 3: phi(A_r8, A_r64, i, j) between the two ranks' runs of the same seed;
 - Figure 4: phi between two seeds' r=64 runs, beside random Gaussian matrices of the same shapes;
-- Table 7: ||U^T W V|| for U, V the top-r singular vectors of Delta W, of W and random, and the amplification
-  factor ||Delta W|| / ||U^T W V||, at a low and a high rank.
+- Table 7: ‖U^T W V‖ for U, V the top-r singular vectors of Delta W, of W and random, and the amplification
+  factor ‖Delta W‖ / ‖U^T W V‖, at a low and a high rank.
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def base_weights(ad: Adapter) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ measures
 def movement(ad: Adapter) -> dict[str, dict]:
-    """Per kind, over layers: median ||A - A0|| / ||A0|| (None without A0), median ||Delta W|| / ||W|| (None when
-    W was not loaded), median ||B||."""
+    """Per kind, over layers: median ‖A - A0‖ / ‖A0‖ (None without A0), median ‖Delta W‖ / ‖W‖ (None when
+    W was not loaded), median ‖B‖."""
     out = {}
     ws = _BASE_CACHE.get((ad.rec["config"]["model"]["name"], ad.rec["config"]["model"]["source"],
                           ad.rec["config"]["method"]["name"]), {})
@@ -406,7 +406,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int]) -> list[Cla
         for r in amp_ranks:
             d = stats.mean_t({s: v["W_on_dW"] - v["W_on_random"] for s, v in amp[r].items()})
             parts[f"r={r} correlated"] = stats.beats(d)
-            nums.append(f"r={r}: ||U^T W V|| on Delta W's directions - on random ones {_iv(d)}")
+            nums.append(f"r={r}: ‖U^T W V‖ on Delta W's directions - on random ones {_iv(d)}")
         out.append(Claim("LoRA Table 7, section 7.3",
                          f"{tag}: Delta {lbl} is correlated with {lbl} more than a random matrix is",
                          stats.all_of(list(parts.values())), "; ".join(nums), parts))
@@ -414,7 +414,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int]) -> list[Cla
         for r in amp_ranks:
             d = stats.mean_t({s: v["W_on_W"] - v["W_on_dW"] for s, v in amp[r].items()})
             parts[f"r={r} not W's top"] = stats.beats(d)
-            nums.append(f"r={r}: ||U^T W V|| on W's own top directions - on Delta W's {_iv(d)}")
+            nums.append(f"r={r}: ‖U^T W V‖ on W's own top directions - on Delta W's {_iv(d)}")
         out.append(Claim("LoRA Table 7, section 7.3",
                          f"{tag}: Delta {lbl} amplifies directions that {lbl} does not emphasise (not W's top "
                          "singular directions)", stats.all_of(list(parts.values())), "; ".join(nums), parts))
@@ -511,8 +511,8 @@ def render(name: str, result: dict, records: list[dict], out_root: Path, paper: 
         lines += [f"## {g['task']} / {g['model']} / {g['method']}", ""]
         # movement
         lines += ["### How far training moved the adapters", "",
-                  "||A - A0|| / ||A0||: A's distance from its random initialisation (0 = untouched); ||Delta W|| / "
-                  "||W||: the update's size beside the weight it adapts (median over layers; mean [min-max] over "
+                  "‖A - A0‖ / ‖A0‖: A's distance from its random initialisation (0 = untouched); ‖Delta W‖ / "
+                  "‖W‖: the update's size beside the weight it adapts (median over layers; mean [min-max] over "
                   "seeds).", ""]
         kinds = sorted({k for m in g["movement"] for k in m["by_kind"]})
         head = ["targets", "r", "seeds"] + [f"{KIND_LABELS.get(k, k)} A moved" for k in kinds] + \
@@ -546,7 +546,7 @@ def render(name: str, result: dict, records: list[dict], out_root: Path, paper: 
         # Figure 3
         if g["fig3"]:
             lines += [f"### Figure 3: subspace similarity between r={lo} and r={hi} (same seed)", "",
-                      f"phi(A_r={lo}, A_r={hi}, i, j) = ||U_i^T U_j||^2 / min(i, j) over A's right-singular vectors. "
+                      f"phi(A_r={lo}, A_r={hi}, i, j) = ‖U_i^T U_j‖^2 / min(i, j) over A's right-singular vectors. "
                       f"phi(1, {hi}): how much of r={lo}'s top direction lies inside r={hi}'s subspace (the paper: "
                       f"above 0.5; two random subspaces: {hi}/d_in). Directions 2-{lo}: each one's own overlap with "
                       f"r={hi}'s subspace.", "",
@@ -578,12 +578,12 @@ def render(name: str, result: dict, records: list[dict], out_root: Path, paper: 
         # Table 7
         if g["table7"]:
             lines += [f"### Table 7: how Delta W relates to W (r={a_lo} and r={a_hi})", "",
-                      "||U^T W V||_F with U, V the top-r left/right singular vectors of Delta W, of W itself, or a "
-                      "random orthonormal pair; ||Delta W||_F / ||U^T W V||_F (Delta W's directions) is the "
+                      "‖U^T W V‖_F with U, V the top-r left/right singular vectors of Delta W, of W itself, or a "
+                      "random orthonormal pair; ‖Delta W‖_F / ‖U^T W V‖_F (Delta W's directions) is the "
                       "amplification factor. Mean over layers, then over seeds [95% t-interval]."
                       + (" Paper: GPT-3 175B, Wq of layer 48 (one seed)." if paper else ""), "",
-                      "| weight | r | on Delta W | on W | on random | ||W|| | ||Delta W|| | amplification | paper: "
-                      "on Delta W / on W / on random / ||Delta W|| / factor |",
+                      "| weight | r | on Delta W | on W | on random | ‖W‖ | ‖Delta W‖ | amplification | paper: "
+                      "on Delta W / on W / on random / ‖Delta W‖ / factor |",
                       "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
             for kind, amp in g["table7"].items():
                 for r, per in sorted(amp.items(), key=lambda x: int(x[0])):

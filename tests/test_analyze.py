@@ -31,7 +31,7 @@ def analysed(tiny_bert, tmp_path_factory):
     store.sync()
     records = store.records("an", status="ok")
     result = analyze(records, 2, 8, amp_ranks=(2, 8))
-    readme = render("an", result, records, root / "reports", None)
+    readme = render("an", result, records, root / "reports" / "analysis", None)
     return result, readme, records
 
 
@@ -100,6 +100,11 @@ def test_the_report_shows_every_section_and_checks_the_papers_claims(analysed):
     assert (readme.parent / "fig3_mrpc_tiny_lora.png").is_file() and (readme.parent / "fig4_mrpc_tiny_lora.png").is_file()
     summary = json.loads((readme.parent / "summary.json").read_text())
     assert summary["experiment"] == "an" and summary["runs"] == 4
+    from harness.report.render import _analyses
+
+    rows, index_claims = _analyses(readme.parent.parent.parent)  # reports/README.md lists them
+    assert rows[0][0] == "[analysis/an](analysis/an/README.md)" and rows[0][1] == "4"
+    assert len(index_claims) == len(claims) and all("||" not in c[4] for c in index_claims)
 
 
 def test_a_quantized_base_is_dequantized_for_w(tiny_bert, tmp_path):

@@ -339,6 +339,8 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None,
     rows += _carried_rows(out_root / "README.md", {r[0] for r in rows}, out_root)
     rows.sort(key=lambda r: r[0])
     claim_rows += _carried_claims(out_root, {r[0] for r in claim_rows}, {r[0] for r in rows})
+    analyses, analysis_claims = _analyses(out_root)
+    claim_rows += analysis_claims
     claim_rows.sort(key=lambda r: (r[0], r[1]))
     searches = [[f"[{n.split('/', 1)[1]}]({n}/README.md)", str(len(store.records(n)))]
                 for n in store.experiments() if n.startswith("search/") and (out_root / n / "README.md").exists()]
@@ -355,11 +357,29 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None,
                       tables.md_table(["Report", "Source", "Claim", "Verdict", "Deciding numbers", "Scale"],
                                       claim_rows, ["l"] * 6) if claim_rows else "No paper claim is checked yet.", ""]
                      + (["## Searches (Optuna studies, `make search`)", "",
-                         tables.md_table(["Study", "Trial records"], searches, ["l", "r"]), ""] if searches else []))
+                         tables.md_table(["Study", "Trial records"], searches, ["l", "r"]), ""] if searches else [])
+                     + (["## Adapter analyses (LoRA section 7, `make analyze`)", "",
+                         tables.md_table(["Analysis", "Adapters", "Paper claims here"], analyses, ["l", "r", "l"]),
+                         ""] if analyses else []))
     path = out_root / "README.md"
     out_root.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def _analyses(out_root: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """reports/analysis/<experiment>/summary.json (python -m harness.analyze): index rows and claim rows."""
+    import json
+
+    rows, claims = [], []
+    for js in sorted((out_root / "analysis").glob("*/summary.json")):
+        doc = json.loads(js.read_text())
+        link = f"[analysis/{js.parent.name}](analysis/{js.parent.name}/README.md)"
+        found = [c for g in doc.get("groups") or [] for c in g.get("claims") or []]
+        rows.append([link, str(doc.get("runs", "")), _count([c["verdict"] for c in found])])
+        claims += [[link, c["source"], c["claim"], f"**{c['verdict']}**", c["numbers"].replace("|", "\\|"), "local"]
+                   for c in found]
+    return rows, claims
 
 
 def _count(verdicts: list[str]) -> str:

@@ -107,25 +107,28 @@ def test_the_report_shows_every_section_and_checks_the_papers_claims(analysed):
     assert len(index_claims) == len(claims) and all("||" not in c[4] for c in index_claims)
 
 
-def test_a_quantized_base_is_dequantized_for_w(tiny_bert, tmp_path):
-    """Table 7 needs W: from a 4-bit run it is bitsandbytes' dequantized W, close to the original weights."""
+def test_a_quantized_decoder_base_is_dequantized_for_w(tiny_llama, tmp_path):
+    """Table 7 needs W: from a 4-bit causal LM (the other model family) it is bitsandbytes' dequantized W, close to
+    the original weights; Llama's q_proj / v_proj are Wq / Wv."""
     import torch
-    from transformers import AutoModel
+    from transformers import LlamaModel
 
     from harness.analyze import base_weights, read_adapter
     from harness.store import Store
 
-    rec = execute(compose([*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.train_size=16",
-                           "task.eval_size=8", "train.batch_size=8", "train.max_steps=1", "train.threads=1",
-                           "method=qlora_nf4", "lora.targets=qv", "lora.r=2", "experiment_name=q",
-                           f"paths.output_root={tmp_path}"]), tmp_path / "q")
+    rec = execute(compose([*tiny_overrides(tiny_llama, "llama", "last"), "task=wikisql", "task.train_size=8",
+                           "task.eval_size=2", "train.batch_size=4", "train.max_steps=1", "task.max_new_tokens=2",
+                           "train.max_seq_len=64", "train.threads=1", "method=qlora_nf4", "method.compute_dtype=fp32",
+                           "lora.targets=qv", "lora.r=2", "experiment_name=q", f"paths.output_root={tmp_path}"]),
+                  tmp_path / "q")
     assert rec["status"] == "ok"
     store = Store(tmp_path)
     store.sync()
     ad = read_adapter(store.records("q")[0])
+    assert {k for k, _ in ad.mats} == {"q", "v"} and {layer for _, layer in ad.mats} == {0, 1}
     ws = base_weights(ad)
-    orig = AutoModel.from_pretrained(tiny_bert).encoder.layer[0].attention.self.query.weight.detach()
-    w = torch.from_numpy(next(v for k, v in ws.items() if ".layer.0." in k and k.endswith("query")))
+    orig = LlamaModel.from_pretrained(tiny_llama).layers[0].self_attn.q_proj.weight.detach()
+    w = torch.from_numpy(next(v for k, v in ws.items() if ".layers.0." in k and k.endswith("q_proj")))
     err = float((w.float() - orig).norm() / orig.norm())
     assert 0 < err < 0.2  # 4-bit values, not the original ones, and not garbage
 

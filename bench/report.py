@@ -242,11 +242,11 @@ def render_inference(inf: dict) -> str:
         for b in ("b1", "b8"):
             x = r["forward"][b]["lora_merged_over_base"]
             verdicts.append(f"forward {b} {_ratio(x)}: "
-                            + ("equal within noise" if x["within_tolerance"] else f"not shown equal within {tol:.0%}"))
+                            + ("equal within noise" if x["within_tolerance"] else f"not resolved at ±{tol:.0%} (its interval reaches past it: more rounds would narrow it)"))
             if gen:
                 g = r["generate"][b]["lora_merged_over_base"]
                 verdicts.append(f"generate {b} {_ratio(g)}: "
-                                + ("equal within noise" if g["within_tolerance"] else f"not shown equal within {tol:.0%}"))
+                                + ("equal within noise" if g["within_tolerance"] else f"not resolved at ±{tol:.0%} (its interval reaches past it: more rounds would narrow it)"))
         d = r["max_abs_diff"]
         L += [f"- Merged LoRA vs the base model (the paper: no added latency; equal = the ratio's 90% interval inside "
               f"1 ± {tol:.2f}): " + "; ".join(verdicts) + ".",

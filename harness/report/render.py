@@ -359,6 +359,9 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None,
                      + (["## Searches (Optuna studies, `make search`)", "",
                          tables.md_table(["Study", "Trial records"], searches, ["l", "r"]), ""] if searches else [])
                      + (["## Adapter analyses (LoRA section 7, `make analyze`)", "",
+                         "analysis/<experiment> reads the saved adapters of that experiment's runs: it shares "
+                         "them with its report (analysis/lora_table6 with lora_table6), so its claims and that "
+                         "report's rest on the same runs.", "",
                          tables.md_table(["Analysis", "Adapters", "Paper claims here"], analyses, ["l", "r", "l"]),
                          ""] if analyses else []))
     path = out_root / "README.md"

@@ -65,7 +65,12 @@ def load_run(run_dir: str | Path, data_dir: str | None = None):
     except (OSError, models.ModelError) as e:
         raise EvalError(f"{run_dir}: its base model {cfg.model.name!r} ({cfg.model.source}) cannot be loaded: "
                         f"{str(e).splitlines()[0]}") from None
-    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(weights)))
+    except (KeyError, RuntimeError, ValueError) as e:  # a tensor the model lacks, or of another shape
+        raise EvalError(f"{weights}: its saved tensors fit no module of the rebuilt model ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}): the record's config does not rebuild the model that was "
+                        "trained") from None
     extra = list(getattr(result, "unexpected_keys", []) or [])
     if extra:
         raise EvalError(f"{weights}: {len(extra)} saved tensors fit no module of the rebuilt model "

@@ -81,6 +81,9 @@ def resolve(source: str, cache_dir: str | os.PathLike, name: str) -> str:
         if not (p / "config.json").is_file():
             raise ModelError(f"{p} holds no model (no config.json); point model.source at a Hugging Face model folder")
         return str(p)
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:
+        raise ModelError(f"model.source={source!r}: no such folder (a local model folder must exist; a Hub id is "
+                         "'name' or 'owner/name')")
     return source  # a Hub id
 
 

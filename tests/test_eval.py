@@ -157,3 +157,29 @@ def test_a_4bit_causal_lm_merges_into_a_plain_model(tiny_llama, tmp_path):
     ids = torch.tensor([[101, 2795, 1024, 102]])
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits, atol=1e-3)
+
+
+def test_a_missing_base_model_or_a_mismatched_adapter_is_named_and_nothing_is_written(lora_runs, tmp_path, capsys):
+    import json
+    import shutil
+
+    from harness.eval import main as eval_main
+    from harness.merge import main as merge_main
+    from harness.records import RECORD_NAME
+
+    gone = tmp_path / "gone"
+    shutil.copytree(lora_runs["cross"][0], gone)
+    rec = json.loads((gone / RECORD_NAME).read_text())
+    rec["config"]["model"]["source"] = str(tmp_path / "no-such-model")
+    (gone / RECORD_NAME).write_text(json.dumps(rec))
+    assert eval_main([str(gone)]) == 2
+    err = capsys.readouterr().err
+    assert "its base model 'tiny'" in err and "no such folder" in err
+    assert merge_main([str(gone), str(tmp_path / "m1")]) == 2 and not (tmp_path / "m1").exists()
+
+    swapped = tmp_path / "swapped"  # the cross-encoder's record (Wq,Wv) with the bi-encoder's adapter (all linear)
+    shutil.copytree(lora_runs["cross"][0], swapped)
+    shutil.copy(lora_runs["bi"][0] / "adapter" / "adapter_model.safetensors", swapped / "adapter")
+    assert eval_main([str(swapped)]) == 2
+    assert "fit no module of the rebuilt model" in capsys.readouterr().err
+    assert merge_main([str(swapped), str(tmp_path / "m2")]) == 2 and not (tmp_path / "m2").exists()

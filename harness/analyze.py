@@ -476,7 +476,7 @@ def heatmaps(res: dict, out: Path, lo: int, hi: int) -> list[str]:
     name = f"{res['task']}_{res['model']}_{res['method']}"
     if res["fig3"]:
         kinds = list(res["fig3"])
-        fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 4.6), squeeze=False)
+        fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 6), squeeze=False, layout="constrained")
         for c, kind in enumerate(kinds):
             for row, (key, what) in enumerate((("mean_grid", "trained"), ("mean_grid_init", "at initialisation"))):
                 ax = axes[row][c]
@@ -495,7 +495,7 @@ def heatmaps(res: dict, out: Path, lo: int, hi: int) -> list[str]:
         files.append(f)
     if res["fig4"]:
         kinds = list(res["fig4"])
-        fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 9), squeeze=False)
+        fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 10), squeeze=False, layout="constrained")
         for c, kind in enumerate(kinds):
             for row, (key, what) in enumerate((("mean_grid", "two seeds"), ("random_grid", "random Gaussian"))):
                 ax = axes[row][c]

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from harness import analysis
+from harness.records import ADAPTER_INIT_NAME
 from harness.report import stats
 
 log = logging.getLogger("harness.analyze")
 
 ADAPTER_FILE = "adapter_model.safetensors"
-INIT_FILE = "adapter_init.safetensors"  # = harness.run.INIT_FILE (not imported: that module starts a Hydra app)
 KIND_LABELS = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo"}
 N_NULL = 200  # random Gaussian pairs behind each "beyond random" test
 N_RANDOM = 20  # random orthonormal U, V pairs averaged for Table 7's "random" column
@@ -99,7 +99,7 @@ def read_adapter(rec: dict) -> Adapter:
         alpha = float(lora.get("alpha") or cfg["lora"]["alpha"])
         scale = alpha / math.sqrt(r) if lora.get("use_rslora") else alpha / r
     saved = load_file(str(path))
-    init_path = run_dir / "adapter" / INIT_FILE
+    init_path = run_dir / "adapter" / ADAPTER_INIT_NAME
     init = load_file(str(init_path)) if init_path.is_file() else {}
     ad = Adapter(run_dir, rec, str(cfg["lora"]["targets"]), r, int(cfg["train"]["seed"]), float(scale))
     arch = cfg["model"]["arch"]

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 RECORD_NAME = "record.json"
+# beside a run's saved adapter: its weights before the first step (harness.analyze measures how far A moved)
+ADAPTER_INIT_NAME = "adapter_init.safetensors"
 SCHEMA_VERSION = 1
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
 HASH_EXCLUDE = ("paths", "tags", "report", "search")

@@ -23,8 +23,6 @@ from harness.profile import process_env
 register_resolvers()  # the run directories are built with ${path_part:}, also in a submitit job's process
 
 log = logging.getLogger("harness.run")
-# beside the saved adapter: its weights before the first step (harness.analysis measures how far A moved)
-INIT_FILE = "adapter_init.safetensors"
 
 
 def reexec_with_process_env(module: str = "harness.run") -> None:
@@ -297,8 +295,8 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
         if init:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in init.items()}, str(adir / INIT_FILE))
-            rec["adapter"]["init"] = str(adir / INIT_FILE)
+            save_file({k: v.contiguous() for k, v in init.items()}, str(adir / records.ADAPTER_INIT_NAME))
+            rec["adapter"]["init"] = str(adir / records.ADAPTER_INIT_NAME)
     h = rec["metrics"]["headline"]
     thr = rec["throughput"] or {}
     log.info("final %s %s = %.4f (best %.4f at step %s); %.0f train tokens/s; train peak %.0f MB over baseline",

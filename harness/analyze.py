@@ -466,49 +466,49 @@ def _summ(values) -> str:
     return f"{s.mean:.3f} [{s.lo:.3f}, {s.hi:.3f}]"
 
 
-def heatmaps(res: dict, out: Path, lo: int, hi: int) -> list[str]:
+def _heatmap_file(path: Path, panels: list[list[tuple[np.ndarray | None, str]]], vmax: float, height: float) -> None:
+    """A grid of phi heatmaps (rows x columns of (grid, title); a None grid leaves its cell empty), one color scale
+    from 0 to vmax; i (rows) and j (columns) numbered from 1."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(len(panels), len(panels[0]), figsize=(5.5 * len(panels[0]), height), squeeze=False,
+                             layout="constrained")
+    im = None
+    for r, row in enumerate(panels):
+        for c, (g, title) in enumerate(row):
+            ax = axes[r][c]
+            if g is None:
+                ax.set_axis_off()
+                continue
+            g = np.asarray(g)
+            im = ax.imshow(g, vmin=0, vmax=vmax, aspect="auto", cmap="viridis",
+                           extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("j"), ax.set_ylabel("i")
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def heatmaps(res: dict, out: Path, lo: int, hi: int) -> list[str]:
+    """Figure 3 (trained and at initialisation) and Figure 4 (two seeds and random Gaussian), one column per weight."""
     files = []
     name = f"{res['task']}_{res['model']}_{res['method']}"
     if res["fig3"]:
-        kinds = list(res["fig3"])
-        fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 6), squeeze=False, layout="constrained")
-        for c, kind in enumerate(kinds):
-            for row, (key, what) in enumerate((("mean_grid", "trained"), ("mean_grid_init", "at initialisation"))):
-                ax = axes[row][c]
-                g = res["fig3"][kind][key]
-                if g is None:
-                    ax.set_axis_off()
-                    continue
-                im = ax.imshow(np.asarray(g), vmin=0, vmax=1, aspect="auto", cmap="viridis",
-                               extent=(0.5, hi + 0.5, lo + 0.5, 0.5))
-                ax.set_title(f"{KIND_LABELS.get(kind, kind)}: phi(A_r={lo}, A_r={hi}, i, j), {what}", fontsize=9)
-                ax.set_xlabel("j"), ax.set_ylabel("i")
-        fig.colorbar(im, ax=axes, shrink=0.8)
-        f = f"fig3_{name}.png"
-        fig.savefig(out / f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        panels = [[(res["fig3"][k][key], f"{KIND_LABELS.get(k, k)}: phi(A_r={lo}, A_r={hi}, i, j), {what}")
+                   for k in res["fig3"]] for key, what in (("mean_grid", "trained"), ("mean_grid_init", "at initialisation"))]
+        files.append(f"fig3_{name}.png")
+        _heatmap_file(out / files[-1], panels, 1.0, 6)
     if res["fig4"]:
-        kinds = list(res["fig4"])
-        fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 10), squeeze=False, layout="constrained")
-        for c, kind in enumerate(kinds):
-            for row, (key, what) in enumerate((("mean_grid", "two seeds"), ("random_grid", "random Gaussian"))):
-                ax = axes[row][c]
-                g = np.asarray(res["fig4"][kind][key])
-                im = ax.imshow(g, vmin=0, vmax=max(0.5, float(g.max())), cmap="viridis",
-                               extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
-                ax.set_title(f"{KIND_LABELS.get(kind, kind)}: phi(A_r={hi}, A'_r={hi}, i, j), {what}", fontsize=9)
-                ax.set_xlabel("j"), ax.set_ylabel("i")
-        fig.colorbar(im, ax=axes, shrink=0.8)
-        f = f"fig4_{name}.png"
-        fig.savefig(out / f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        panels = [[(res["fig4"][k][key], f"{KIND_LABELS.get(k, k)}: phi(A_r={hi}, A'_r={hi}, i, j), {what}")
+                   for k in res["fig4"]] for key, what in (("mean_grid", "two seeds"), ("random_grid", "random Gaussian"))]
+        vmax = max([0.5] + [float(np.max(g)) for row in panels for g, _ in row])
+        files.append(f"fig4_{name}.png")
+        _heatmap_file(out / files[-1], panels, vmax, 10)
     return files
 
 

@@ -132,12 +132,23 @@ class TaskConfig:
     local: dict[str, Any] = field(default_factory=dict)
     hub_rename: dict[str, str] = field(default_factory=dict)  # Hub column -> canonical name
     # causal-LM tasks (kind generation / multiple_choice): how files are read into prompt/answer pairs
-    # (harness/tasks/causal.py FORMATS: table, wikisql_text, wikisql, alpaca, mmlu_jsonl, mmlu_csv)
+    # (harness/tasks/causal.py FORMATS: table, lines, wikisql_text, wikisql, alpaca, mmlu_jsonl, mmlu_csv)
     format: str = "table"
-    prompt_template: Optional[str] = None  # str.format over the row's columns (format: table)
+    prompt_template: Optional[str] = None  # str.format over the row's columns (formats table, lines)
     answer_template: Optional[str] = None  # idem; the answer is what the loss and the metrics see
+    # format `lines`: a text file, one example per non-empty line, split at `separator` into the columns `fields`
+    separator: str = "\t"
+    fields: list[str] = field(default_factory=list)
+    # several references per input: rows whose `group_by` column is equal are one input at evaluation (generated
+    # once, scored against every row's answer); each row is still one training example. eval_size then counts inputs
+    group_by: Optional[str] = None
     holdout_size: Optional[int] = None  # carve the first eval split out of the train file (seeded)
     max_new_tokens: int = 64  # generation limit for evaluation
+    # decoding at evaluation: greedy (num_beams 1) by default; the LoRA paper's E2E setting is beam search with
+    # num_beams 10, length_penalty 0.9, no_repeat_ngram_size 4
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     # generation stops at the first of these after the answer has begun (harness.lm.cut_at_stop); escapes \n, \t
     # and \\ are read as in YAML's double quotes, so task.stop=["\n\n"] on the command line is two newlines
     stop: list[str] = field(default_factory=lambda: ["\n"])
@@ -456,9 +467,14 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 def stop_strings(task) -> list[str]:
     """task.stop with the escapes \\n, \\t, \\r and \\\\ read (the command line passes them as written: Hydra's
     quoted strings keep a backslash); a backslash before anything else stays as it is."""
+    return [unescape(s) for s in task.stop]
+
+
+def unescape(s) -> str:
+    """The escapes \\n, \\t, \\r and \\\\ read, anything else after a backslash kept as written."""
     import re
 
-    return [re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], str(s)) for s in task.stop]
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], str(s))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -542,6 +558,20 @@ def validate(cfg: DictConfig) -> None:
                 f"{cfg.model.name!r} is an encoder ({cfg.model.arch}); use a decoder such as model=smollm2_135m"
             )
         _positive("task.max_new_tokens", task.max_new_tokens)
+        _positive("task.num_beams", task.num_beams)
+        _positive("task.no_repeat_ngram_size", task.no_repeat_ngram_size, allow_zero=True)
+        if task.format == "lines" and (len(task.fields) < 2 or not task.separator):
+            raise ConfigError(f"task {task.name!r}: format 'lines' needs task.fields (the column names of each "
+                              f"line's parts, at least 2; got {list(task.fields)}) and a non-empty task.separator")
+        if task.format in ("table", "lines") and (not task.prompt_template or not task.answer_template):
+            raise ConfigError(f"task {task.name!r}: format {task.format!r} needs task.prompt_template and "
+                              "task.answer_template (str.format over the row's columns)")
+        from harness.metrics.nlg import JAVA_HINT, JAVA_METRICS, java_available
+
+        java = [m for m in task.metrics if m in JAVA_METRICS]
+        if java and not java_available():
+            raise ConfigError(f"task {task.name!r}: metrics {java} run the COCO caption tools, which need Java "
+                              f"(no `java` on PATH): {JAVA_HINT}")
         _positive("task.shots", task.shots, allow_zero=True)
         if task.holdout_size is not None:
             _positive("task.holdout_size", task.holdout_size)

@@ -44,6 +44,12 @@ def score_choices(model, tokenizer, df, *, batch_size: int, max_len: int, dtype:
     return res, preds
 
 
+def decoding(task) -> dict:
+    """The task's decoding settings for lm.generate (greedy unless task.num_beams > 1)."""
+    return {"num_beams": int(task.get("num_beams", 1) or 1), "length_penalty": float(task.get("length_penalty", 1.0)),
+            "no_repeat_ngram_size": int(task.get("no_repeat_ngram_size", 0) or 0)}
+
+
 def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: int, dtype: torch.dtype,
                    tables: Optional[dict] = None) -> tuple[dict, list, Optional[dict]]:
     """One split -> (metrics, per-example predictions, generation stats or None)."""
@@ -61,12 +67,20 @@ def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: 
     preds: list = []
     stats = None
     if gen_names:
-        texts, stats = lm.generate(model, tokenizer, list(df["prompt"]), max_new_tokens=int(task.max_new_tokens),
-                                   stop=stop_strings(task), batch_size=batch_size, max_prompt_len=max_len, dtype=dtype)
+        if "group" in df.columns:  # several references per input: generate once per input, score against all
+            inputs = df.groupby("group", sort=False)
+            prompts = [g["prompt"].iloc[0] for _, g in inputs]
+            refs: list = [[a.strip() for a in g["answer"]] for _, g in inputs]
+            keys = [k for k, _ in inputs]
+        else:
+            prompts, refs, keys = list(df["prompt"]), [a.strip() for a in df["answer"]], None
+        texts, stats = lm.generate(model, tokenizer, prompts, max_new_tokens=int(task.max_new_tokens),
+                                   stop=stop_strings(task), batch_size=batch_size, max_prompt_len=max_len, dtype=dtype,
+                                   **decoding(task))
         table_ids = list(df["table_id"]) if "table_id" in df.columns else None
-        out.update(metric_fns.score_generations(gen_names, texts, list(df["answer"]), table_ids, tables))
-        for i, (t, a) in enumerate(zip(texts, df["answer"])):
-            row = {"i": i, "pred": t, "gold": a.strip()}
+        out.update(metric_fns.score_generations(gen_names, texts, refs, table_ids, tables))
+        for i, (t, a) in enumerate(zip(texts, refs)):
+            row = {"i": i, "pred": t, "gold": a} if keys is None else {"i": i, "group": keys[i], "pred": t, "refs": a}
             if "logical_form_accuracy" in gen_names:
                 from harness.metrics.sql import logical_form_match
 

@@ -47,6 +47,7 @@ def render(task, text: str, input_text: str | None = None) -> str:
 
 def generate(run_dir, prompts: list[str], input_text: str | None = None) -> list[dict]:
     from harness.config import is_causal, stop_strings
+    from harness.evaluate import decoding
     from harness.lm import generate as lm_generate
 
     rec, cfg, model, tokenizer, dtype = load_run(run_dir)
@@ -56,7 +57,7 @@ def generate(run_dir, prompts: list[str], input_text: str | None = None) -> list
     shown = [render(cfg.task, p, input_text) for p in prompts]
     texts, _ = lm_generate(model, tokenizer, shown, max_new_tokens=int(cfg.task.max_new_tokens),
                            stop=stop_strings(cfg.task), batch_size=int(cfg.train.eval_batch_size),
-                           max_prompt_len=int(cfg.train.max_seq_len), dtype=dtype)
+                           max_prompt_len=int(cfg.train.max_seq_len), dtype=dtype, **decoding(cfg.task))
     return [{"prompt": p, "answer": t} for p, t in zip(prompts, texts)]
 
 

@@ -216,8 +216,10 @@ def _stop_strings_supported(tokenizer, stops: list[str]) -> bool:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str], batch_size: int,
-             max_prompt_len: int, dtype: torch.dtype) -> tuple[list[str], dict]:
-    """Greedy decoding in length-sorted batches (left padding, KV cache). Each row stops at EOS or at a stop string
+             max_prompt_len: int, dtype: torch.dtype, num_beams: int = 1, length_penalty: float = 1.0,
+             no_repeat_ngram_size: int = 0) -> tuple[list[str], dict]:
+    """Greedy decoding (beam search with num_beams > 1, length_penalty and no_repeat_ngram_size as transformers
+    defines them) in length-sorted batches (left padding, KV cache). Each row stops at EOS or at a stop string
     (transformers' stop_strings: checked on the newest tokens, not by decoding everything at every step); the text
     is the answer `cut_at_stop` finds. A row that stopped before answering (only whitespace and stop strings so
     far: a newline first) goes on from there, its earlier tokens appended to its prompt, within max_new_tokens in
@@ -248,7 +250,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
             with _autocast(dtype, device):
                 out = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
-                    do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
+                    do_sample=False, num_beams=num_beams, pad_token_id=pad, eos_token_id=eos,
+                    **({"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}),
+                    **({"no_repeat_ngram_size": no_repeat_ngram_size} if no_repeat_ngram_size else {}),
                     stop_strings=stops if use_stops else None, tokenizer=tokenizer if use_stops else None,
                 )
             steps += out.shape[1] - ids.shape[1]
@@ -271,7 +275,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     model.train(was_training)
     stats = {"examples": len(prompts), "new_tokens": new_tokens, "seconds": wall,
              "tokens_per_s": new_tokens / wall if wall > 0 else None, "batch_size": batch_size,
-             "max_new_tokens": max_new_tokens, "decode_steps": steps,
+             "max_new_tokens": max_new_tokens, "decode_steps": steps, "num_beams": num_beams,
+             "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size,
              "restarts": restarts,  # rows that opened with a stop string and went on past it
              "stopped_on_strings": use_stops}  # false: the tokenizer cannot (cut after decoding instead)
     return [t or "" for t in texts], stats

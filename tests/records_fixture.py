@@ -5,7 +5,7 @@ from __future__ import annotations
 from harness.records import SCHEMA_VERSION, config_hash
 
 TASK_METRIC = {"stsb": "pearson", "sst2": "accuracy", "mrpc": "accuracy", "cola": "matthews_correlation",
-               "rte": "accuracy", "alpaca": "perplexity", "wikisql": "logical_form_accuracy"}
+               "rte": "accuracy", "alpaca": "perplexity", "wikisql": "logical_form_accuracy", "e2e": "bleu"}
 
 
 def make_record(*, experiment="exp", task="stsb", model="minilm_l6", method="lora", targets="qv", r=8, alpha=8,

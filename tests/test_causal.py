@@ -1,4 +1,4 @@
-"""Causal-LM tasks: prompt masking, WikiSQL scoring (logical form, execution in SQLite), ROUGE-L, MMLU scoring,
+"""Causal-LM tasks: prompt masking, WikiSQL scoring (logical form, execution in SQLite), MMLU scoring, E2E references,
 generation and likelihood on tiny random models with a real tokenizer, and the task readers on the real files."""
 
 from __future__ import annotations
@@ -153,15 +153,6 @@ def test_execution_accuracy_metric_and_missing_tables():
 
 
 # ------------------------------------------------------------------------------------------ text metrics
-def test_rouge_l_against_hand_checked_values():
-    # LCS("the cat sat on the mat", "the cat on the mat") = 5 tokens: P = 5/5, R = 5/6, F = 10/11
-    assert text.rouge_l(["the cat on the mat"], ["the cat sat on the mat"]) == pytest.approx(10 / 11)
-    # LCS = "a c" (2): P = 2/3, R = 2/4, F = 2PR/(P+R) = 4/7; case and punctuation are ignored
-    assert text.rouge_l(["A, b, C."], ["a c d e"]) == pytest.approx(4 / 7)
-    assert text.rouge_l(["x y"], ["p q"]) == 0.0
-    assert text.rouge_l(["same words", "a b"], ["same words", "b a"]) == pytest.approx((1.0 + 0.5) / 2)
-
-
 def test_label_accuracy_reads_the_first_word():
     assert text.label_accuracy([" Entailment.", "neutral because", "it is contradiction"],
                                ["entailment", "neutral", "contradiction"]) == pytest.approx(2 / 3)
@@ -382,3 +373,86 @@ def test_causal_task_on_an_encoder_is_refused_with_a_clear_message():
         validate(compose(["model=smollm2_135m", "task=wikisql", "task.format=csvx"]))
     with pytest.raises(ConfigError, match="unknown metric 'pearson'"):
         validate(compose(["model=smollm2_135m", "task=wikisql", "task.metrics=[pearson]"]))
+
+
+# ------------------------------------------------------------------------------------------ E2E: lines, references
+def test_e2e_reader_groups_references_by_mr_on_the_real_files():
+    from harness.tasks import find_data_dir, load_task
+
+    cfg = compose(["model=smollm2_135m", "task=e2e"])
+    data = load_task(cfg.task, find_data_dir(None), seed=0)
+    test = data.evals["test"]
+    # the shipped files (../shared/data/README.md): dev 4,672 pairs / 547 MRs, test 4,693 / 630
+    assert len(data.train) == 4672 and data.train["group"].nunique() == 547
+    assert len(test) == 4693 and test["group"].nunique() == 630
+    row = data.train.iloc[0]
+    assert row["prompt"].endswith("\nname : Alimentum | area : city centre | family friendly : no\nDescription:")
+    assert row["answer"] == " There is a place in the city centre , Alimentum , that is not family - friendly ."
+    assert not set(data.train["group"]) & set(test["group"])  # no test MR is trained on
+    # eval_size counts MRs and keeps each MR's every reference
+    sub = load_task(compose(["model=smollm2_135m", "task=e2e", "task.eval_size=20"]).task, find_data_dir(None), 1)
+    got = sub.evals["test"]
+    assert got["group"].nunique() == 20
+    full = test.groupby("group").size()
+    assert all(full[g] == n for g, n in got.groupby("group").size().items())
+
+
+def test_lines_reader_errors_and_carve_keeps_an_inputs_references_together(tmp_path):
+    from harness.tasks import DataError, load_task
+
+    (tmp_path / "e2e").mkdir()
+    lines = [f"name : R{i // 3}||reference {i} ." for i in range(30)]  # 10 MRs x 3 references
+    (tmp_path / "e2e" / "valid.txt").write_text("\n".join(lines) + "\n\n")
+    (tmp_path / "e2e" / "test.txt").write_text("name : T||a . \n")
+    cfg = compose(["model=smollm2_135m", "task=e2e", "task.tune=true", "task.carve_size=4"])
+    data = load_task(cfg.task, tmp_path, seed=0)
+    carved = data.evals["carved"]
+    assert carved["group"].nunique() == 4 and len(carved) == 12 and len(data.train) == 18
+    assert not set(carved["group"]) & set(data.train["group"])
+    (tmp_path / "e2e" / "valid.txt").write_text("name : A||one .\nname : B|| two || three\n")
+    with pytest.raises(DataError, match=r"valid.txt:2: 3 part\(s\) split at '\|\|'.*\['mr', 'reference'\]"):
+        load_task(compose(["model=smollm2_135m", "task=e2e"]).task, tmp_path, seed=0)
+
+
+def test_grouped_generation_is_scored_against_every_reference(tiny_causal):
+    import pandas as pd
+
+    from harness.evaluate import evaluate_split
+
+    model, t = tiny_causal
+    cfg = compose(["model=smollm2_135m", "task=e2e", "task.metrics=[bleu,exact_match_any]",
+                   "task.max_new_tokens=4"])
+    df = pd.DataFrame({"prompt": ["p one", "p one", "p two"], "answer": [" x y", " z", " w"],
+                       "group": ["one", "one", "two"]})
+    res, preds, stats = evaluate_split(model, t, cfg.task, df, None, batch_size=2, max_len=32, dtype=torch.float32)
+    assert stats["examples"] == 2  # one generation per input
+    assert [p["refs"] for p in preds] == [["x y", "z"], ["w"]] and [p["group"] for p in preds] == ["one", "two"]
+    assert res["bleu"] == pytest.approx(score_generations(["bleu"], [p["pred"] for p in preds],
+                                                          [p["refs"] for p in preds])["bleu"])
+
+
+def test_beam_search_settings_reach_generate(tiny_causal):
+    model, t = tiny_causal
+    greedy, _ = lm.generate(model, t, ["a prompt"], max_new_tokens=5, stop=[], batch_size=1, max_prompt_len=32,
+                            dtype=torch.float32)
+    beam, stats = lm.generate(model, t, ["a prompt"], max_new_tokens=5, stop=[], batch_size=1, max_prompt_len=32,
+                              dtype=torch.float32, num_beams=3, length_penalty=0.9, no_repeat_ngram_size=2)
+    assert stats["num_beams"] == 3 and stats["no_repeat_ngram_size"] == 2
+    words = beam[0].split()
+    assert all(words[i:i + 2] != words[j:j + 2] for i in range(len(words) - 1) for j in range(i + 1, len(words) - 1))
+    assert isinstance(greedy[0], str)
+
+
+def test_e2e_config_errors_name_the_fix(monkeypatch):
+    from harness.config import ConfigError, validate
+    from harness.metrics import nlg
+
+    validate(compose(["model=smollm2_135m", "task=e2e"]))
+    with pytest.raises(ConfigError, match="format 'lines' needs task.fields"):
+        validate(compose(["model=smollm2_135m", "task=e2e", "task.fields=[mr]"]))
+    with pytest.raises(ConfigError, match="unknown metric 'blue'.*'bleu'"):
+        validate(compose(["model=smollm2_135m", "task=e2e", "task.metrics=[blue]"]))
+    monkeypatch.setattr(nlg.shutil, "which", lambda name: None)  # a machine without Java
+    with pytest.raises(ConfigError, match=r"\['meteor', 'rouge_l_coco', 'cider'\].*Java.*default-jre-headless"):
+        validate(compose(["model=smollm2_135m", "task=e2e"]))
+    validate(compose(["model=smollm2_135m", "task=e2e", "task.metrics=[bleu,nist,rouge_l,loss]"]))

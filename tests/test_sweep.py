@@ -246,3 +246,34 @@ def test_other_launchers_resume_too_each_job_skips_itself(tmp_path, tiny_bert):
                        timeout=300)
     assert p.returncode == 0 and "skip: an ok record with this config hash exists" in p.stdout, p.stdout[-3000:]
     assert len(records(out)) == 1
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_grid_composes_and_validates_at_both_scales(experiment):
+    """Every experiment's grid, at local and (where it has one) paper scale, composes as `make sweep
+    EXPERIMENT=... SCALE=...` composes it, and one job of each method passes validation."""
+    from harness.config import validate
+
+    paper = (CONF / "at_scale" / experiment / "paper.yaml").is_file()
+    for scale in ("local", "paper") if paper else ("local",):
+        jobs = grid(experiment, f"scale={scale}")
+        assert jobs, (experiment, scale)
+        per_method = {next((o for o in job if o.startswith("method=")), ""): job for job in jobs}
+        for job in per_method.values():
+            cfg = compose(job)
+            validate(cfg)
+            assert cfg.scale == scale and cfg.experiment_name
+
+
+def test_lora_table3_e2e_grid():
+    jobs = grid("lora_table3_e2e")
+    assert choices(jobs, "method") == ["full", "lora", "qlora_nf4_dq", "zero_shot"]
+    assert choices(jobs, "train.seed") == ["1", "2", "3"]
+    cfg = compose(jobs[0])
+    assert cfg.task.name == "e2e" and cfg.lora.r == 4 and effective_alpha(cfg.lora) == 32
+    paper = compose(grid("lora_table3_e2e", "scale=paper")[0])
+    assert paper.model.name == "gpt2_medium" and paper.task.num_beams == 10 and paper.task.train_split == "train"
+    assert paper.task.length_penalty == 0.9 and paper.task.no_repeat_ngram_size == 4 and paper.train.epochs == 5

@@ -1,8 +1,10 @@
 """Metrics, computed locally (the Hub's `evaluate` GLUE module is unreachable offline).
 
 GLUE metrics are below (NumPy, as scikit-learn defines them; SciPy for the correlations). Causal-LM tasks score
-text: generation metrics take lists of predicted and reference strings (harness/metrics/sql.py for WikiSQL,
-harness/metrics/text.py for ROUGE-L and label words); `loss` and `perplexity` come from the held-out answer tokens; multiple choice uses `accuracy`.
+text: generation metrics take the predicted strings and, per input, one reference or several (harness/metrics/sql.py
+for WikiSQL; harness/metrics/nlg.py for BLEU, NIST, METEOR, ROUGE, CIDEr and exact match against any reference;
+harness/metrics/text.py for label words); `loss` and `perplexity` come from the held-out answer tokens; multiple
+choice uses `accuracy`.
 
 Each metric takes (predictions, references) as 1-D arrays — class ids for classification, floats for
 regression — and returns a float. Values are fractions (0..1), as the GLUE metric modules return them;
@@ -79,7 +81,9 @@ METRICS: dict[str, Callable] = {
 
 
 # causal-LM tasks: scored on generated text (GENERATION) or on the held-out answer tokens' likelihood (LIKELIHOOD)
-GENERATION = ("logical_form_accuracy", "execution_accuracy", "exact_match", "rouge_l", "label_accuracy")
+# (harness/metrics/nlg.py's registry: every metric a task scoring text against references may list)
+GENERATION = ("logical_form_accuracy", "execution_accuracy", "exact_match", "label_accuracy", "bleu", "nist",
+              "meteor", "rouge_l_coco", "cider", "rouge_1", "rouge_2", "rouge_l", "exact_match_any")
 LIKELIHOOD = ("loss", "perplexity")
 
 
@@ -90,29 +94,32 @@ def higher_is_better(name: str) -> bool:
     return name not in LOWER_IS_BETTER
 
 
-def score_generations(names: list[str], preds: list[str], refs: list[str], table_ids=None, tables=None) -> dict:
-    """Generation metrics over (prediction, reference) texts. execution_accuracy needs `tables` (WikiSQL table
-    id -> header/types/rows) and each example's table id."""
-    from harness.metrics import sql, text
+def score_generations(names: list[str], preds: list[str], refs: list, table_ids=None, tables=None) -> dict:
+    """Generation metrics over predicted texts and, per input, a reference text or a list of references (a task
+    with task.group_by: every reference of the input). WikiSQL's metrics and label accuracy compare with the first
+    reference; execution_accuracy needs `tables` (WikiSQL table id -> header/types/rows) and each input's table id."""
+    from harness.metrics import nlg, sql, text
 
     preds = [p.strip() for p in preds]
-    refs = [r.strip() for r in refs]
+    ref_lists = [[r.strip() for r in (rs if isinstance(rs, (list, tuple)) else [rs])] for rs in refs]
+    first = [rs[0] if rs else "" for rs in ref_lists]
     n = max(len(preds), 1)
     out: dict[str, float] = {}
     for name in names:
         if name == "logical_form_accuracy":
-            out[name] = sum(sql.logical_form_match(p, r) for p, r in zip(preds, refs)) / n
+            out[name] = sum(sql.logical_form_match(p, r) for p, r in zip(preds, first)) / n
         elif name == "exact_match":
-            out[name] = sum(sql.exact_match(p, r) for p, r in zip(preds, refs)) / n
+            out[name] = sum(sql.exact_match(p, r) for p, r in zip(preds, first)) / n
         elif name == "execution_accuracy":
             if not tables or table_ids is None:
                 raise ValueError("execution_accuracy needs the WikiSQL tables (task.tables / <split>.tables.jsonl)")
             db = sql.TableDB(tables)
-            out[name] = sum(db.execution_match(p, r, t) for p, r, t in zip(preds, refs, table_ids)) / n
-        elif name == "rouge_l":
-            out[name] = text.rouge_l(preds, refs)
+            out[name] = sum(db.execution_match(p, r, t) for p, r, t in zip(preds, first, table_ids)) / n
         elif name == "label_accuracy":
-            out[name] = text.label_accuracy(preds, refs)
+            out[name] = text.label_accuracy(preds, first)
+    rest = [name for name in names if name in nlg.METRICS]
+    if rest:
+        out.update(nlg.score(rest, preds, ref_lists))
     return out
 
 

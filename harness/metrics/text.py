@@ -1,19 +1,9 @@
-"""Text metrics for generations: ROUGE-L (Google's rouge-score, the implementation the instruction-tuning papers
-use) and label-word accuracy for classification posed as generation (MultiNLI in the LoRA paper's GPT-3 rows)."""
+"""Label-word accuracy for classification posed as generation (MultiNLI in the LoRA paper's GPT-3 rows); the
+reference-based text metrics (ROUGE, BLEU, ...) are in harness/metrics/nlg.py."""
 
 from __future__ import annotations
 
 import re
-
-
-def rouge_l(preds: list[str], refs: list[str]) -> float:
-    """Mean ROUGE-L F1 over pairs (rouge-score's tokenizer: lower-cased alphanumeric tokens, no stemming)."""
-    from rouge_score import rouge_scorer
-
-    if not preds:
-        return float("nan")
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)) / len(preds)
 
 
 def first_word(text: str) -> str:

@@ -86,6 +86,8 @@ def run_row(rec: dict) -> dict:
         "split": split,
         "higher_better": higher,
         "value": None if value is None else value * scale,
+        # every metric of the final evaluation on the headline split, as the record holds it (0-1 or raw)
+        "final_metrics": dict(_get(rec, "metrics", "final", split, default=None) or {}) if split else {},
         "curve": _curve(rec, split, metric, scale),
         "best_value": None if best is None else best * scale,
         "trainable": params.get("trainable"),
@@ -194,6 +196,8 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
             "n": summ.n, "mean": summ.mean, "median": summ.median, "sd": summ.sd,
             "ci_lo": summ.lo, "ci_hi": summ.hi,
             "values": _by_seed(g, "value", float),
+            # {metric: {seed: value}}: every metric of the final evaluation (a table with several metric columns)
+            "metric_values": _metrics_by_seed(g),
             "dirs": _by_seed(g, "dir", str),
             "failed": int(failed.get(key, 0)),
             "peaks": _by_seed(g, "peak_mb", float),
@@ -212,6 +216,17 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         })
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _metrics_by_seed(g: pd.DataFrame) -> dict:
+    out: dict = {}
+    for s, m in zip(g["seed"], g["final_metrics"]):
+        if s is pd.NA or not isinstance(m, dict):
+            continue
+        for name, v in m.items():
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                out.setdefault(name, {})[int(s)] = float(v)
+    return out
 
 
 def _by_seed(g: pd.DataFrame, column: str, cast) -> dict:

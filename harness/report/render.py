@@ -172,6 +172,16 @@ def reproduce(name: str) -> str:
     return f"Reproduce: {make}."
 
 
+def gate(usable: dict[str, bool] | None, chosen: list[dict]) -> dict[str, bool] | None:
+    """make sanity's verdicts per task, plus those of tasks it has not checked, judged by its rule on the
+    experiment's own baseline runs (sanity.own_usable); None when make sanity has not run (nothing is gated)."""
+    if usable is None:
+        return None
+    from harness.report.sanity import own_usable
+
+    return {**usable, **own_usable(chosen, usable)}
+
+
 def render_experiment(name: str, records: list[dict], out_root: Path, plots: bool = True,
                       baselines: list[dict] = (), usable: dict[str, bool] | None = None) -> Path:
     """Write <out_root>/<name>/README.md (and plots). Returns the README path. `baselines`: baseline records of
@@ -225,8 +235,14 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
         if rec_lines:
             lines += ["## Which configuration, at what cost", ""] + rec_lines + [
                 "", "At our scale and seeds (above); differences inside the seed spread are not evidence.", ""]
-        found = claim_checks.check(table, frame.evidence(agg), usable)
+        gated = gate(usable, chosen)
+        own = {k: v for k, v in (gated or {}).items() if k not in (usable or {})}
+        found = claim_checks.check(table, frame.evidence(agg), gated)
         lines += ["## Claims checked", ""]
+        for key, ok_ in own.items():
+            lines += [f"{key.removesuffix('/-')} is not in make sanity's report: whether fine-tuning clearly beats its "
+                      f"baselines there is judged by the same rule on this experiment's own baseline runs: "
+                      f"**{'usable' if ok_ else 'not usable'} for claims**.", ""]
         if usable is None:
             lines += ["make sanity has not run in this results store: no claim below is gated on its task being "
                       "shown learnable (reports/sanity/).", ""]
@@ -328,7 +344,7 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None,
         table = _cfg(chosen[0], "report", "table")
         how = _cfg(chosen[0], "report", "aggregate", default="median")
         agg, _ = with_baselines(chosen, frame.aggregate(runs, how), base_recs, how)
-        found = [c for c in claim_checks.check(table, frame.evidence(agg), usable) if c.paper]
+        found = [c for c in claim_checks.check(table, frame.evidence(agg), gate(usable, chosen)) if c.paper]
         scale = ", ".join(sorted(set(str(s) for s in runs["scale"].dropna()))) or tables.DASH
         verdicts = [c.verdict for c in found]
         counts = runs["status"].value_counts().to_dict()

@@ -101,6 +101,21 @@ def usable_tasks(records: list[dict]) -> dict[str, bool] | None:
             for t in summarize(records)[0]["tasks"].values()}
 
 
+def own_usable(records: list[dict], known: dict[str, bool] | None) -> dict[str, bool]:
+    """{task_key: usable} judged on an experiment's own records, by make sanity's rule, for the tasks the sanity
+    experiment has not checked (absent from `known`) on which the experiment ran a baseline itself."""
+    from harness.report.claims import task_key
+
+    if not records:
+        return {}
+    out = {}
+    for t in summarize(records)[0]["tasks"].values():
+        key = task_key(t["task"], t["model"], t["pair_encoding"])
+        if key not in (known or {}) and any(x["baseline"] for x in t["rows"]):
+            out[key] = bool(t["usable_for_claims"])
+    return out
+
+
 def render(records: list[dict], out_root: Path) -> Path:
     summary, runs, agg = summarize(records)
     out = out_root / "sanity"

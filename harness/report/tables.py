@@ -23,10 +23,12 @@ BELOW_MARK = "†"  # beside a value below its best baseline (frame.attach_basel
 METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "Pearson", "spearman": "Spearman",
                  "f1": "F1", "logical_form_accuracy": "logical-form acc", "execution_accuracy": "execution acc",
                  "exact_match": "exact match", "rouge_l": "ROUGE-L", "label_accuracy": "acc",
-                 "perplexity": "perplexity", "loss": "loss"}
+                 "perplexity": "perplexity", "loss": "loss", "bleu": "BLEU", "nist": "NIST", "meteor": "METEOR",
+                 "rouge_l_coco": "ROUGE-L", "cider": "CIDEr", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2",
+                 "exact_match_any": "exact match"}
 TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "qqp": "QQP",
                "rte": "RTE", "stsb": "STS-B", "wikisql": "WikiSQL", "mnli_gen": "MNLI (generation)",
-               "wikisql_full": "WikiSQL", "alpaca": "Alpaca", "mmlu": "MMLU"}
+               "wikisql_full": "WikiSQL", "alpaca": "Alpaca", "mmlu": "MMLU", "e2e": "E2E NLG"}
 # our task -> the paper's task of the same kind in the GPT-3 tables (5, 6)
 PAPER_TASK = {"mnli": "mnli", "mnli_gen": "mnli", "wikisql": "wikisql", "wikisql_full": "wikisql"}
 
@@ -228,6 +230,50 @@ def lora_table2(agg: pd.DataFrame, paper: dict) -> str:
     return md_table(header, rows)
 
 
+# ------------------------------------------------------------------------------------------- LoRA Table 3
+def e2e_value(name: str, v: float | None, paper: dict) -> float | None:
+    """A metric on the paper's scale: BLEU, METEOR, ROUGE-L x100; NIST and CIDEr as they are."""
+    return None if v is None else v * (100.0 if name in paper["percent"] else 1.0)
+
+
+def e2e_num(name: str, v, paper: dict) -> str:
+    return num(v, 1 if name in paper["percent"] else 2)
+
+
+def lora_table3(agg: pd.DataFrame, paper: dict) -> str:
+    """Every E2E metric per method: the median over seeds [min–max], the paper's GPT-2 M row of the method beside."""
+    names = paper["metrics"]
+    header = ["Model & method", "#Trainable", "Seeds", *[paper["metric_labels"][m] for m in names]]
+    rows = []
+    for _, r in agg.iterrows():
+        r = r.to_dict()
+        prow = next((p for p in paper["rows"] if p["model"] == paper["reference_model"] and p["method"] == r["method"]
+                     and p.get("beside", True)), None)
+        cells = []
+        for m in names:
+            vals = [e2e_value(m, v, paper) for v in (r.get("metric_values") or {}).get(m, {}).values()]
+            pv = (prow or {}).get("values", {}).get(m)
+            if not vals:
+                cells.append(DASH)
+                continue
+            s = pd.Series(vals)
+            cell = e2e_num(m, s.median(), paper)
+            if len(vals) > 1:
+                cell += f" [{e2e_num(m, s.min(), paper)}–{e2e_num(m, s.max(), paper)}]"
+            cells.append(cell + (f" ({e2e_num(m, pv, paper)})" if pv is not None else ""))
+        label = f"{r['model']} {METHOD_LABELS.get(r['method'], r['method'])}"
+        if r.get("targets") not in (None, "-") and not pd.isna(r.get("r")):
+            label += f" ({targets_label(r['targets'])}, r={int(r['r'])})"
+        trainable = human(r["trainable"]) if r["method"] not in ("zero_shot", "majority") else "0"
+        rows.append([label, f"{trainable} ({(prow or {}).get('trainable', DASH)})", str(int(r["seeds"])), *cells])
+    for p in paper["rows"]:
+        spread = p.get("spread") or {}
+        rows.append([f"paper: {p['label']}", p["trainable"], DASH,
+                     *[e2e_num(m, p["values"].get(m), paper) + (f" ±{spread[m]:g}" if m in spread else "")
+                       for m in names]])
+    return md_table(header, rows, ["l", "r", "r"] + ["r"] * len(names))
+
+
 # ------------------------------------------------------------------------------------------- LoRA Table 5
 def lora_table5(agg: pd.DataFrame, paper: dict) -> str:
     targets = paper["targets"]
@@ -340,5 +386,5 @@ def qlora_table4(agg: pd.DataFrame, paper: dict) -> str:
     return md_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))
 
 
-MIRRORS = {"lora_table2": lora_table2, "lora_table5": lora_table5, "lora_table6": lora_table6,
+MIRRORS = {"lora_table2": lora_table2, "lora_table3": lora_table3, "lora_table5": lora_table5, "lora_table6": lora_table6,
            "qlora_table3": qlora_table3, "qlora_table2": qlora_table2, "qlora_table4": qlora_table4}

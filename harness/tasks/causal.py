@@ -10,6 +10,10 @@ Formats (`task.format`):
   (header, types, rows), rendered in the same prompt form; the tables also enable execution accuracy
 - `alpaca`: a JSON array or JSONL of {instruction, input, output}, with the Alpaca prompt template
 - `table`: any TSV/CSV/parquet read as for GLUE, rendered with `task.prompt_template` / `task.answer_template`
+- `lines`: a text file, one example per non-empty line split at `task.separator` into the columns `task.fields`,
+  rendered as `table` (E2E NLG: `meaning representation||reference`)
+
+With `task.group_by` (several references per input), the frame also has `group`: that column's value.
 - `mmlu_jsonl`: QLoRA's MMLU files, JSONL of {subject, input (prompt ending "Answer:"), output (a letter)}
 - `mmlu_csv`: a folder of per-subject CSVs (question, choice0-3, answer index) in the hendrycks prompt form,
   with `task.shots` examples per subject from the dev folder named by the file spec's `shots_from`
@@ -179,11 +183,38 @@ def _table(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
                     raise FormatError(f"{where}:{i}: label {row['label']!r} is not one of {labels}") from None
             row["label"] = v
         try:
-            out.append({"prompt": task.prompt_template.format(**row), "answer": task.answer_template.format(**row)})
+            ex = {"prompt": task.prompt_template.format(**row), "answer": task.answer_template.format(**row)}
         except KeyError as e:
             raise FormatError(f"{where}:{i}: the prompt/answer template names column {e} the row lacks "
                               f"(it has {sorted(row)})") from None
+        if task.get("group_by"):
+            if task.group_by not in row:
+                raise FormatError(f"{where}:{i}: task.group_by={task.group_by!r} is not a column of the row "
+                                  f"(it has {sorted(row)})")
+            ex["group"] = str(row[task.group_by])
+        out.append(ex)
     return out
+
+
+def read_lines(path: Path, task) -> list[dict]:
+    """One row per non-empty line: the line split at task.separator into task.fields (exactly that many parts)."""
+    from harness.config import unescape
+
+    sep, fields = unescape(task.separator), list(task.fields)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 text ({e})") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(sep)
+        if len(parts) != len(fields):
+            raise FormatError(f"{path}:{i}: {len(parts)} part(s) split at {sep!r}, but task.fields names "
+                              f"{len(fields)} ({fields})")
+        rows.append({f: p.strip() for f, p in zip(fields, parts)})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ MMLU
@@ -244,6 +275,7 @@ FORMATS: dict[str, Converter] = {
     "wikisql": _wikisql,
     "alpaca": _alpaca,
     "table": _table,
+    "lines": _table,
     "mmlu_jsonl": _mmlu_jsonl,
     "mmlu_csv": _mmlu_rows,
 }
@@ -259,6 +291,8 @@ def read_file(path: Path, spec: dict, task, data_dir: Optional[Path], ctx: dict)
         df, _ = _read_table(path, spec)
         df = df.rename(columns=dict(spec.get("rename", {}) or {}))
         return df.to_dict("records")
+    if fmt == "lines":
+        return read_lines(path, task)
     if fmt == "mmlu_csv":
         if spec.get("shots_from") and int(task.get("shots", 0) or 0) > 0:
             shots: dict[str, list] = {}

@@ -211,7 +211,24 @@ def load_split(task, split: str, data_dir: Optional[Path], ctx: Optional[dict] =
         ) from None
 
 
-def _subset(df: pd.DataFrame, n: Optional[int], seed: int) -> pd.DataFrame:
+def _groups(df: pd.DataFrame) -> Optional[pd.Series]:
+    """The input each row belongs to (task.group_by: several references per input), or None."""
+    return df["group"] if "group" in df.columns else None
+
+
+def _sample_groups(df: pd.DataFrame, n: int, seed: int) -> pd.Index:
+    """The row index of n seeded inputs (all their rows), in file order."""
+    keys = pd.Series(_groups(df).unique())
+    chosen = set(keys.sample(n=n, random_state=seed))
+    return df.index[_groups(df).isin(chosen)]
+
+
+def _subset(df: pd.DataFrame, n: Optional[int], seed: int, by_group: bool = False) -> pd.DataFrame:
+    """n seeded rows; with by_group (an eval split of a task with task.group_by) n inputs with all their rows."""
+    if by_group and _groups(df) is not None:
+        if n is None or n >= _groups(df).nunique():
+            return df
+        return df.loc[_sample_groups(df, n, seed)].reset_index(drop=True)
     if n is None or n >= len(df):
         return df
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
@@ -221,12 +238,15 @@ CARVED = "carved"  # the eval split of a run with task.tune=true
 
 
 def carve(train: pd.DataFrame, n: int, seed: int, name: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(n seeded rows of `train`, the rest): the carved split never shares a row with what training draws from."""
-    if n >= len(train):
+    """(n seeded rows of `train`, the rest): the carved split never shares a row with what training draws from.
+    With several references per input (a `group` column) n counts inputs, and an input's rows stay together."""
+    groups = _groups(train)
+    size = len(train) if groups is None else groups.nunique()
+    if n >= size:
         raise DataError(f"task {name!r}: task.carve_size={n} leaves no training rows (the train split has "
-                        f"{len(train)})")
-    held = train.sample(n=n, random_state=seed)
-    return held.reset_index(drop=True), train.drop(held.index).reset_index(drop=True)
+                        f"{size} {'rows' if groups is None else 'inputs'})")
+    held = train.sample(n=n, random_state=seed).index if groups is None else _sample_groups(train, n, seed)
+    return train.loc[held].reset_index(drop=True), train.drop(held).reset_index(drop=True)
 
 
 def _holdout(train: pd.DataFrame, n: int, name: str) -> pd.DataFrame:
@@ -269,7 +289,7 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
         if per_subject and "subject" in df.columns:  # MMLU: a seeded subset of each subject
             df = pd.concat([g.sample(n=min(per_subject, len(g)), random_state=0)
                             for _, g in df.groupby("subject", sort=True)], ignore_index=True)
-        evals[split] = _subset(df, task.eval_size, seed)
+        evals[split] = _subset(df, task.eval_size, seed, by_group=True)
         source[split] = src
     if train is None:
         train = next(iter(evals.values())).iloc[:0]

@@ -182,6 +182,9 @@ class MethodConfig:
     baseline: Baseline = Baseline.none
     # BitFit (LoRA Table 2's baseline): no adapter, only the bias terms and the task head train, at train.lr
     bias_only: bool = False
+    # simulated 4-bit storage (harness/fakequant.py): the base's linear weights rounded blockwise to nf4, fp4,
+    # fp4_e3m0 or int4 codes and kept in fp32 (QLoRA Table 2's types bitsandbytes lacks); none = off
+    fake_quant: str = "none"
 
 
 @dataclass
@@ -532,6 +535,15 @@ def validate(cfg: DictConfig) -> None:
             f"train.max_seq_len={t.max_seq_len} exceeds model {cfg.model.name!r}'s "
             f"max_position={cfg.model.max_position}"
         )
+    fake = str(cfg.method.get("fake_quant", "none"))
+    if fake != "none":
+        from harness.fakequant import CODES
+
+        if fake not in CODES:
+            raise ConfigError(f"method.fake_quant={fake!r} is not valid; valid: none, {', '.join(sorted(CODES))}")
+        if str(getattr(cfg.method.quant, "value", cfg.method.quant)) != "none":
+            raise ConfigError(f"method {cfg.method.name!r}: fake_quant={fake!r} simulates a data type on an "
+                              f"unquantized base; it cannot be combined with quant={cfg.method.quant.value!r}")
     task = cfg.task
     for name in ("train_size", "eval_size"):
         v = task[name]

@@ -215,6 +215,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
                     "pooling": None if causal else str(getattr(cfg.model.pooling, "value", cfg.model.pooling)),
                     "head": head_kind(cfg), "device": str(next(model.parameters()).device)}
     rec["model"]["linear_storage"] = _storage_summary(methods.linear_storage(model))
+    rec["model"]["fake_quant"] = getattr(model, "harness_fake_quant", None)
     peft_cfg = getattr(model, "peft_config", {}).get("default") if cfg.method.adapter else None
     rec["method"] = {
         "name": cfg.method.name,
@@ -356,7 +357,14 @@ def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None)
         model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
                                        device=device, bi_encoder=is_bi_encoder(cfg.task),
                                        projection=baseline_of(cfg.method) == "head_only")
+    fake = str(cfg.method.get("fake_quant", "none"))
+    fake_info = None
+    if fake != "none":  # a simulated data type: the base's linear weights rounded to its codes, before any adapter
+        from harness import fakequant
+
+        fake_info = fakequant.apply(model, fake, skip=methods.EXCLUDE_FROM_ALL_LINEAR)
     model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    model.harness_fake_quant = fake_info  # read by run() into the record (model.fake_quant)
     if meter is not None:
         meter.loaded()
     return model, dtype, load_dtype, bnb
@@ -397,11 +405,12 @@ def _prepare_classification(cfg, data, tokenizer) -> dict:
     evals = {s: tokenize(df, tokenizer, fields, n, regression, norm, bi=bi).sort("length")
              for s, df in data.evals.items()}
     info = {
+        # an evaluation-only run (train.max_steps=0) reads no train split: no majority class, no train tokens
         "majority_baseline": {
             s: majority_baseline(list(task.metrics), data.train["label"], df["label"], regression)
             for s, df in data.evals.items()
-        },
-        "train_tokens_per_epoch": int(sum(train_ds["length"])),
+        } if len(data.train) else None,
+        "train_tokens_per_epoch": int(sum(train_ds["length"])) if len(data.train) else 0,
         "label_standardization": None if norm is None else {"mean": norm[0], "std": norm[1]},
     }
     return {"train": train_ds, "evals": evals, "norm": norm, "info": info}

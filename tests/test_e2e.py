@@ -138,3 +138,28 @@ def test_evaluation_only_run_of_a_4bit_base(tmp_path):
     s = rec["model"]["linear_storage"]
     assert s["storage"] == ["nf4"] and 4.1 < s["bits_per_param"] < 4.2
     assert abs(s["bits_per_param_blocks"] - (4 + 8 / 64 + 32 / (64 * 256))) < 0.003  # the paper's 4.127
+
+
+def test_e2e_nlg_run_generates_once_per_mr_and_scores_every_reference(tmp_path):
+    """The E2E task end to end on a tiny random Llama: train on (MR, reference) pairs, generate once per test MR,
+    score against all its references; predictions carry the references."""
+    path = save_random_llama(tmp_path / "tiny", 64, 2, 4, 2, 128)
+    rec = run(tmp_path, f"model.source={path}", "model.arch=llama", "model.name=tiny", "model.max_position=256",
+              "model.shape=null", "task=e2e", "task.train_size=8", "task.eval_size=3", "train.max_steps=2",
+              "train.batch_size=4", "train.eval_batch_size=4", "task.max_new_tokens=6",
+              "task.metrics=[bleu,nist,rouge_l,cider,loss]")
+    final = rec["metrics"]["final"]["test"]
+    assert {"bleu", "nist", "rouge_l", "cider", "loss"} <= set(final)
+    assert rec["generation"]["test"]["examples"] == 3  # three MRs, each with several references
+    preds = [json.loads(x) for x in (Path(rec["adapter"]["path"]).parent / "predictions/test.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all(len(p["refs"]) > 1 and p["group"].startswith("name : ") for p in preds)
+    assert rec["task"]["eval_examples"]["test"] == sum(len(p["refs"]) for p in preds)  # every reference's loss
+
+
+def test_a_simulated_int4_base_is_scored_and_its_error_recorded(tmp_path):
+    """QLoRA Table 2's Int4 row on MiniLM: the linear weights rounded to Int4 codes in torch, scored zero-shot."""
+    rec = run(tmp_path, "model=minilm_l6", "task=stsb", "task.pair_encoding=bi", "task.eval_size=64",
+              "method=fake_int4", "train.max_steps=0")
+    fq = rec["model"]["fake_quant"]
+    assert fq["type"] == "int4" and fq["layers"] == 36 and 0.05 < fq["rel_error_mean"] < 0.3
+    assert 0 < rec["metrics"]["final"]["validation"]["pearson"] < 1

@@ -235,17 +235,51 @@ def test_qlora_table2_mirror_and_claims_for_perplexity(tmp_path):
     agg = frame.aggregate(frame.runs_frame(recs), "mean")
     assert find_value(agg, "qlora_nf4") == 6.78  # perplexity is not put on the x100 scale
     md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
-    assert "| NFloat4 + DQ | Alpaca, smollm2_135m | 6.77 | +1.30 | 4.143 |" in md and "| 27.41 |" in md
+    assert "| NFloat4 + DQ | Alpaca perplexity, smollm2_135m | 6.77 | +1.30 | – | 4.143 |" in md and "| 27.41 |" in md
     found = claims.check("qlora_table2", agg)
 
     def verdict(start):
         return next(c.holds for c in found if c.claim.split(": ", 1)[1].startswith(start))
 
-    assert verdict("NF4 has lower perplexity than FP4") is True
+    assert verdict("NF4 beats FP4 (E2M1) (has lower perplexity") is True
     assert verdict("with double quantization too, NF4 beats FP4") is True
     assert verdict("double quantization saves 0.373 bits") is True
     readme = render_experiment("qlora_table2", recs, tmp_path, plots=False).read_text()
     assert "## Which configuration" not in readme
+
+
+def test_qlora_table2_on_a_regressor_bootstraps_over_examples_and_checks_the_simulated_types(tmp_path):
+    """Higher is better (STS-B Pearson): each type's value has a bootstrap interval over the eval pairs, its
+    difference from fp32 a paired one; a type beats another only when that interval excludes 0."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 400)
+    noise = {"full": 0.5, "qlora_nf4": 0.6, "fake_nf4": 0.6, "qlora_fp4": 1.2, "fake_fp4_e3m0": 0.61, "fake_int4": 3.0}
+    base = rng.normal(0, 1, 400)
+    recs = []
+    for m, sd in noise.items():
+        d = tmp_path / m
+        (d / "predictions").mkdir(parents=True)
+        pred = gold + sd * base + (0.01 * rng.normal(0, 1, 400) if m == "fake_nf4" else 0)
+        (d / "predictions" / "validation.jsonl").write_text("".join(
+            json.dumps({"i": i, "pred": float(p), "gold": float(g)}) + "\n" for i, (p, g) in enumerate(zip(pred, gold))))
+        r = make_record(experiment="q2m", task="stsb", method=m, targets="all_linear", table="qlora_table2",
+                        aggregate="mean", value=float(np.corrcoef(pred, gold)[0, 1]))
+        r["_dir"] = str(d)
+        if m.startswith("fake_"):
+            r["model"] = {"fake_quant": {"type": m[5:], "rel_error_mean": 0.1 if m != "fake_int4" else 0.2}}
+        recs.append(r)
+    agg = agg_of(recs, "mean")
+    md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
+    row = next(line for line in md.splitlines() if line.startswith("| Int4 (simulated)"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2].count("[") == 1 and cells[3].startswith("-") and cells[4] == "20.0%" and cells[-1] == "34.34"
+    found = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table2", agg)}
+    assert found["NF4 beats Int4"].verdict == "holds" and "bootstrap over 400 examples" in found["NF4 beats Int4"].evidence
+    assert found["NF4 beats FP4"].verdict == "holds"
+    assert found["FP4 E3M0 beats FP4 E2M1"].verdict == "holds"
+    assert found["the torch simulation of NF4 scores as bitsandbytes' own"].verdict == "holds"
 
 
 def find_value(agg, method):

@@ -80,3 +80,15 @@ def paired_bootstrap(rec_a: dict, rec_b: dict, split: str, metric: str, scale: f
         return None
     d = stats.bootstrap(lambda idx: scale * (fa(idx) - fb(idx)), len(pa["gold"]), n_boot=n_boot, seed=seed)
     return d if not math.isnan(d.mean) else None
+
+
+def interval(rec: dict, split: str, metric: str, scale: float = 100.0, n_boot: int = 2000,
+             seed: int = 0) -> stats.Diff | None:
+    """One run's metric (x `scale`) with a bootstrap interval over its evaluation examples (the sampling error of
+    the eval set), or None when its predictions are missing or the metric is not supported."""
+    p = load(rec, split)
+    f = scorer(metric, p) if p is not None else None
+    if f is None:
+        return None
+    d = stats.bootstrap(lambda idx: scale * f(idx), len(p["gold"]), n_boot=n_boot, seed=seed)
+    return d if not math.isnan(d.mean) else None

@@ -104,6 +104,9 @@ def run_row(rec: dict) -> dict:
         "gen_tokens_per_s": _gen_rate(rec),
         "linear_bytes": _storage_bytes(rec),
         "bits_per_param": _get(rec, "model", "linear_storage", "bits_per_param"),
+        # a simulated data type (harness/fakequant.py): the mean per-layer relative reconstruction error
+        "fake_quant": _get(rec, "model", "fake_quant", "type"),
+        "rel_error": _get(rec, "model", "fake_quant", "rel_error_mean"),
         "bits_per_param_blocks": _get(rec, "model", "linear_storage", "bits_per_param_blocks"),
         "train_examples": _get(rec, "task", "train_examples"),
         "eval_examples": sum((_get(rec, "task", "eval_examples") or {}).values()) or None,
@@ -185,7 +188,8 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
         row = {c: first[c] for c in ("experiment", "task", "model", "method", "baseline", "pair_encoding", "quant", "compute_dtype", "targets",
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
                                      "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
-                                     "trained", "bits_per_param", "bits_per_param_blocks", "linear_bytes")}
+                                     "trained", "bits_per_param", "bits_per_param_blocks", "linear_bytes",
+                                     "fake_quant", "rel_error")}
         row.update({
             "group": key,
             "value": float(vals.median() if how == "median" else vals.mean()) if len(vals) else math.nan,

@@ -341,9 +341,13 @@ def qlora_table3(agg: pd.DataFrame, paper: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- QLoRA Table 2
 def qlora_table2(agg: pd.DataFrame, paper: dict) -> str:
-    """Perplexity of the base model per storage type, with what its linear layers hold."""
-    header = ["Data type", "Ours: task, model", "Ours: perplexity", "vs fp32", "Bits/param (linear layers)",
-              "Linear layers MiB", "Paper: mean PPL"]
+    """Each storage type's zero-shot quality (perplexity, or a task metric where higher is better), with its 95%
+    bootstrap interval over the eval examples and the paired difference from fp32 where predictions were saved, the
+    per-layer reconstruction error of the simulated types, and what the linear layers hold."""
+    from harness.report import examples
+
+    header = ["Data type", "Ours: task, model", "Ours: metric [95% CI]", "− fp32 [95% CI]",
+              "Rel. error per layer", "Bits/param (linear layers)", "Linear layers MiB", "Paper: mean PPL"]
     rows = []
     for (task, model), g in agg.groupby(["task", "model"], sort=False):
         ref = find(g, method="full")
@@ -351,14 +355,27 @@ def qlora_table2(agg: pd.DataFrame, paper: dict) -> str:
             r = find(g, method=prow["method"])
             if r is None:
                 continue
-            delta = f"{r['value'] - ref['value']:+.2f}" if ref is not None and r is not ref else DASH
+            split, metric = r["split"], r["metric"]
+            scale = 100.0 if r.get("higher_better", True) else 1.0
+            digits = 1 if scale == 100.0 else 2
+            one = {"_dir": next(iter((r.get("dirs") or {}).values()), None)}
+            ci = examples.interval(one, split, metric, scale)
+            cell = num(r["value"], digits) + (f" [{num(ci.interval()[0], digits)}, {num(ci.interval()[1], digits)}]"
+                                               if ci is not None else "")
+            delta = DASH
+            if ref is not None and r is not ref:
+                d = examples.paired_bootstrap(one, {"_dir": next(iter((ref.get("dirs") or {}).values()), None)},
+                                              split, metric, scale)
+                delta = f"{r['value'] - ref['value']:+.{digits}f}" + (
+                    f" [{d.interval()[0]:+.{digits}f}, {d.interval()[1]:+.{digits}f}]" if d is not None else "")
             mb = r.get("linear_bytes")
-            rows.append([prow["label"], f"{TASK_LABELS.get(task, task)}, {model}", num(r["value"], 2), delta,
-                         num(r.get("bits_per_param"), 3), num(None if mb is None else mb / 2 ** 20, 1),
-                         num(prow.get("value"), 2)])
-    for o in paper.get("other_rows", []):
-        rows.append([f"{o['label']} (not run: no bitsandbytes type)", DASH, DASH, DASH, DASH, DASH, num(o["value"], 2)])
-    return md_table(header, rows, ["l", "l"] + ["r"] * 5)
+            err = r.get("rel_error")
+            simulated = bool(r.get("fake_quant")) and not pd.isna(r.get("fake_quant"))
+            rows.append([prow["label"], f"{TASK_LABELS.get(task, task)} {METRIC_LABELS.get(metric, metric)}, {model}",
+                         cell, delta, DASH if err is None or pd.isna(err) else f"{100 * err:.1f}%",
+                         "4.500 (simulated)" if simulated else num(r.get("bits_per_param"), 3),
+                         "–" if simulated else num(None if mb is None else mb / 2 ** 20, 1), num(prow.get("value"), 2)])
+    return md_table(header, rows, ["l", "l"] + ["r"] * 6)
 
 
 # ------------------------------------------------------------------------------------------- QLoRA Table 4

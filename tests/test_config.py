@@ -13,12 +13,13 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness.config import ConfigError
 from harness.run import execute
-from tests.conftest import REPO, compose
+from tests.conftest import CONF, REPO, compose
 
 
 @pytest.mark.parametrize("group,bad,valid", [
-    ("method", "qlora_nf5", ["bitfit", "full", "head_only", "lora", "lora_bf16", "majority", "qlora_int8", "qlora_fp4",
-                             "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq", "zero_shot"]),
+    ("method", "qlora_nf5", ["bitfit", "fake_int4", "fake_fp4_e3m0", "full", "head_only", "lora", "lora_bf16",
+                             "majority", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq",
+                             "zero_shot"]),
     ("task", "sst3", ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"]),
     ("model", "bert_huge", ["minilm_l6", "smollm2_135m", "roberta_base", "llama2_7b"]),
 ])
@@ -105,7 +106,7 @@ def test_cli_cfg_job_and_help_load_no_model(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "quant: nf4" in out.stdout and "targets: qkvo" in out.stdout
     out = _cli("--help", no_torch_dir=tmp_path)
-    assert out.returncode == 0 and "method: bitfit, full, head_only, lora, lora_bf16, majority, qlora_fp4" in out.stdout
+    assert out.returncode == 0 and "method: bitfit, fake_fp4, fake_fp4_e3m0, fake_int4, fake_nf4, full, head_only, lora" in out.stdout
 
 
 def test_cli_reports_bad_group_option():
@@ -121,3 +122,26 @@ def test_model_folder_without_a_model_is_named(tmp_path):
     cfg = compose([f"model.source={tmp_path / 'empty_model'}", "task.train_size=8", "task.eval_size=8"])
     with pytest.raises(ModelError, match="holds no model"):
         execute(cfg, tmp_path / "run")
+
+
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+
+
+def test_every_task_model_and_method_config_composes_and_validates():
+    """Each conf/task with a model of its kind, each conf/model with a task of its kind, each conf/method on the
+    default task: composed and validated (no model loads)."""
+    from harness.config import validate
+
+    causal_kinds = ("generation", "multiple_choice")
+    for task in TASKS:
+        kind = compose([f"task={task}"]).task.kind.value
+        validate(compose([f"task={task}", f"model={'smollm2_135m' if kind in causal_kinds else 'minilm_l6'}"]))
+    for model in MODELS:
+        arch = compose([f"model={model}"]).model.arch
+        decoder = arch in ("llama", "gpt2", "opt")
+        validate(compose([f"model={model}", f"task={'wikisql' if decoder else 'sst2'}"]))
+    for method in METHODS:
+        task = ["task=mrpc", "task.pair_encoding=bi"] if method == "zero_shot" else []
+        validate(compose([f"method={method}", *task]))

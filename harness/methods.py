@@ -132,6 +132,25 @@ def target_modules(arch: str, targets: str, model: nn.Module) -> list[str]:
     return suffixes
 
 
+def check_targets(cfg, model_path: Optional[str] = None) -> list[str]:
+    """lora.targets against the model's structure on the meta device (nothing allocated, no weights read), before a
+    run reads its data or loads its model: from `model.shape` in the model's YAML, else from the config file of
+    the model folder `model_path`. Returns the module names LoRA will adapt; raises ConfigError naming the model's
+    linear modules when a target does not exist."""
+    from harness.config import is_bi_encoder, is_causal
+    from harness.plan import hf_config, meta_model
+
+    config = hf_config(cfg.model)
+    if config is None:
+        if model_path is None:
+            return []
+        from harness.models import _config
+
+        config = _config(model_path, cfg.model)
+    head = "lm" if is_causal(cfg.task) else ("bi_encoder" if is_bi_encoder(cfg.task) else "classifier")
+    return target_modules(cfg.model.arch, cfg.lora.targets, meta_model(cfg, head, torch.float32, config))
+
+
 def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
     """Freeze and wrap the model for the method. Returns the model to train."""
     method = cfg.method

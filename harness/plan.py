@@ -112,16 +112,16 @@ def hf_config(model_cfg):
     return AutoConfig.for_model(kw.pop("model_type"), **kw)
 
 
-def meta_model(cfg, head: str, dtype):
+def meta_model(cfg, head: str, dtype, config=None):
     """The run's model structure on the meta device (head: lm | classifier | bi_encoder): a causal LM, or backbone +
-    our classifier head, or our bi-encoder."""
+    our classifier head, or our bi-encoder. `config`: the Hugging Face config (default: from model.shape)."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     from harness.config import baseline_of
     from harness.models import BiEncoder, SequenceClassifier
 
-    config = hf_config(cfg.model)
+    config = config if config is not None else hf_config(cfg.model)
     if config is None:
         from harness.config import ConfigError
 

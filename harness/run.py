@@ -175,10 +175,16 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     # the majority and the bi-encoder zero-shot baselines read the train labels, though they take no step
     need_train = train_steps or baseline == "majority" or (baseline == "zero_shot" and not causal)
 
+    # LoRA targets against the model's structure on the meta device (from model.shape): a target the model lacks
+    # fails here, in a second, before the data is read or the weights load
+    if cfg.method.adapter and cfg.model.get("shape"):
+        methods.check_targets(cfg)
     # data first: a missing or malformed file fails before any model loads
     t = time.perf_counter()
     data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=need_train)
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
+    if cfg.method.adapter and not cfg.model.get("shape"):  # a model folder without `shape`: its config.json
+        methods.check_targets(cfg, model_path)
     if baseline != "majority":
         models.check_shape(model_path, cfg.model)  # the weights are the model the record will name
     tokenizer = models.load_tokenizer(model_path, cfg.model)

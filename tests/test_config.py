@@ -145,3 +145,23 @@ def test_every_task_model_and_method_config_composes_and_validates():
     for method in METHODS:
         task = ["task=mrpc", "task.pair_encoding=bi"] if method == "zero_shot" else []
         validate(compose([f"method={method}", *task]))
+
+
+def test_a_missing_lora_target_fails_before_data_or_weights_load(tmp_path):
+    """The LoRA targets are checked on the meta device from model.shape: the error names the model's linear
+    modules and comes before the data is read (an empty data directory is never looked into)."""
+    import time
+
+    from harness import methods
+
+    cfg = compose(["model=minilm_l6", "model.arch=llama", "lora.targets=qv"])
+    with pytest.raises(ConfigError, match=r"target 'q' maps to 'q_proj' for arch 'llama'.*'query'"):
+        methods.check_targets(cfg)
+    assert methods.check_targets(compose(["model=minilm_l6", "lora.targets=qkvo"])) == [
+        "query", "key", "value", "attention.output.dense"]
+    (tmp_path / "empty").mkdir()
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match="q_proj"):
+        execute(compose(["model=minilm_l6", "model.arch=llama", "lora.targets=qv", f"paths.output_root={tmp_path}",
+                         f"paths.data_dir={tmp_path / 'empty'}"]), tmp_path / "run")
+    assert time.perf_counter() - t < 10

@@ -143,6 +143,16 @@ def with_baselines(records: list[dict], agg: pd.DataFrame, extra: list[dict] = (
     return frame.attach_baselines(agg, base), base
 
 
+def baselined(chosen: list[dict], runs: pd.DataFrame, how: str, extra: list[dict] = ()):
+    """(aggregate, baselines' aggregate): with each configuration's best baseline attached, except in an
+    evaluation-only experiment (QLoRA Table 2: stored data types scored as they are), where a baseline for
+    fine-tuning means nothing and every configuration is evidence."""
+    agg = frame.aggregate(runs, how)
+    if evaluation_only(runs):
+        return agg, pd.DataFrame()
+    return with_baselines(chosen, agg, extra, how)
+
+
 def experiment_configs(name: str) -> list[str]:
     """The conf/experiment/ configs whose runs are recorded under experiment `name` (their experiment_name)."""
     conf = Path(__file__).resolve().parents[2] / "conf" / "experiment"
@@ -168,7 +178,9 @@ def reproduce(name: str) -> str:
                 "line): each run's overrides are in its `.hydra/overrides.yaml` (a sweep job's whole command in its "
                 "`command.txt`).")
     cmds = " and ".join(f"`python -m harness.run -m +experiment={e}`" for e in found)
-    make = f"`make sweep EXPERIMENT={name}` (add `SCALE=paper` for the paper's scale)" if found == [name] else cmds
+    paper = (Path(__file__).resolve().parents[2] / "conf" / "at_scale" / name / "paper.yaml").is_file()
+    make = (f"`make sweep EXPERIMENT={name}`" + (" (add `SCALE=paper` for the paper's scale)" if paper else
+                                                  " (local scale only)")) if found == [name] else cmds
     return f"Reproduce: {make}."
 
 
@@ -191,7 +203,7 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
     runs = frame.runs_frame(chosen)
     table = _cfg(chosen[0], "report", "table")
     how = _cfg(chosen[0], "report", "aggregate", default="median")
-    agg, base = with_baselines(chosen, frame.aggregate(runs, how), baselines, how)
+    agg, base = baselined(chosen, runs, how, baselines)
     pv = paper_values()
     paper = pv.get(table) if table else None
     out = out_root / name
@@ -248,8 +260,10 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
                       "shown learnable (reports/sanity/).", ""]
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]
         lines += ["", STATS_NOTE if not evaluation_only(runs) else
-                  "Evaluation only: one deterministic evaluation per stored data type, so the numbers decide; the "
-                  "sampling error of the evaluation set is not measured here.", ""]
+                  "Evaluation only: one deterministic evaluation per stored data type of the same examples. Where "
+                  "the runs saved per-example predictions (a classifier or regressor), a type beats another when "
+                  "the paired bootstrap interval over the examples excludes 0; where they did not (perplexity), "
+                  "the numbers decide and the sampling error of the evaluation set is not measured.", ""]
         lines += ["## All configurations", "",
                   f"Ours (final) = the {how} over seeds of the final evaluation, [min–max over seeds]; the mean's "
                   "interval is Student-t (n-1 degrees of freedom); failures are counted, never hidden (they are "
@@ -343,7 +357,7 @@ def write_index(store, out_root: Path, base_recs: list[dict] | None = None,
         runs = frame.runs_frame(chosen)
         table = _cfg(chosen[0], "report", "table")
         how = _cfg(chosen[0], "report", "aggregate", default="median")
-        agg, _ = with_baselines(chosen, frame.aggregate(runs, how), base_recs, how)
+        agg, _ = baselined(chosen, runs, how, base_recs)
         found = [c for c in claim_checks.check(table, frame.evidence(agg), gate(usable, chosen)) if c.paper]
         scale = ", ".join(sorted(set(str(s) for s in runs["scale"].dropna()))) or tables.DASH
         verdicts = [c.verdict for c in found]

@@ -30,7 +30,7 @@ def _values(runs: pd.DataFrame, group: str) -> list[float]:
 def _config(r: dict) -> str:
     if r["method"] in ORDER:
         return tables.DASH
-    parts = [f"lr {r['lr']:.0e}"]
+    parts = [f"lr {r['lr']:.0e}"] if isinstance(r.get("lr"), (int, float)) and not pd.isna(r["lr"]) else []
     if r["targets"] != "-":
         parts.insert(0, f"{tables.targets_label(r['targets'])}, r={int(r['r'])}, alpha={tables.num(r['alpha'], 0)}")
     return "; ".join(parts)
@@ -106,7 +106,7 @@ def own_usable(records: list[dict], known: dict[str, bool] | None) -> dict[str, 
     experiment has not checked (absent from `known`) on which the experiment ran a baseline itself."""
     from harness.report.claims import task_key
 
-    if not records:
+    if not records or not any(frame.baseline_name(r) in frame.BASELINES for r in records):
         return {}
     out = {}
     for t in summarize(records)[0]["tasks"].values():

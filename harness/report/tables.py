@@ -363,7 +363,7 @@ def qlora_table2(agg: pd.DataFrame, paper: dict) -> str:
             cell = num(r["value"], digits) + (f" [{num(ci.interval()[0], digits)}, {num(ci.interval()[1], digits)}]"
                                                if ci is not None else "")
             delta = DASH
-            if ref is not None and r is not ref:
+            if ref is not None and r["method"] != ref["method"]:
                 d = examples.paired_bootstrap(one, {"_dir": next(iter((ref.get("dirs") or {}).values()), None)},
                                               split, metric, scale)
                 delta = f"{r['value'] - ref['value']:+.{digits}f}" + (

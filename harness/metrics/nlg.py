@@ -91,14 +91,10 @@ def _coco_inputs(preds: list[str], refs: Refs) -> tuple[dict, dict]:
 def _coco(scorer_name: str, preds: list[str], refs: Refs, tokenized=None) -> float:
     gts, res = tokenized or _coco_inputs(preds, refs)
     res = {i: [h[0] if h and h[0] else ""] for i, h in res.items()}
-    if scorer_name == "meteor":
+    if scorer_name == "meteor":  # a METEOR 1.5 Java process, ended when the scorer is collected
         from pycocoevalcap.meteor.meteor import Meteor
 
-        scorer = Meteor()
-        try:
-            return float(scorer.compute_score(gts, res)[0])
-        finally:
-            scorer.close() if hasattr(scorer, "close") else None
+        return float(Meteor().compute_score(gts, res)[0])
     if scorer_name == "cider":
         from pycocoevalcap.cider.cider import Cider
 

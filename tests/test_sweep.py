@@ -274,6 +274,9 @@ def test_lora_table3_e2e_grid():
     assert choices(jobs, "train.seed") == ["1", "2", "3"]
     cfg = compose(jobs[0])
     assert cfg.task.name == "e2e" and cfg.lora.r == 4 and effective_alpha(cfg.lora) == 32
+    # each method at the rate chosen on MRs carved from the dev file it trains on (conf/recipe/default/e2e.yaml)
+    lrs = {c.method.name: effective_lr(c) for c in map(compose, jobs)}
+    assert lrs["full"] == 1e-4 and lrs["lora"] == lrs["qlora_nf4_dq"] == 2e-3
     paper = compose(grid("lora_table3_e2e", "scale=paper")[0])
     assert paper.model.name == "gpt2_medium" and paper.task.num_beams == 10 and paper.task.train_split == "train"
     assert paper.task.length_penalty == 0.9 and paper.task.no_repeat_ngram_size == 4 and paper.train.epochs == 5

@@ -66,7 +66,5 @@ def test_coco_metrics_on_a_two_mr_toy_by_hand():
     # several references: max precision (3/4 from ref 1) and max recall (2/2 from "the up") combine;
     # an empty generation scores 0
     b2 = 1.2 ** 2
-    two = nlg.score(["rouge_l_coco", "meteor"], ["the cat sat up", ""],
-                    [["the cat sat down", "the up"], ["green eggs and ham"]])
+    two = nlg.score(["rouge_l_coco"], ["the cat sat up", ""], [["the cat sat down", "the up"], ["green eggs and ham"]])
     assert two["rouge_l_coco"] == pytest.approx(((1 + b2) * 0.75 * 1.0 / (1.0 + b2 * 0.75) + 0) / 2)
-    assert 0 < two["meteor"] < got["meteor"]

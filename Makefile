@@ -15,7 +15,7 @@ export GOMP_SPINCOUNT ?= 1000
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lock run sweep sanity sanity-wikisql search plan report analyze results bench bench-inference test test-fast clean-outputs
+.PHONY: setup lock lint run sweep sanity sanity-wikisql search plan report analyze results bench bench-inference test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -71,7 +71,10 @@ bench-inference: setup  ## inference latency: base vs LoRA unmerged/merged vs 4-
 # two pytest-xdist workers, each training subprocess on one thread (tests/conftest.py): 5.5 min instead of 9 on
 # 2 cores, since most of a test's time is a fresh process importing torch and transformers, one core each
 TEST_WORKERS ?= 2
-test: setup  ## the test suite (about 8 minutes on 2 CPU cores)
+lint: setup  ## ruff: pyflakes and pycodestyle's errors (pyproject.toml [tool.ruff]); make test runs it first
+	$(PY) -m ruff check harness tests bench hydra_plugins
+
+test: setup lint  ## the linter, then the test suite (about 8 minutes on 2 CPU cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: setup  ## unit tests only (no end-to-end training of shipped models)

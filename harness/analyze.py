@@ -172,7 +172,7 @@ def movement(ad: Adapter) -> dict[str, dict]:
 
 
 def _common_layers(a: Adapter, b: Adapter, kind: str) -> list[int]:
-    return sorted({l for k, l in a.mats if k == kind} & {l for k, l in b.mats if k == kind})
+    return sorted({layer for k, layer in a.mats if k == kind} & {layer for k, layer in b.mats if k == kind})
 
 
 def pair_grids(a: Adapter, b: Adapter, kind: str, init: bool = False) -> np.ndarray | None:

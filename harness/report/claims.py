@@ -33,9 +33,10 @@ REASONS = {
                    "training sets with RoBERTa/DeBERTa",
     "memory": "likely reason: at this model size activations, the tokenizer's batch and framework buffers dominate "
               "the peak, not the weights, gradients and optimizer state that LoRA and 4-bit storage save",
-    "qlora_table2": "likely reason: another measure on another model: the paper averages the perplexity of 125M-13B "
-                    "language models, while a small model's scores move by a point or less between types here, "
-                    "where the types' per-layer reconstruction errors (in the table) are the sharper comparison",
+    "qlora_table2": "likely reason: another measure on other models: the paper averages the perplexity of 125M-13B "
+                    "language models on Pile Common Crawl, here one small model on one held-out set (SmolLM2's "
+                    "shipped weights are already dequantized Q4_1 values; MiniLM is a sentence encoder); the "
+                    "types' per-layer reconstruction errors in the table are the direct comparison of the codes",
     "qlora_table3": "likely reason: a 4-bit code of a small model's weights loses more than at 7B-65B, where "
                     "the paper measured it, and our runs are short",
 }

@@ -68,10 +68,10 @@ def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: 
     stats = None
     if gen_names:
         if "group" in df.columns:  # several references per input: generate once per input, score against all
-            inputs = df.groupby("group", sort=False)
+            inputs = list(df.groupby("group", sort=False))
+            keys = [k for k, _ in inputs]
             prompts = [g["prompt"].iloc[0] for _, g in inputs]
             refs: list = [[a.strip() for a in g["answer"]] for _, g in inputs]
-            keys = [k for k, _ in inputs]
         else:
             prompts, refs, keys = list(df["prompt"]), [a.strip() for a in df["answer"]], None
         texts, stats = lm.generate(model, tokenizer, prompts, max_new_tokens=int(task.max_new_tokens),

@@ -12,11 +12,12 @@ Formats (`task.format`):
 - `table`: any TSV/CSV/parquet read as for GLUE, rendered with `task.prompt_template` / `task.answer_template`
 - `lines`: a text file, one example per non-empty line split at `task.separator` into the columns `task.fields`,
   rendered as `table` (E2E NLG: `meaning representation||reference`)
-
-With `task.group_by` (several references per input), the frame also has `group`: that column's value.
 - `mmlu_jsonl`: QLoRA's MMLU files, JSONL of {subject, input (prompt ending "Answer:"), output (a letter)}
 - `mmlu_csv`: a folder of per-subject CSVs (question, choice0-3, answer index) in the hendrycks prompt form,
   with `task.shots` examples per subject from the dev folder named by the file spec's `shots_from`
+
+With `task.group_by` (several references per input; formats table and lines), the frame also has `group`: that
+column's value.
 """
 
 from __future__ import annotations

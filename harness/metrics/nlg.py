@@ -21,6 +21,7 @@ returns one corpus-level float. Implementations are maintained packages, configu
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from typing import Callable
 
 Refs = list[list[str]]
@@ -104,18 +105,6 @@ def _coco(scorer_name: str, preds: list[str], refs: Refs, tokenized=None) -> flo
     return float(Rouge().compute_score(gts, res)[0])
 
 
-def meteor(preds: list[str], refs: Refs) -> float:
-    return _coco("meteor", preds, refs)
-
-
-def cider(preds: list[str], refs: Refs) -> float:
-    return _coco("cider", preds, refs)
-
-
-def rouge_l_coco(preds: list[str], refs: Refs) -> float:
-    return _coco("rouge_l_coco", preds, refs)
-
-
 def _rouge(kind: str, preds: list[str], refs: Refs) -> float:
     from rouge_score import rouge_scorer
 
@@ -126,16 +115,12 @@ def _rouge(kind: str, preds: list[str], refs: Refs) -> float:
     return sum(max(scorer.score(r, p)[kind].fmeasure for r in rs) for p, rs in zip(preds, refs)) / len(preds)
 
 
-def rouge_1(preds: list[str], refs: Refs) -> float:
-    return _rouge("rouge1", preds, refs)
-
-
-def rouge_2(preds: list[str], refs: Refs) -> float:
-    return _rouge("rouge2", preds, refs)
-
-
-def rouge_l(preds: list[str], refs: Refs) -> float:
-    return _rouge("rougeL", preds, refs)
+meteor = partial(_coco, "meteor")
+cider = partial(_coco, "cider")
+rouge_l_coco = partial(_coco, "rouge_l_coco")
+rouge_1 = partial(_rouge, "rouge1")
+rouge_2 = partial(_rouge, "rouge2")
+rouge_l = partial(_rouge, "rougeL")
 
 
 def exact_match_any(preds: list[str], refs: Refs) -> float:

@@ -241,8 +241,9 @@ def test_qlora_table2_mirror_and_claims_for_perplexity(tmp_path):
     def verdict(start):
         return next(c.holds for c in found if c.claim.split(": ", 1)[1].startswith(start))
 
-    assert verdict("NF4 beats FP4 (E2M1) (has lower perplexity") is True
-    assert verdict("with double quantization too, NF4 beats FP4") is True
+    # NF4 is lower, but perplexity saves no per-answer losses: no interval, so no verdict
+    assert verdict("NF4 beats FP4 (E2M1) (has lower perplexity") is None
+    assert verdict("with double quantization too, NF4 beats FP4") is None
     assert verdict("double quantization saves 0.373 bits") is True
     readme = render_experiment("qlora_table2", recs, tmp_path, plots=False).read_text()
     assert "## Which configuration" not in readme

@@ -387,10 +387,11 @@ def table2_data_types(agg: pd.DataFrame) -> list[Claim]:
     """Evaluation only, one deterministic evaluation per data type of the same eval examples. Where the runs saved
     per-example predictions (a classifier or regressor: MiniLM on STS-B) a type beats another when the paired
     bootstrap interval over the examples excludes 0; where they did not (perplexity: per-answer losses are not
-    saved) the numbers decide, and the claim says that the sampling error of the eval set is not measured."""
+    saved) the numbers are shown and the verdict is "not resolved": the sampling error of the eval set is unknown."""
     out = []
     src = "QLoRA Table 2, section 4"
-    caveat = " One deterministic evaluation per data type on the same examples; no interval (per-example scores not saved)."
+    caveat = (" One deterministic evaluation per data type on the same examples; per-example scores were not saved, so "
+              "there is no interval and the verdict is left open whatever the direction.")
     names = ("full", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq", "fake_int4", "fake_fp4_e3m0",
              "fake_nf4", "fake_fp4")
     labels = {"qlora_fp4": "FP4 (E2M1)", "qlora_fp4_dq": "FP4+DQ", "qlora_nf4": "NF4", "qlora_nf4_dq": "NF4+DQ",
@@ -411,8 +412,8 @@ def table2_data_types(agg: pd.DataFrame) -> list[Claim]:
             nums = f"{labels[a]} {v(a):.3f}, {labels[b]} {v(b):.3f} ({v(a) - v(b):+.3f})"
             if d is not None:
                 verdict, ev = stats.beats(d), f"{nums}; {'A − B' if higher else 'B − A'} {d.text()}."
-            else:
-                verdict, ev = (stats.HOLDS if (v(a) > v(b)) == higher and v(a) != v(b) else stats.FAILS), nums + "." + caveat
+            else:  # no interval, no verdict: the numbers are shown, the sampling error of the eval set is unknown
+                verdict, ev = stats.UNRESOLVED, nums + "." + caveat
             out.append(Claim("qlora_table2", f"{task}/{model}: {claim} ({what}; the paper: {paper})", verdict, ev, src,
                              None, d, REASONS["qlora_table2"]))
 

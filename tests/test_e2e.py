@@ -140,14 +140,24 @@ def test_evaluation_only_run_of_a_4bit_base(tmp_path):
     assert abs(s["bits_per_param_blocks"] - (4 + 8 / 64 + 32 / (64 * 256))) < 0.003  # the paper's 4.127
 
 
+def run_here(tmp_path: Path, *overrides: str) -> dict:
+    """harness.run's execute in this process (the pieces above already run it in a fresh one): the record."""
+    from harness.run import execute
+    from tests.conftest import compose
+
+    rec = execute(compose([f"paths.output_root={tmp_path / 'out'}", "train.threads=1", *overrides]), tmp_path / "run")
+    assert rec["status"] == "ok", rec.get("error")
+    return rec
+
+
 def test_e2e_nlg_run_generates_once_per_mr_and_scores_every_reference(tmp_path):
     """The E2E task end to end on a tiny random Llama: train on (MR, reference) pairs, generate once per test MR,
     score against all its references; predictions carry the references."""
     path = save_random_llama(tmp_path / "tiny", 64, 2, 4, 2, 128)
-    rec = run(tmp_path, f"model.source={path}", "model.arch=llama", "model.name=tiny", "model.max_position=256",
-              "model.shape=null", "task=e2e", "task.train_size=8", "task.eval_size=3", "train.max_steps=2",
-              "train.batch_size=4", "train.eval_batch_size=4", "task.max_new_tokens=6",
-              "task.metrics=[bleu,nist,rouge_l,cider,loss]")
+    rec = run_here(tmp_path, f"model.source={path}", "model.arch=llama", "model.name=tiny", "model.max_position=256",
+                   "model.shape=null", "task=e2e", "task.train_size=8", "task.eval_size=3", "train.max_steps=2",
+                   "train.batch_size=4", "train.eval_batch_size=4", "task.max_new_tokens=6",
+                   "task.metrics=[bleu,nist,rouge_l,cider,loss]")
     final = rec["metrics"]["final"]["test"]
     assert {"bleu", "nist", "rouge_l", "cider", "loss"} <= set(final)
     assert rec["generation"]["test"]["examples"] == 3  # three MRs, each with several references
@@ -158,8 +168,8 @@ def test_e2e_nlg_run_generates_once_per_mr_and_scores_every_reference(tmp_path):
 
 def test_a_simulated_int4_base_is_scored_and_its_error_recorded(tmp_path):
     """QLoRA Table 2's Int4 row on MiniLM: the linear weights rounded to Int4 codes in torch, scored zero-shot."""
-    rec = run(tmp_path, "model=minilm_l6", "task=stsb", "task.pair_encoding=bi", "task.eval_size=64",
-              "method=fake_int4", "train.max_steps=0")
+    rec = run_here(tmp_path, "model=minilm_l6", "task=stsb", "task.pair_encoding=bi", "task.eval_size=64",
+                   "method=fake_int4", "train.max_steps=0")
     fq = rec["model"]["fake_quant"]
     assert fq["type"] == "int4" and fq["layers"] == 36 and 0.05 < fq["rel_error_mean"] < 0.3
     assert 0 < rec["metrics"]["final"]["validation"]["pearson"] < 1

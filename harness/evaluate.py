@@ -63,6 +63,8 @@ def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: 
         nll = lm.answer_nll(model, ds, pad_id=pad, batch_size=batch_size, dtype=dtype)
         out.update({k: nll[k] for k in ("loss", "perplexity") if k in names})
         out["answer_tokens"] = nll["tokens"]
+    else:
+        nll = None
     gen_names = [n for n in names if n in metric_fns.GENERATION]
     preds: list = []
     stats = None
@@ -87,6 +89,12 @@ def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: 
                 row["logical_form_match"] = logical_form_match(t, a)
             preds.append(row)
         log.info("generated %d answers, %.1f new tokens/s", len(texts), stats["tokens_per_s"] or 0)
+    if nll is not None:  # each answer's NLL and token count: a report bootstraps loss and perplexity over examples
+        if not preds:
+            preds = [{"i": i, "gold": a.strip()} for i, a in enumerate(df["answer"])]
+        if "group" not in df.columns and len(preds) == len(nll["per_example"]):  # one row per example
+            for row, (s, n) in zip(preds, nll["per_example"]):
+                row.update({"nll": s, "tokens": n})
     return out, preds, stats
 
 

@@ -117,13 +117,15 @@ def _batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
 @torch.no_grad()
 def answer_nll(model, dataset, *, pad_id: int, batch_size: int, dtype: torch.dtype) -> dict:
     """Sum of negative log-likelihoods over the answer tokens (labels != IGNORE) and their count;
-    loss = mean NLL per answer token, perplexity = exp(loss)."""
+    loss = mean NLL per answer token, perplexity = exp(loss). `per_example`: each example's (NLL sum, answer tokens)
+    in the dataset's order, so a report can bootstrap the perplexity over examples."""
     decoder, head = _parts(model)
     was_training = model.training
     model.eval()
     device = _device(model)
     collate = SFTCollator(pad_id)
-    total, count = 0.0, 0
+    nll = [0.0] * len(dataset)
+    tokens = [0] * len(dataset)
     lengths = list(dataset["length"])
     for idx in _batches_by_length(lengths, batch_size):
         b = collate([dataset[i] for i in idx])
@@ -133,11 +135,16 @@ def answer_nll(model, dataset, *, pad_id: int, batch_size: int, dtype: torch.dty
         target = labels[:, 1:]
         keep = target != IGNORE
         logits = head(h[:, :-1][keep].to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float()
-        total += float(torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum"))
-        count += int(keep.sum())
+        per_token = torch.nn.functional.cross_entropy(logits, target[keep], reduction="none")
+        rows = keep.nonzero()[:, 0]  # the batch row of each kept token (row-major, as the boolean index took them)
+        per_row = torch.zeros(len(idx), dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, per_token)
+        for j, i in enumerate(idx):
+            nll[i], tokens[i] = float(per_row[j]), int(keep[j].sum())
     model.train(was_training)
+    total, count = float(sum(nll)), int(sum(tokens))
     loss = total / max(count, 1)
-    return {"nll_sum": total, "tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    return {"nll_sum": total, "tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "per_example": list(zip(nll, tokens))}
 
 
 # ------------------------------------------------------------------------------------------ multiple choice

@@ -230,6 +230,12 @@ def test_answer_nll_equals_the_models_own_loss(tiny_causal):
     assert got["tokens"] == n
     assert got["loss"] == pytest.approx(total / n, rel=1e-4)
     assert got["perplexity"] == pytest.approx(math.exp(total / n), rel=1e-4)
+    # each answer's own NLL sum and token count, in the dataset's order (batched by length, put back)
+    for f, (s, k) in zip(feats, got["per_example"]):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]]))
+        assert k == sum(x != lm.IGNORE for x in f["labels"][1:])
+        assert s == pytest.approx(float(out.loss) * k, rel=1e-4)
 
 
 def test_batched_greedy_generation_equals_one_at_a_time_and_stops(tiny_causal):

@@ -249,6 +249,49 @@ def test_qlora_table2_mirror_and_claims_for_perplexity(tmp_path):
     assert "## Which configuration" not in readme
 
 
+def test_qlora_table2_perplexity_bootstraps_over_answers_when_their_losses_are_saved(tmp_path):
+    """Each answer's NLL sum and token count saved: perplexity on any resample is exp(sum NLL / sum tokens); NF4 far
+    below FP4 holds, and the table shows each interval and the paired difference from fp32."""
+    import math
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(5, 40, 200)
+    base = rng.gamma(4.0, 0.5, 200)  # per-token NLL of each answer under fp32
+    per_token = {"full": base, "qlora_nf4": base + 0.2, "qlora_nf4_dq": base + 0.2 + rng.normal(0, 0.01, 200),
+                 "qlora_fp4": base + 0.4 + rng.normal(0, 0.05, 200)}
+    recs = []
+    for m, nll in per_token.items():
+        d = tmp_path / m
+        (d / "predictions").mkdir(parents=True)
+        (d / "predictions" / "validation.jsonl").write_text("".join(
+            json.dumps({"i": i, "gold": f"answer {i}", "nll": float(x * k), "tokens": int(k)}) + "\n"
+            for i, (x, k) in enumerate(zip(nll, tokens))))
+        ppl = math.exp(float((nll * tokens).sum() / tokens.sum()))
+        r = make_record(experiment="qlora_table2", task="alpaca", model="smollm2_135m", method=m,
+                        targets="all_linear", value=ppl, table="qlora_table2", aggregate="mean")
+        r["_dir"] = str(d)
+        recs.append(r)
+    agg = agg_of(recs, "mean")
+    found = claims.check("qlora_table2", agg)
+
+    def claim(start):
+        return next(c for c in found if c.claim.split(": ", 1)[1].startswith(start))
+
+    c = claim("NF4 beats FP4 (E2M1) (has lower perplexity")
+    assert c.holds is True and "bootstrap over 200 examples" in c.evidence
+    # the full-sample value of the bootstrapped difference is exactly FP4's perplexity minus NF4's
+    def ppl(m):
+        return float(agg.loc[agg["method"] == m, "value"].iloc[0])
+
+    assert c.diff.mean == pytest.approx(ppl("qlora_fp4") - ppl("qlora_nf4"), rel=1e-9)
+    md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
+    row = next(line for line in md.splitlines() if line.startswith("| NFloat4 + DQ |"))
+    cells = [x.strip() for x in row.split("|")]
+    assert cells[3].startswith(f"{ppl('qlora_nf4_dq'):.2f} [") and cells[4].startswith("+") and "[" in cells[4]
+
+
 def test_qlora_table2_on_a_regressor_bootstraps_over_examples_and_checks_the_simulated_types(tmp_path):
     """Higher is better (STS-B Pearson): each type's value has a bootstrap interval over the eval pairs, its
     difference from fp32 a paired one; a type beats another only when that interval excludes 0."""

@@ -386,8 +386,9 @@ def _best_of(g: pd.DataFrame, targets: str):
 def table2_data_types(agg: pd.DataFrame) -> list[Claim]:
     """Evaluation only, one deterministic evaluation per data type of the same eval examples. Where the runs saved
     per-example predictions (a classifier or regressor: MiniLM on STS-B) a type beats another when the paired
-    bootstrap interval over the examples excludes 0; where they did not (perplexity: per-answer losses are not
-    saved) the numbers are shown and the verdict is "not resolved": the sampling error of the eval set is unknown."""
+    bootstrap interval over the examples excludes 0 (perplexity: resampling answers, each with its NLL sum and token
+    count); where they did not (records made before per-answer losses were saved) the numbers are shown and the
+    verdict is "not resolved": the sampling error of the eval set is unknown."""
     out = []
     src = "QLoRA Table 2, section 4"
     caveat = (" One deterministic evaluation per data type on the same examples; per-example scores were not saved, so "

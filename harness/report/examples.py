@@ -2,7 +2,9 @@
 over evaluation examples that compares two one-seed runs on the same examples.
 
 A classifier's or regressor's rows are {"i", "pred", "gold"} (harness.train.write_predictions); a generation
-task's rows also carry the per-example match that its metric averages (WikiSQL: "logical_form_match").
+task's rows also carry the per-example match that its metric averages (WikiSQL: "logical_form_match"); a causal
+task scored by likelihood carries each answer's "nll" (sum over its tokens) and "tokens", from which loss and
+perplexity are recomputed on any resample (the ratio of sums, as the run computed them).
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ def load(rec: dict, split: str) -> dict | None:
     for field in MATCH_FIELDS.values():
         if field in rows[0]:
             out["match"] = np.asarray([bool(r.get(field)) for r in rows], dtype=float)
+    if "nll" in rows[0]:
+        out["nll"] = np.asarray([float(r["nll"]) for r in rows], dtype=float)
+        out["tokens"] = np.asarray([int(r["tokens"]) for r in rows], dtype=float)
     return out
 
 
 def scorer(metric: str, p: dict) -> Callable[[np.ndarray], float] | None:
     """idx -> the metric on those examples (fraction), for the metrics a bootstrap supports here."""
+    if metric in ("loss", "perplexity"):
+        if "nll" not in p:
+            return None
+        nll, tok = p["nll"], p["tokens"]
+        if metric == "loss":
+            return lambda idx: float(nll[idx].sum() / max(tok[idx].sum(), 1.0))
+        return lambda idx: math.exp(min(float(nll[idx].sum() / max(tok[idx].sum(), 1.0)), 50.0))
     if metric in MATCH_FIELDS:
         m = p["match"]
         return None if m is None else (lambda idx: float(m[idx].mean()))

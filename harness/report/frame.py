@@ -107,6 +107,7 @@ def run_row(rec: dict) -> dict:
         # a simulated data type (harness/fakequant.py): the mean per-layer relative reconstruction error
         "fake_quant": _get(rec, "model", "fake_quant", "type"),
         "rel_error": _get(rec, "model", "fake_quant", "rel_error_mean"),
+        "bits_simulated": _get(rec, "model", "fake_quant", "bits_per_param_simulated"),
         "bits_per_param_blocks": _get(rec, "model", "linear_storage", "bits_per_param_blocks"),
         "train_examples": _get(rec, "task", "train_examples"),
         "eval_examples": sum((_get(rec, "task", "eval_examples") or {}).values()) or None,
@@ -189,7 +190,7 @@ def aggregate(runs: pd.DataFrame, how: str = "median") -> pd.DataFrame:
                                      "r", "alpha", "lr", "metric", "split", "train_examples", "eval_examples",
                                      "total", "trainable", "trainable_pct", "device", "scale", "higher_better",
                                      "trained", "bits_per_param", "bits_per_param_blocks", "linear_bytes",
-                                     "fake_quant", "rel_error")}
+                                     "fake_quant", "rel_error", "bits_simulated")}
         row.update({
             "group": key,
             "value": float(vals.median() if how == "median" else vals.mean()) if len(vals) else math.nan,

@@ -261,10 +261,10 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]
         lines += ["", STATS_NOTE if not evaluation_only(runs) else
                   "Evaluation only: one deterministic evaluation per stored data type of the same examples. Where "
-                  "the runs saved per-example predictions (a classifier or regressor), a type beats another when "
-                  "the paired bootstrap interval over the examples excludes 0; where they did not (perplexity), "
-                  "the numbers are shown and left \"not resolved\": the sampling error of the evaluation set is "
-                  "not measured.", ""]
+                  "the runs saved per-example scores (a classifier's or regressor's predictions; each answer's "
+                  "NLL and token count for perplexity), a type beats another when the paired bootstrap interval "
+                  "over the examples excludes 0; where they did not (older records), the numbers are shown and "
+                  "left \"not resolved\": the sampling error of the evaluation set is not measured.", ""]
         lines += ["## All configurations", "",
                   f"Ours (final) = the {how} over seeds of the final evaluation, [min–max over seeds]; the mean's "
                   "interval is Student-t (n-1 degrees of freedom); failures are counted, never hidden (they are "

@@ -373,7 +373,7 @@ def qlora_table2(agg: pd.DataFrame, paper: dict) -> str:
             simulated = bool(r.get("fake_quant")) and not pd.isna(r.get("fake_quant"))
             rows.append([prow["label"], f"{TASK_LABELS.get(task, task)} {METRIC_LABELS.get(metric, metric)}, {model}",
                          cell, delta, DASH if err is None or pd.isna(err) else f"{100 * err:.1f}%",
-                         "4.500 (simulated)" if simulated else num(r.get("bits_per_param"), 3),
+                         f"{num(r.get('bits_simulated'), 3)} (simulated)" if simulated else num(r.get("bits_per_param"), 3),
                          "–" if simulated else num(None if mb is None else mb / 2 ** 20, 1), num(prow.get("value"), 2)])
     return md_table(header, rows, ["l", "l"] + ["r"] * 6)
 

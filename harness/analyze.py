@@ -65,11 +65,13 @@ class Adapter:
         return c["model"]["name"], c["task"]["name"], c["method"]["name"]
 
 
-def _kind(prefix: str, arch: str) -> str:
-    """'q', 'v', ... for an attention projection (methods.TARGETS), else the module's own name (all_linear)."""
+def _kind(prefix: str, arch: str | dict) -> str:
+    """'q', 'v', ... for an attention projection (the model's target map: methods.TARGETS of a known arch, or its
+    own model.targets), else the module's own name (all_linear)."""
     from harness.methods import TARGETS
 
-    for letter, suffixes in TARGETS.get(arch, {}).items():
+    mapping = TARGETS.get(arch, {}) if isinstance(arch, str) else arch
+    for letter, suffixes in mapping.items():
         if any(prefix == s or prefix.endswith("." + s) for s in suffixes):
             return letter
     m = re.search(r"\.\d+\.(.+)$", prefix)  # what follows the layer index, e.g. intermediate.dense
@@ -102,7 +104,7 @@ def read_adapter(rec: dict) -> Adapter:
     init_path = run_dir / "adapter" / ADAPTER_INIT_NAME
     init = load_file(str(init_path)) if init_path.is_file() else {}
     ad = Adapter(run_dir, rec, str(cfg["lora"]["targets"]), r, int(cfg["train"]["seed"]), float(scale))
-    arch = cfg["model"]["arch"]
+    arch = cfg["model"].get("targets") or cfg["model"]["arch"]
     for key, a in saved.items():
         if not key.endswith("lora_A.weight"):
             continue

@@ -102,7 +102,14 @@ class ModelConfig:
     # "gguf:<package>:<file>" (a GGUF file shipped in a package, converted once to a cached HF folder),
     # or a Hub id / local folder (loaded with from_pretrained)
     source: str = MISSING
-    arch: str = MISSING  # bert | roberta | llama | gpt2 | opt: picks the LoRA target names
+    # the Hugging Face model_type: bert | roberta | llama | gpt2 | opt are known (their LoRA target names and kind
+    # are in harness/methods.py); any other architecture names its own `kind` and `targets` below
+    arch: str = MISSING
+    # encoder (classification / regression heads, sentence embeddings) or decoder (causal LM); null = by arch
+    kind: Optional[str] = None
+    # the papers' matrix letters -> module-name suffixes in this model, e.g. {q: [q_lin], v: [v_lin]} (DistilBERT);
+    # empty = the known architecture's names (methods.TARGETS). all_linear needs none.
+    targets: dict[str, list[str]] = field(default_factory=dict)
     pooling: Pooling = Pooling.cls
     max_position: int = 512
     trust_remote_code: bool = False  # never on unless a config says so: it runs the model folder's Python code
@@ -116,6 +123,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = MISSING
+    title: str = ""  # the name reports print (harness/catalog.py); changes nothing a run computes
     family: str = "glue"
     kind: TaskKind = TaskKind.classification
     labels: list[str] = field(default_factory=list)  # label names, index = class id
@@ -168,6 +176,7 @@ class TaskConfig:
 @dataclass
 class MethodConfig:
     name: str = MISSING
+    title: str = ""  # the name reports print (harness/catalog.py); changes nothing a run computes
     adapter: bool = True  # False = full fine-tuning
     quant: Quant = Quant.none
     double_quant: bool = False
@@ -485,6 +494,7 @@ def validate(cfg: DictConfig) -> None:
     for what, v in (("experiment_name", cfg.experiment_name), ("model.name", cfg.model.name),
                     ("task.name", cfg.task.name), ("method.name", cfg.method.name)):
         safe_path_part(v, what)
+    _validate_model(cfg.model)
     lr = cfg.lora
     if cfg.method.adapter:
         _positive("lora.r", lr.r)
@@ -564,7 +574,7 @@ def validate(cfg: DictConfig) -> None:
 
         if task.format not in FORMATS:
             raise ConfigError(f"task {task.name!r}: task.format={task.format!r} is not valid; valid: {sorted(FORMATS)}")
-        if cfg.model.arch in ("bert", "roberta"):
+        if model_kind(cfg.model) == "encoder":
             raise ConfigError(
                 f"task {task.name!r} is a {kind_of(task)} task for causal language models, but model "
                 f"{cfg.model.name!r} is an encoder ({cfg.model.arch}); use a decoder such as model=smollm2_135m"
@@ -627,6 +637,36 @@ def _validate_baseline(cfg) -> None:
 
 def kind_of(task) -> str:
     return str(getattr(task.kind, "value", task.kind))
+
+
+KNOWN_KINDS = {"bert": "encoder", "roberta": "encoder", "llama": "decoder", "gpt2": "decoder", "opt": "decoder"}
+MODEL_KINDS = ("encoder", "decoder")
+TARGET_LETTERS = ("q", "k", "v", "o")
+
+
+def model_kind(model) -> str:
+    """encoder | decoder: model.kind where the YAML says, else the known architecture's."""
+    kind = model.get("kind") or KNOWN_KINDS.get(str(model.arch))
+    if kind is None:
+        raise ConfigError(f"model {model.name!r}: model.arch={model.arch!r} is not a known architecture "
+                          f"({sorted(KNOWN_KINDS)}); say what it is in its YAML: model.kind (one of {list(MODEL_KINDS)}) "
+                          "and model.targets (e.g. {q: [q_lin], k: [k_lin], v: [v_lin], o: [out_lin]})")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"model {model.name!r}: model.kind={kind!r} is not valid; valid: {list(MODEL_KINDS)}")
+    return kind
+
+
+def _validate_model(model) -> None:
+    model_kind(model)
+    targets = model.get("targets")
+    if targets:
+        bad = sorted(set(targets) - set(TARGET_LETTERS))
+        if bad:
+            raise ConfigError(f"model {model.name!r}: model.targets has unknown matrix letters {bad}; valid: "
+                              f"{list(TARGET_LETTERS)} (each mapped to the module-name suffixes that hold it)")
+        empty = sorted(k for k, v in targets.items() if not v)
+        if empty:
+            raise ConfigError(f"model {model.name!r}: model.targets maps {empty} to no module names")
 
 
 def is_causal(task) -> bool:

@@ -105,8 +105,22 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if _is_linear(m)]
 
 
-def target_modules(arch: str, targets: str, model: nn.Module) -> list[str]:
-    """Paper names -> module-name suffixes for peft, each checked to exist in `model`."""
+def target_map(model_cfg) -> dict[str, list[str]]:
+    """The model's matrix letter -> module-name suffixes: model.targets from its YAML, else its known arch's."""
+    own = model_cfg.get("targets")
+    arch = str(model_cfg["arch"])
+    if own:
+        return {k: list(v) for k, v in own.items()}
+    if arch not in TARGETS:
+        raise ConfigError(f"model.arch={arch!r} has no target mapping (known: {sorted(TARGETS)}); name the model's "
+                          "projections in its YAML: model.targets, e.g. {q: [q_lin], k: [k_lin], v: [v_lin], "
+                          "o: [out_lin]}, or use lora.targets=all_linear")
+    return TARGETS[arch]
+
+
+def target_modules(arch: str | dict, targets: str, model: nn.Module) -> list[str]:
+    """Paper names -> module-name suffixes for peft, each checked to exist in `model`. `arch`: a known
+    architecture's name, or a model's own letter -> suffixes map (target_map)."""
     linear = linear_module_names(model)
     letters = target_letters(targets)
     if letters == ["all_linear"]:
@@ -116,20 +130,27 @@ def target_modules(arch: str, targets: str, model: nn.Module) -> list[str]:
         if not names:
             raise ConfigError("lora.targets=all_linear found no linear layers in the model")
         return names
-    if arch not in TARGETS:
-        raise ConfigError(f"model.arch={arch!r} has no target mapping; valid: {sorted(TARGETS)}")
+    mapping = arch if isinstance(arch, dict) else target_map({"arch": arch})
     suffixes: list[str] = []
     for letter in letters:
-        for s in TARGETS[arch][letter]:
+        if letter not in mapping:
+            raise ConfigError(f"lora.targets={targets!r}: this model maps no module to {letter!r} (its map: "
+                              f"{mapping}); add it to model.targets or choose among {sorted(mapping)}")
+        for s in mapping[letter]:
             if not any(n == s or n.endswith("." + s) for n in linear):
                 leaves = sorted({n.split(".")[-1] for n in linear})
-                raise ConfigError(
-                    f"target {letter!r} maps to {s!r} for arch {arch!r}, but the model has no such linear "
-                    f"module; its linear modules are named: {leaves}"
-                )
+                where = f"for arch {arch!r}" if isinstance(arch, str) else "in model.targets"
+                raise ConfigError(f"target {letter!r} maps to {s!r} {where}, but the model has no such linear "
+                                  f"module; its linear modules are named: {leaves}")
             if s not in suffixes:
                 suffixes.append(s)
     return suffixes
+
+
+def _mapping(cfg) -> str | dict:
+    """What target_modules maps letters with: the model's own model.targets, else its arch's name (known arches'
+    names appear in the error messages)."""
+    return target_map(cfg.model) if cfg.model.get("targets") else str(cfg.model.arch)
 
 
 def check_targets(cfg, model_path: Optional[str] = None) -> list[str]:
@@ -148,7 +169,7 @@ def check_targets(cfg, model_path: Optional[str] = None) -> list[str]:
 
         config = _config(model_path, cfg.model)
     head = "lm" if is_causal(cfg.task) else ("bi_encoder" if is_bi_encoder(cfg.task) else "classifier")
-    return target_modules(cfg.model.arch, cfg.lora.targets, meta_model(cfg, head, torch.float32, config))
+    return target_modules(_mapping(cfg), cfg.lora.targets, meta_model(cfg, head, torch.float32, config))
 
 
 def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
@@ -186,7 +207,7 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
         r=effective_rank(cfg.lora),
         lora_alpha=effective_alpha(cfg.lora),
         lora_dropout=float(cfg.lora.dropout),
-        target_modules=target_modules(cfg.model.arch, cfg.lora.targets, model),
+        target_modules=target_modules(_mapping(cfg), cfg.lora.targets, model),
         # the classifier's new head trains in full; a causal LM keeps its pretrained (often tied) LM head frozen
         modules_to_save=[HEAD_NAME] if hasattr(model, HEAD_NAME) else None,
         bias=cfg.lora.bias,

@@ -35,6 +35,8 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 
+from harness import catalog
+
 GIB = 1024**3
 GB = 1e9
 MB = 1024**2
@@ -51,7 +53,7 @@ QUANT_SKIP = ("head", "lm_head")
 # planned tensors = 44, 48, 45, 51 MB; the median is used. On CUDA the 1 GiB reserve plays this part.
 CPU_FRAMEWORK_BYTES = 46 * 2**20
 PHASE_PARTS = ("activations", "loss buffers", "gradients", "optimizer step temporaries", "autocast weight copies")
-METHODS = ("full", "lora", "lora_bf16", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq")
+METHODS = tuple(catalog.fine_tuning_methods())  # every conf/method/ entry that trains a real storage type
 
 
 @dataclass
@@ -452,12 +454,11 @@ def compose_plan_config(overrides: list[str], method: str | None = None, device:
     """The run config for these overrides (a decoder without a named task is planned for instruction tuning)."""
     from omegaconf import open_dict
 
-    from harness.config import is_causal
-    from harness.config import compose
+    from harness.config import compose, is_causal, model_kind
 
     ovr = [o for o in overrides if not (method and o.startswith("method="))] + ([f"method={method}"] if method else [])
     cfg = compose(ovr)
-    if not is_causal(cfg.task) and cfg.model.arch in ("llama", "gpt2", "opt") and not any(
+    if not is_causal(cfg.task) and model_kind(cfg.model) == "decoder" and not any(
             o.startswith("task=") for o in ovr):
         cfg = compose(ovr + ["task=alpaca"])
     with open_dict(cfg):

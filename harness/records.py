@@ -18,15 +18,16 @@ ADAPTER_INIT_NAME = "adapter_init.safetensors"
 SCHEMA_VERSION = 1
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
 HASH_EXCLUDE = ("paths", "tags", "report", "search")
-# ... and keys inside groups: planner metadata; the checkpoint format allowed (same weights either way); stopping
+# ... and keys inside groups: display titles; planner metadata; the checkpoint format allowed (same weights either way); stopping
 # on a non-finite loss (a run that never meets one computes the same, and one that did is not `ok`, so reruns);
 # how memory is metered (the probe restores the RNG and drops its gradients: training is the same)
-HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"),
+HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "method": ("title",), "task": ("title",),
                      "train": ("stop_on_nonfinite_loss", "memory_probe", "report_to", "save_every",
                                "save_every_min")}
 # schema keys added after records existed, left out of the hash while at their default (a run that does not use
 # them computes what it did before they existed, so its hash, resume and grouping with older seeds stay the same)
 HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None},
+                      "model": {"kind": None, "targets": {}},
                       "lora": {"use_rslora": False, "use_dora": False, "init": "default"}}
 
 

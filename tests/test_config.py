@@ -147,6 +147,28 @@ def test_every_task_model_and_method_config_composes_and_validates():
         validate(compose([f"method={method}", *task]))
 
 
+def test_methods_and_tasks_are_declared_once_in_their_yaml():
+    """Every method and task carries its display title in its own YAML; the reports' titles and the planner's
+    methods are read from conf/, so a new method variant is one file; a title changes no run's config hash."""
+    from harness import catalog, plan
+    from harness.records import config_hash
+    from harness.report import tables
+
+    for group in ("method", "task"):
+        for name, entry in catalog.entries(group).items():
+            assert entry.get("name") == name and entry.get("title"), (group, name)
+    assert tables.METHOD_LABELS["qlora_nf4_dq"] == "QLoRA NF4+DQ" and tables.TASK_LABELS["stsb"] == "STS-B"
+    assert set(tables.METHOD_LABELS) == set(METHODS) and set(tables.TASK_LABELS) == set(TASKS)
+    assert plan.METHODS == ("full", "lora", "lora_bf16", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4",
+                            "qlora_nf4_dq")
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose(["method=qlora_nf4"]), resolve=True)
+    retitled = {**cfg, "method": {**cfg["method"], "title": "another"}, "task": {**cfg["task"], "title": "x"}}
+    assert config_hash(retitled) == config_hash(cfg)
+    assert config_hash({**cfg, "method": {**cfg["method"], "double_quant": True}}) != config_hash(cfg)
+
+
 def test_a_missing_lora_target_fails_before_data_or_weights_load(tmp_path):
     """The LoRA targets are checked on the meta device from model.shape: the error names the model's linear
     modules and comes before the data is read (an empty data directory is never looked into)."""

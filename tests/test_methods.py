@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from harness import methods, models
+from harness import catalog, methods, models
 from harness.config import effective_rank
 from tests.conftest import compose, tiny_overrides
 
-METHODS = ["full", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4", "qlora_nf4_dq"]
+METHODS = catalog.fine_tuning_methods()  # every conf/method/ entry that trains a real storage type
 
 
 def build(path: str, arch: str, pooling: str, extra: list[str], num_labels: int = 2):
@@ -332,3 +333,76 @@ def test_another_model_under_a_shipped_models_name_is_refused_before_loading(tin
         execute(compose(base), tmp_path / "refused")
     rec = execute(compose([*base, "model.name=tiny", "model.shape=null"]), tmp_path / "own_name")
     assert rec["status"] == "ok" and rec["model"]["name"] == "tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory, minilm_path) -> str:
+    """An architecture the harness has no entry for: a 2-layer random DistilBERT, whose attention projections are
+    q_lin / k_lin / v_lin / out_lin, with MiniLM's tokenizer (no token type ids: DistilBERT takes none)."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_distilbert")
+    DistilBertModel(DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                     max_position_embeddings=128)).save_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    tok.model_input_names = ["input_ids", "attention_mask"]
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def new_model_yaml(folder: Path, source: str) -> list[str]:
+    """A model of a new architecture as a user adds one: one YAML file in a config folder of theirs, found through
+    hydra.searchpath (the same file in conf/model/ needs no searchpath)."""
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    (folder / "model" / "tiny_distilbert.yaml").write_text(
+        f"name: tiny_distilbert\nsource: {source}\narch: distilbert\nkind: encoder\npooling: mean\n"
+        "max_position: 128\ntargets: {q: [q_lin], k: [k_lin], v: [v_lin], o: [out_lin]}\n")
+    return [f"hydra.searchpath=[file://{folder}]", "model=tiny_distilbert"]
+
+
+@pytest.mark.parametrize("targets,per_layer", [("qv", 2), ("qkvo", 4), ("all_linear", 6)])
+def test_a_model_of_a_new_architecture_is_one_yaml_file(tiny_distilbert, tmp_path, targets, per_layer):
+    """model.kind and model.targets in the model's YAML are all a new architecture needs: the targets are checked
+    on the meta device from the folder's config, and LoRA trains on them."""
+    from harness.config import validate
+
+    cfg = compose(new_model_yaml(tmp_path / "conf", tiny_distilbert) +
+                  [f"lora.targets={targets}", "lora.dropout=0", "method.compute_dtype=fp32"])
+    validate(cfg)
+    names = methods.check_targets(cfg, tiny_distilbert)
+    if targets != "all_linear":
+        assert names == {"qv": ["q_lin", "v_lin"], "qkvo": ["q_lin", "k_lin", "v_lin", "out_lin"]}[targets]
+    torch.manual_seed(0)
+    model = methods.apply(models.load_classifier(tiny_distilbert, cfg.model, 2), cfg, gradient_checkpointing=False)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert len(adapted) == 2 * per_layer  # 2 layers
+    model.eval()  # no dropout: the loss of the same batch must fall step by step
+    x = batch(tiny_distilbert, n=6)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    losses = []
+    for _ in range(4):
+        loss = model(**x).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[3] < losses[0], losses
+
+
+def test_a_new_architecture_without_its_kind_or_targets_is_refused_with_the_fix(tiny_distilbert):
+    from harness.config import ConfigError, validate
+
+    base = [f"model.source={tiny_distilbert}", "model.name=tiny_distilbert", "model.arch=distilbert",
+            "model.shape=null"]
+    with pytest.raises(ConfigError, match=r"model.arch='distilbert' is not a known architecture.*model.kind"):
+        validate(compose(base))
+    cfg = compose(base + ["model.kind=encoder", "lora.targets=qv"])
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"no target mapping.*model.targets"):
+        methods.check_targets(cfg, tiny_distilbert)
+    with pytest.raises(ConfigError, match=r"unknown matrix letters \['x'\]"):
+        validate(compose(base + ["model.kind=encoder", "+model.targets.x=[q_lin]"]))
+    cfg = compose(base + ["model.kind=encoder", "+model.targets.q=[query]", "lora.targets=q"])
+    with pytest.raises(ConfigError, match=r"maps to 'query' in model.targets.*'q_lin'"):
+        methods.check_targets(cfg, tiny_distilbert)

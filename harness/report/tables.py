@@ -12,13 +12,10 @@ from typing import Iterable
 
 import pandas as pd
 
+from harness import catalog
+
 DASH = "–"
-METHOD_LABELS = {
-    "full": "Full FT", "lora": "LoRA", "qlora_int8": "QLoRA Int8", "qlora_fp4": "QLoRA FP4",
-    "qlora_fp4_dq": "QLoRA FP4+DQ", "qlora_nf4": "QLoRA NF4", "qlora_nf4_dq": "QLoRA NF4+DQ",
-    "lora_bf16": "LoRA (bf16 base)", "majority": "Majority class / mean", "zero_shot": "Zero-shot",
-    "head_only": "Head only (frozen backbone)", "bitfit": "BitFit (bias only)",
-}
+METHOD_LABELS = catalog.titles("method")  # each method's `title` in conf/method/<name>.yaml
 BELOW_MARK = "†"  # beside a value below its best baseline (frame.attach_baselines): not evidence for a claim
 METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "Pearson", "spearman": "Spearman",
                  "f1": "F1", "logical_form_accuracy": "logical-form acc", "execution_accuracy": "execution acc",
@@ -26,9 +23,7 @@ METRIC_LABELS = {"accuracy": "acc", "matthews_correlation": "MCC", "pearson": "P
                  "perplexity": "perplexity", "loss": "loss", "bleu": "BLEU", "nist": "NIST", "meteor": "METEOR",
                  "rouge_l_coco": "ROUGE-L", "cider": "CIDEr", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2",
                  "exact_match_any": "exact match"}
-TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "qqp": "QQP",
-               "rte": "RTE", "stsb": "STS-B", "wikisql": "WikiSQL", "mnli_gen": "MNLI (generation)",
-               "wikisql_full": "WikiSQL", "alpaca": "Alpaca", "mmlu": "MMLU", "e2e": "E2E NLG"}
+TASK_LABELS = catalog.titles("task")  # each task's `title` in conf/task/<name>.yaml
 # our task -> the paper's task of the same kind in the GPT-3 tables (5, 6)
 PAPER_TASK = {"mnli": "mnli", "mnli_gen": "mnli", "wikisql": "wikisql", "wikisql_full": "wikisql"}
 

@@ -404,3 +404,26 @@ def test_qlora_fig2_fig4_claims_compare_placements_ranks_and_full_finetuning():
     assert found["LoRA on all linear layers beats Wq,Wv only, at every rank"].verdict == "holds"
     rank = found["with all linear layers adapted, rank matters little"]
     assert rank.verdict == "holds" and rank.source == "QLoRA Figure 4, section 4"
+
+
+def test_the_index_keeps_reports_committed_from_other_stores(tmp_path):
+    """Reports whose records live elsewhere (committed from another machine's runs) stay listed while their folder
+    exists: experiments, nested reports (confirm/...) and searches; a folder that is gone drops out."""
+    from harness.report.render import write_index
+    from harness.store import Store
+
+    out = tmp_path / "reports"
+    for name in ("t3", "confirm/s", "search/s"):
+        (out / name).mkdir(parents=True)
+        (out / name / "README.md").write_text("# x\n")
+    (out / "README.md").write_text("\n".join([
+        "| Experiment | Mirrors | Scale | Runs | Paper claims here |", "| :--- | :--- | :--- | :--- | :--- |",
+        "| [t3](t3/README.md) | – | local | 2 ok | – |", "| [confirm/s](confirm/s/README.md) | – | local | 3 ok | – |",
+        "| [gone](gone/README.md) | – | local | 1 ok | – |", "",
+        "| Study | Trial records |", "| :--- | ---: |", "| [s](search/s/README.md) | 10 |",
+        "| [old](search/old/README.md) | 4 |", ""]))
+    index = write_index(Store(tmp_path / "empty"), out).read_text()
+    assert "| [t3](t3/README.md) | – | local | 2 ok | – |" in index
+    assert "| [confirm/s](confirm/s/README.md) | – | local | 3 ok | – |" in index
+    assert "| [s](search/s/README.md) | 10 |" in index
+    assert "gone" not in index and "search/old" not in index

@@ -1,7 +1,7 @@
 """`make bench-inference` (part of `make bench`): does a LoRA adapter add inference latency? (LoRA Table 1's
 question; the paper's answer: unmerged adapters add latency, merged ones none.)
 
-For each shipped model, five variants built from the same weights (harness.run.build_model, the same seed):
+For each shipped model, five variants built from the same weights (harness.runner.build_model, the same seed):
   base             the model with no adapter (method=full, in eval mode)
   lora             LoRA (Wq,Wv, r=8) unmerged: peft's layers compute W x + s B A x
   lora_merged      the same adapter folded into W (peft's merge_and_unload): a plain model again
@@ -47,7 +47,7 @@ MODELS = {"minilm": ("minilm_l6", "mrpc"), "smollm2": ("smollm2_135m", "wikisql"
 def _build(model: str, task: str, method: str):
     from harness import models
     from harness.config import compose
-    from harness.run import build_model, num_labels
+    from harness.runner import build_model, num_labels
 
     cfg = compose([f"model={model}", f"task={task}", f"method={method}", "lora.targets=qv", "lora.r=8",
                    "lora.dropout=0.0", "train.seed=0"])

@@ -171,7 +171,7 @@ def render(res: dict) -> str:
         L.append("")
     L += ["## How it is measured", "",
           "- Both paths in one process, one after the other, each on a freshly built model "
-          "(`harness.run.build_model`, same seed: same weights and LoRA initialisation) and the same training "
+          "(`harness.runner.build_model`, same seed: same weights and LoRA initialisation) and the same training "
           "examples and token ids. The seed recipe tokenizes with `padding=\"max_length\"` and trains with "
           "`DataCollatorForLanguageModeling(mlm=False)` (causal LM) or `default_data_collator` (classification, "
           "as run_glue.py with pad_to_max_length) under a `Trainer` with default arguments; ours is "

@@ -11,7 +11,7 @@ Paths (`PATHS`):
   ours      harness.train.make_trainer exactly as `python -m harness.run` trains: + bf16 autocast where the CPU
             has AVX512-BF16/AMX (method.compute_dtype=auto).
   ours_1thread  ours on one thread instead of all cores (the thread-count lever).
-Every path trains the same model (harness.run.build_model with the same seed: same weights, same LoRA init),
+Every path trains the same model (harness.runner.build_model with the same seed: same weights, same LoRA init),
 on the same examples and token ids, with the same objective (classification: cross entropy of the head;
 causal LM: next-token loss on every real token, which is what DataCollatorForLanguageModeling trains), learning
 rate, batch size and number of steps. Only the pipeline differs.
@@ -232,7 +232,7 @@ def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
     """Config, tokenizer, data and a freshly built model for one path (the same weights for every path)."""
     from harness import models
     from harness.config import compose, is_regression
-    from harness.run import build_model, num_labels
+    from harness.runner import build_model, num_labels
     from harness.tasks import find_data_dir, load_task
     from harness.train import label_norm
 

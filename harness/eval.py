@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None):
 
     from harness import models
     from harness.records import RECORD_NAME, read_record
-    from harness.run import build_model, num_labels
+    from harness.runner import build_model, num_labels
 
     run_dir = Path(run_dir)
     if not (run_dir / RECORD_NAME).is_file():
@@ -81,7 +81,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None):
 def reevaluate(run_dir: str | Path, data_dir: str | None = None) -> dict:
     """{split: {metric: value}} of the run's saved adapter, evaluated as the run's final evaluation was."""
     from harness.config import is_causal
-    from harness.run import _causal_evaluator, _prepare_causal, _prepare_classification
+    from harness.runner import _causal_evaluator, _prepare_causal, _prepare_classification
     from harness.tasks import find_data_dir, load_task
     from harness.train import train_and_evaluate
 

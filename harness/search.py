@@ -6,7 +6,7 @@
     python -m harness.search search=mrpc_minilm --confirm       # best trial vs the default on dev, several seeds
     python -m harness.search search=mrpc_minilm --report-only   # reports/search/<study>/README.md from the study
 
-Every trial is an ordinary run (harness.run.execute) of the config composed from the search's `base` overrides,
+Every trial is an ordinary run (harness.runner.execute) of the config composed from the search's `base` overrides,
 the command line's overrides and the trial's parameters; its record is tagged with the study and trial number
 and lands in the results store like any other (experiment `search/<study>`). Evaluations during training
 (train.eval_every) are reported to the pruner; a pruned trial is recorded as `pruned`, not failed.
@@ -616,7 +616,7 @@ class RunObjective:
 
         from harness import records
         from harness.config import resolved
-        from harness.run import execute
+        from harness.runner import execute
         from harness.store import Store
         from harness.train import Pruned
 
@@ -747,7 +747,7 @@ def load(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.run import reexec_with_process_env
+    from harness.runner import reexec_with_process_env
 
     reexec_with_process_env("harness.search")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

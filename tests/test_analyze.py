@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from harness.run import execute
+from harness.runner import execute
 from tests.conftest import compose, tiny_overrides
 
 

@@ -359,7 +359,7 @@ def test_baselines_and_a_bi_encoder_run_are_ordinary_records(tiny_bert, tmp_path
     of the usual shape, and every two-class bi-encoder starts from the cosine threshold fit on its train pairs."""
     import logging
 
-    from harness.run import execute
+    from harness.runner import execute
 
     caplog.set_level(logging.INFO, logger="harness.progress")
     base = [*tiny_overrides(tiny_bert, "bert", "mean"), "task=mrpc", "task.pair_encoding=bi", "task.train_size=64",

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness.config import ConfigError
-from harness.run import execute
+from harness.runner import execute
 from tests.conftest import CONF, REPO, compose
 
 

@@ -147,7 +147,7 @@ def test_evaluation_only_run_of_a_4bit_base(tmp_path):
 
 def run_here(tmp_path: Path, *overrides: str) -> dict:
     """harness.run's execute in this process (the pieces above already run it in a fresh one): the record."""
-    from harness.run import execute
+    from harness.runner import execute
     from tests.conftest import compose
 
     rec = execute(compose([f"paths.output_root={tmp_path / 'out'}", "train.threads=1", *overrides]), tmp_path / "run")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.run import execute
+from harness.runner import execute
 from tests.conftest import compose, tiny_overrides
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness.config import ConfigError
-from harness.run import execute
+from harness.runner import execute
 from tests.conftest import DATA, REPO, compose, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")

@@ -324,7 +324,7 @@ def test_peft_options_are_checked_and_leave_older_hashes_alone():
 def test_another_model_under_a_shipped_models_name_is_refused_before_loading(tiny_bert, tmp_path):
     """model=minilm_l6 model.source=<another model>: the run would be recorded, planned and reported as MiniLM.
     It fails naming what differs; with a name and shape of its own it runs."""
-    from harness.run import execute
+    from harness.runner import execute
 
     base = ["model=minilm_l6", f"model.source={tiny_bert}", "task.train_size=16", "task.eval_size=8",
             "train.max_steps=1", "train.threads=1", f"paths.output_root={tmp_path}"]

@@ -52,3 +52,18 @@ def test_no_module_imports_itself_back_at_load_time():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
     # the check itself finds a cycle two modules away
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_entry_points_are_thin_and_no_library_code_imports_one():
+    """harness/run.py is the command line only (its one function is main); builders live in harness.runner, so
+    the benchmarks, the search and the evaluation-only path import a library module, never an entry point."""
+    run = ast.parse((REPO / "harness" / "run.py").read_text(encoding="utf-8"))
+    assert [n.name for n in run.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))] == ["main"]
+    offenders = []
+    for folder in ("harness", "bench"):
+        for p in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.ImportFrom) and node.module == "harness.run") or (
+                        isinstance(node, ast.Import) and any(a.name == "harness.run" for a in node.names)):
+                    offenders.append(str(p.relative_to(REPO)))
+    assert not offenders, offenders

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness.run import execute
+from harness.runner import execute
 from tests.conftest import DATA, REPO, compose, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
@@ -111,7 +111,7 @@ def test_length_grouped_sampler_groups_batches_in_random_order():
 
 def test_trainer_uses_the_shuffled_length_sampler(tmp_path, tiny_bert):
     from harness.profile import Throughput
-    from harness.run import build_model, _prepare_classification
+    from harness.runner import build_model, _prepare_classification
     from harness.tasks import find_data_dir, load_task
     from harness.models import load_tokenizer
     from harness.train import ShuffledLengthGroupedSampler, make_trainer
@@ -179,7 +179,7 @@ def test_report_to_writes_tensorboard_events_and_an_mlflow_run_under_the_run_dir
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from harness.records import config_hash
-    from harness.run import execute
+    from harness.runner import execute
 
     for k in ("TENSORBOARD_LOGGING_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(k, raising=False)

@@ -21,26 +21,37 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- enums
-class Pooling(str, Enum):
+class ConfigEnum(str, Enum):
+    """A config choice whose member reads as its value everywhere: str(x), f"{x}" and x == "nf4" all give "nf4", so
+    code treats a config's member and a record's plain string alike (no unwrapping), and X(value) accepts either."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Pooling(ConfigEnum):
     cls = "cls"
     mean = "mean"
     last = "last"
 
 
-class Quant(str, Enum):
+class Quant(ConfigEnum):
     none = "none"
     int8 = "int8"
     fp4 = "fp4"
     nf4 = "nf4"
 
 
-class Dtype(str, Enum):
+class Dtype(ConfigEnum):
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
 
-class TaskKind(str, Enum):
+class TaskKind(ConfigEnum):
     classification = "classification"  # encoder/decoder + pooled head, class ids
     regression = "regression"  # pooled head, one float
     generation = "generation"  # causal LM: supervised fine-tuning on prompt -> answer, scored on generations
@@ -50,12 +61,12 @@ class TaskKind(str, Enum):
 CAUSAL_KINDS = ("generation", "multiple_choice")
 
 
-class PairEncoding(str, Enum):
+class PairEncoding(ConfigEnum):
     cross = "cross"  # both texts in one sequence, one pooled vector, a fresh head (BERT/RoBERTa on GLUE, the papers)
     bi = "bi"  # each text encoded alone by the same encoder and pooled, compared by cosine (harness.models.BiEncoder)
 
 
-class Baseline(str, Enum):
+class Baseline(ConfigEnum):
     """What a method is when it is a baseline rather than a fine-tuning method (conf/method/)."""
     none = "none"  # a fine-tuning method
     majority = "majority"  # predict the train split's majority class (mean, for regression); loads no model
@@ -63,14 +74,14 @@ class Baseline(str, Enum):
     head_only = "head_only"  # frozen backbone, only the task head trains (a bi-encoder regression: a projection)
 
 
-class Optim(str, Enum):
+class Optim(ConfigEnum):
     adamw = "adamw"
     adamw_8bit = "adamw_8bit"
     paged_adamw = "paged_adamw"
     paged_adamw_8bit = "paged_adamw_8bit"
 
 
-class LoraInit(str, Enum):
+class LoraInit(ConfigEnum):
     """How LoRA's A and B start (peft's init_lora_weights). default: A Kaiming-uniform, B = 0 (the LoRA paper; the
     adapter starts as the identity). gaussian: A ~ N(0, 1/r), B = 0. pissa / olora: A and B from the weight's top
     singular vectors / its QR decomposition, the base keeps the residual (a full-precision base only)."""
@@ -80,14 +91,14 @@ class LoraInit(str, Enum):
     olora = "olora"
 
 
-class Tracker(str, Enum):
+class Tracker(ConfigEnum):
     """train.report_to: where the Trainer also logs the run (harness/tracking.py)."""
     tensorboard = "tensorboard"
     mlflow = "mlflow"
     wandb = "wandb"
 
 
-class Schedule(str, Enum):
+class Schedule(ConfigEnum):
     linear = "linear"
     cosine = "cosine"
     constant = "constant"
@@ -270,7 +281,7 @@ class PathsConfig:
     output_root: str = "${oc.env:HARNESS_OUTPUT_ROOT,outputs}"
 
 
-class Aggregate(str, Enum):
+class Aggregate(ConfigEnum):
     median = "median"  # the LoRA paper's RoBERTa/DeBERTa GLUE rows: median of 5 seeds
     mean = "mean"  # its GPT-2 rows: mean of 3 seeds
 
@@ -296,7 +307,7 @@ class MmluEvalConfig:
     batch_size: int = 16
 
 
-class ParamType(str, Enum):
+class ParamType(ConfigEnum):
     categorical = "categorical"  # one of `choices`
     int = "int"  # integer in [low, high] (log and step allowed)
     float = "float"  # real in [low, high] (log-uniform with log: true)
@@ -316,7 +327,7 @@ class SearchParam:
     step: Optional[float] = None
 
 
-class Direction(str, Enum):
+class Direction(ConfigEnum):
     maximize = "maximize"
     minimize = "minimize"
 
@@ -504,7 +515,7 @@ def validate(cfg: DictConfig) -> None:
         if not 0 <= lr.dropout < 1:
             raise ConfigError(f"lora.dropout={lr.dropout!r} is out of range: it must be in [0, 1)")
         target_letters(lr.targets)
-        init = str(getattr(lr.init, "value", lr.init))
+        init = str(lr.init)
         if init in ("pissa", "olora") and cfg.method.quant != Quant.none:
             raise ConfigError(f"lora.init={init} rewrites the base weights (they keep the residual of A B): it needs "
                               f"a full-precision base, not method {cfg.method.name!r} ({cfg.method.quant.value}); "
@@ -551,7 +562,7 @@ def validate(cfg: DictConfig) -> None:
 
         if fake not in CODES:
             raise ConfigError(f"method.fake_quant={fake!r} is not valid; valid: none, {', '.join(sorted(CODES))}")
-        if str(getattr(cfg.method.quant, "value", cfg.method.quant)) != "none":
+        if str(cfg.method.quant) != "none":
             raise ConfigError(f"method {cfg.method.name!r}: fake_quant={fake!r} simulates a data type on an "
                               f"unquantized base; it cannot be combined with quant={cfg.method.quant.value!r}")
     task = cfg.task
@@ -614,7 +625,7 @@ def _validate_baseline(cfg) -> None:
         raise ConfigError(f"task.pair_encoding=bi needs a sentence-pair task (two text_fields), not task "
                           f"{task.name!r} ({kind_of(task)}, text_fields {list(task.text_fields)})")
     if m.get("bias_only", False):
-        if m.adapter or b != "none" or Quant(getattr(m.quant, "value", m.quant)) != Quant.none:
+        if m.adapter or b != "none" or Quant(m.quant) != Quant.none:
             raise ConfigError(f"method {m.name!r}: method.bias_only (BitFit) trains the bias terms of an unquantized "
                               "model: it cannot also train an adapter, quantize the base or be a baseline")
     if b == "none":
@@ -636,7 +647,7 @@ def _validate_baseline(cfg) -> None:
 
 
 def kind_of(task) -> str:
-    return str(getattr(task.kind, "value", task.kind))
+    return str(task.kind)
 
 
 KNOWN_KINDS = {"bert": "encoder", "roberta": "encoder", "llama": "decoder", "gpt2": "decoder", "opt": "decoder"}
@@ -676,11 +687,11 @@ def is_causal(task) -> bool:
 
 def is_regression(task) -> bool:
     """A task config's kind, whether it holds the enum (structured config) or its string."""
-    return str(getattr(task.kind, "value", task.kind)) == TaskKind.regression.value
+    return str(task.kind) == TaskKind.regression.value
 
 
 def baseline_of(method) -> str:
-    return str(getattr(method.baseline, "value", method.baseline))
+    return str(method.baseline)
 
 
 def is_full_finetune(method) -> bool:
@@ -696,7 +707,7 @@ def lr_key(method) -> str:
     """The train.* learning rate a method trains with when it is set: lr_full (full fine-tuning), lr_bitfit (BitFit),
     lr_head (the head-only baseline), else lr (times method.lr_multiplier). Reads a DictConfig or a record's dict."""
     baseline = method.get("baseline", "none")
-    baseline = str(getattr(baseline, "value", baseline))
+    baseline = str(baseline)
     bias = bool(method.get("bias_only", False))
     if not method.get("adapter", True) and baseline == "none" and not bias:
         return "lr_full"
@@ -720,7 +731,7 @@ def effective_alpha(lora) -> float:
 
 
 def pair_encoding_of(task) -> str:
-    return str(getattr(task.pair_encoding, "value", task.pair_encoding))
+    return str(task.pair_encoding)
 
 
 def is_bi_encoder(task) -> bool:

@@ -23,7 +23,7 @@ def render(task, text: str, input_text: str | None = None) -> str:
     """The prompt the model sees for `text`, in the task's template."""
     from harness.tasks.causal import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
 
-    fmt = str(getattr(task.format, "value", task.format))
+    fmt = str(task.format)
     if fmt == "alpaca":
         return (ALPACA_PROMPT.format(instruction=text, input=input_text) if input_text
                 else ALPACA_PROMPT_NO_INPUT.format(instruction=text))

@@ -113,8 +113,8 @@ def merge(run_dir: str | Path, out_dir: str | Path) -> dict:
                       str(out / "head.safetensors"))
         info.update({"load_with": "transformers.AutoModel.from_pretrained(OUT_DIR) (the backbone) + head.safetensors",
                      "head": type(head).__name__ if head is not None else None,
-                     "pooling": str(getattr(cfg.model.pooling, "value", cfg.model.pooling)),
-                     "pair_encoding": str(getattr(cfg.task.pair_encoding, "value", cfg.task.pair_encoding)),
+                     "pooling": str(cfg.model.pooling),
+                     "pair_encoding": str(cfg.task.pair_encoding),
                      "labels": list(cfg.task.labels)})
         (out / "harness_head.json").write_text(json.dumps(info, indent=2) + "\n")
     tokenizer.save_pretrained(out)

@@ -38,13 +38,13 @@ EXCLUDE_FROM_ALL_LINEAR = (HEAD_NAME, "pooler", "lm_head", "score", "classifier"
 
 def base_dtype(method) -> torch.dtype:
     """The dtype unquantized base weights are loaded in (method.base_dtype: fp32, or bf16 as QLoRA's LoRA-BF16)."""
-    s = getattr(method.base_dtype, "value", method.base_dtype)
+    s = str(method.base_dtype)
     return torch.bfloat16 if s == "bf16" else torch.float32
 
 
 def compute_dtype(setting: Dtype | str) -> torch.dtype:
     """fp32 / bf16; 'auto' picks bf16 where it is the faster path: CUDA with bf16, CPUs with AMX (host_has_bf16)."""
-    s = getattr(setting, "value", setting)
+    s = str(setting)
     if s == "fp32":
         return torch.float32
     if s == "bf16":
@@ -71,7 +71,7 @@ def host_has_bf16() -> bool:
 
 def bnb_config(method, dtype: torch.dtype):
     """The BitsAndBytesConfig for a method, or None when the base stays unquantized."""
-    quant = Quant(getattr(method.quant, "value", method.quant))
+    quant = Quant(method.quant)
     if quant == Quant.none:
         return None
     from transformers import BitsAndBytesConfig
@@ -175,7 +175,7 @@ def check_targets(cfg, model_path: Optional[str] = None) -> list[str]:
 def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
     """Freeze and wrap the model for the method. Returns the model to train."""
     method = cfg.method
-    quantized = Quant(getattr(method.quant, "value", method.quant)) != Quant.none
+    quantized = Quant(method.quant) != Quant.none
     if quantized:
         from peft import prepare_model_for_kbit_training
 
@@ -213,7 +213,7 @@ def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
         bias=cfg.lora.bias,
         use_rslora=bool(cfg.lora.use_rslora),
         use_dora=bool(cfg.lora.use_dora),
-        init_lora_weights=PEFT_INIT[str(getattr(cfg.lora.init, "value", cfg.lora.init))],
+        init_lora_weights=PEFT_INIT[str(cfg.lora.init)],
     )
     return get_peft_model(model, lcfg)
 

@@ -370,7 +370,7 @@ def load_classifier(
     backbone = _from_pretrained(AutoModel, path, model_cfg, config=config, **load_kw)
     if getattr(backbone.config, "pad_token_id", None) is None and hasattr(backbone.config, "eos_token_id"):
         backbone.config.pad_token_id = backbone.config.eos_token_id
-    pooling = str(getattr(model_cfg.pooling, "value", model_cfg.pooling))
+    pooling = str(model_cfg.pooling)
     if bi_encoder:
         model = BiEncoder(backbone, config.hidden_size, num_labels, pooling, projection=projection)
     else:

@@ -134,9 +134,9 @@ def meta_model(cfg, head: str, dtype, config=None):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         else:
             backbone = AutoModel.from_config(config, dtype=dtype)
-            num_labels = 1 if str(getattr(cfg.task.kind, "value", cfg.task.kind)) == "regression" else max(
+            num_labels = 1 if str(cfg.task.kind) == "regression" else max(
                 2, len(cfg.task.labels))
-            pooling = str(getattr(cfg.model.pooling, "value", cfg.model.pooling))
+            pooling = str(cfg.model.pooling)
             if head == "bi_encoder":
                 model = BiEncoder(backbone, config.hidden_size, num_labels, pooling,
                                   projection=baseline_of(cfg.method) == "head_only")
@@ -283,15 +283,15 @@ def plan(cfg) -> Plan:
     from harness.config import effective_rank, is_bi_encoder, is_causal
 
     m = cfg.method
-    quant = str(getattr(m.quant, "value", m.quant))
+    quant = str(m.quant)
     adapter = bool(m.adapter)
     head = "lm" if is_causal(cfg.task) else "bi_encoder" if is_bi_encoder(cfg.task) else "classifier"
-    compute = methods.compute_dtype(m.compute_dtype) if str(getattr(m.compute_dtype, "value", m.compute_dtype)) != "auto" \
+    compute = methods.compute_dtype(m.compute_dtype) if str(m.compute_dtype) != "auto" \
         else (torch.bfloat16 if cfg.get("plan_device", "cuda") == "cuda" else methods.compute_dtype("auto"))
     base = methods.base_dtype(m)
     b, s = int(cfg.train.batch_size), int(cfg.train.max_seq_len)
     ckpt = bool(cfg.train.gradient_checkpointing)
-    optim = str(getattr(cfg.train.optimizer, "value", cfg.train.optimizer))
+    optim = str(cfg.train.optimizer)
 
     # --- structure and parameters (in the base dtype; quantized layers are re-counted below)
     model = meta_model(cfg, head, base)

@@ -192,7 +192,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     prep = _prepare_causal(cfg, data, tokenizer) if causal else _prepare_classification(cfg, data, tokenizer)
     rec["task"] = {
         "name": task.name,
-        "kind": str(getattr(task.kind, "value", task.kind)),
+        "kind": str(task.kind),
         "train_examples": len(data.train) if need_train else 0,
         "pair_encoding": None if causal else pair_encoding_of(task),
         "tune": bool(task.tune),
@@ -219,7 +219,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     params["adapter"] = methods.adapter_parameters(model)
     rec["params"] = params
     rec["model"] = {"name": cfg.model.name, "source": cfg.model.source, "path": model_path, "arch": cfg.model.arch,
-                    "pooling": None if causal else str(getattr(cfg.model.pooling, "value", cfg.model.pooling)),
+                    "pooling": None if causal else str(cfg.model.pooling),
                     "head": head_kind(cfg), "device": str(next(model.parameters()).device)}
     rec["model"]["linear_storage"] = _storage_summary(methods.linear_storage(model))
     rec["model"]["fake_quant"] = getattr(model, "harness_fake_quant", None)
@@ -235,7 +235,7 @@ def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
             "r": peft_cfg.r, "alpha": peft_cfg.lora_alpha, "dropout": peft_cfg.lora_dropout,
             "targets": cfg.lora.targets, "target_modules": sorted(peft_cfg.target_modules),
             "rank_budget": cfg.lora.rank_budget, "use_rslora": bool(peft_cfg.use_rslora),
-            "use_dora": bool(peft_cfg.use_dora), "init": str(getattr(cfg.lora.init, "value", cfg.lora.init)),
+            "use_dora": bool(peft_cfg.use_dora), "init": str(cfg.lora.init),
             # what multiplies B A x (alpha / r, or alpha / sqrt(r) with rsLoRA), as peft's layers hold it
             "scale": next((float(m.scaling["default"]) for m in model.modules()
                            if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling), None),

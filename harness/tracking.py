@@ -26,7 +26,7 @@ TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", 
 
 
 def names(cfg) -> list[str]:
-    return [str(getattr(x, "value", x)) for x in (cfg.train.get("report_to") or [])]
+    return [str(x) for x in (cfg.train.get("report_to") or [])]
 
 
 def check(cfg) -> None:

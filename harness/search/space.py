@@ -66,7 +66,7 @@ def param_overrides(spec, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ptype(p) -> str:
-    return str(getattr(p.type, "value", p.type))
+    return str(p.type)
 
 
 def _optuna_name(name: str, p) -> str:
@@ -223,7 +223,7 @@ def suggest(trial, spec) -> dict[str, Any]:
 
 def directions(spec) -> list[str]:
     objs = [spec.objective] + ([spec.second_objective] if spec.second_objective is not None else [])
-    return [str(getattr(o.direction, "value", o.direction)) for o in objs]
+    return [str(o.direction) for o in objs]
 
 
 

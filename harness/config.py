@@ -387,6 +387,18 @@ class SearchConfig:
 
 
 @dataclass
+class PlanConfig:
+    """What the memory planner (python -m harness.plan) plans for; a run ignores it."""
+
+    device: str = "cuda"  # cuda | cpu: picks the compute dtype of compute_dtype=auto and the framework reserve
+    lora_dtype: str = "fp32"  # fp32 | bf16: the dtype the adapter weights are held in
+
+
+PLAN_DEVICES = ("cuda", "cpu")
+PLAN_LORA_DTYPES = ("fp32", "bf16")
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
@@ -400,6 +412,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     mmlu_eval: MmluEvalConfig = field(default_factory=MmluEvalConfig)
     search: Optional[SearchConfig] = None  # python -m harness.search search=<name> (conf/search/)
+    plan: PlanConfig = field(default_factory=PlanConfig)  # python -m harness.plan (harness/plan.py)
 
 
 def compose(overrides: list[str]):
@@ -506,6 +519,10 @@ def validate(cfg: DictConfig) -> None:
                     ("task.name", cfg.task.name), ("method.name", cfg.method.name)):
         safe_path_part(v, what)
     _validate_model(cfg.model)
+    plan = cfg.get("plan") or {}
+    for key, valid in (("device", PLAN_DEVICES), ("lora_dtype", PLAN_LORA_DTYPES)):
+        if plan.get(key) is not None and plan.get(key) not in valid:
+            raise ConfigError(f"plan.{key}={plan.get(key)!r} is not valid; valid: {list(valid)}")
     lr = cfg.lora
     if cfg.method.adapter:
         _positive("lora.r", lr.r)

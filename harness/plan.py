@@ -274,8 +274,8 @@ def _layer_list(model):
 
 # ============================================================================================ the plan
 def plan(cfg) -> Plan:
-    """The memory plan of the run `cfg` describes (plan_device: cuda|cpu picks the compute dtype for `auto`;
-    plan_lora_dtype: fp32|bf16)."""
+    """The memory plan of the run `cfg` describes (plan.device: cuda|cpu picks the compute dtype for `auto`;
+    plan.lora_dtype: fp32|bf16; config.PlanConfig)."""
     import torch
     from omegaconf import OmegaConf, open_dict
 
@@ -287,7 +287,7 @@ def plan(cfg) -> Plan:
     adapter = bool(m.adapter)
     head = "lm" if is_causal(cfg.task) else "bi_encoder" if is_bi_encoder(cfg.task) else "classifier"
     compute = methods.compute_dtype(m.compute_dtype) if str(m.compute_dtype) != "auto" \
-        else (torch.bfloat16 if cfg.get("plan_device", "cuda") == "cuda" else methods.compute_dtype("auto"))
+        else (torch.bfloat16 if _setting(cfg, "device", "cuda") == "cuda" else methods.compute_dtype("auto"))
     base = methods.base_dtype(m)
     b, s = int(cfg.train.batch_size), int(cfg.train.max_seq_len)
     ckpt = bool(cfg.train.gradient_checkpointing)
@@ -344,7 +344,7 @@ def plan(cfg) -> Plan:
         "embeddings, norms, LM head, biases" + ("" if quant != "none" else " and every linear layer")
         + (" (full fine-tuning: trained)" if not adapter else ""))
     # peft keeps LoRA weights in fp32 (autocast_adapter_dtype); the QLoRA paper's code keeps them in bf16
-    lora_bytes = 2 if cfg.get("plan_lora_dtype", "fp32") == "bf16" else 4
+    lora_bytes = 2 if _setting(cfg, "lora_dtype", "fp32") == "bf16" else 4
     t_bytes = lora_bytes if adapter else base.itemsize
     if adapter:
         parts["trainable: LoRA and head"] = trainable * lora_bytes
@@ -356,7 +356,7 @@ def plan(cfg) -> Plan:
     if optim == "adamw" and trainable_list:
         # torch's AdamW: on CUDA the foreach implementation makes one fp32 temporary per parameter (the square root
         # of exp_avg_sq); on CPU the per-tensor loop, one for the largest tensor. bitsandbytes' optimizers are fused.
-        on_cuda = cfg.get("plan_device", "cuda") == "cuda"
+        on_cuda = _setting(cfg, "device", "cuda") == "cuda"
         tmp = 4 * (sum(trainable_list) if on_cuda else max(trainable_list))
         parts["optimizer step temporaries"] = tmp
         notes["optimizer step temporaries"] = ("AdamW foreach: sqrt(exp_avg_sq) for every parameter" if on_cuda else
@@ -391,7 +391,7 @@ def plan(cfg) -> Plan:
         parts["autocast weight copies"] = per["weight_copies"]
         notes["autocast weight copies"] = ("16-bit copies of the fp32 weights autocast casts and keeps for the "
                                            "backward pass (quantized layers dequantize again instead)")
-    if cfg.get("plan_device", "cuda") == "cpu":
+    if _setting(cfg, "device", "cuda") == "cpu":
         parts["framework working memory (CPU)"] = CPU_FRAMEWORK_BYTES
         notes["framework working memory (CPU)"] = "measured constant (plan.CPU_FRAMEWORK_BYTES)"
     if head == "lm":
@@ -429,6 +429,11 @@ def _optimizer_bytes(optim: str, sizes: list[int]) -> tuple[int, str]:
                f"32-bit state for {small:,} in tensors under {ADAM8_MIN:,} elements")
 
 
+def _setting(cfg, key: str, default: str) -> str:
+    """plan.<key> of a config (a record's config from before the schema had `plan` holds none: the default)."""
+    return str((cfg.get("plan") or {}).get(key) or default)
+
+
 def plan_at(cfg, longest: dict | None, device: str) -> Plan:
     """The plan of a run's config at its longest batch ({batch_size, seq_len}, as its record keeps it)."""
     from omegaconf import OmegaConf, open_dict
@@ -439,7 +444,7 @@ def plan_at(cfg, longest: dict | None, device: str) -> Plan:
     with open_dict(cfg):
         cfg.train.batch_size = longest.get("batch_size") or cfg.train.batch_size
         cfg.train.max_seq_len = longest.get("seq_len") or cfg.train.max_seq_len
-        cfg.plan_device = device
+        cfg.plan = {"device": device, "lora_dtype": _setting(cfg, "lora_dtype", "fp32")}
     return plan(cfg)
 
 
@@ -452,7 +457,6 @@ def plan_for_record(rec: dict) -> Plan:
 def compose_plan_config(overrides: list[str], method: str | None = None, device: str = "cuda",
                         lora_dtype: str = "fp32"):
     """The run config for these overrides (a decoder without a named task is planned for instruction tuning)."""
-    from omegaconf import open_dict
 
     from harness.config import compose, is_causal, model_kind
 
@@ -461,10 +465,18 @@ def compose_plan_config(overrides: list[str], method: str | None = None, device:
     if not is_causal(cfg.task) and model_kind(cfg.model) == "decoder" and not any(
             o.startswith("task=") for o in ovr):
         cfg = compose(ovr + ["task=alpaca"])
-    with open_dict(cfg):
-        cfg.plan_device = device
-        cfg.plan_lora_dtype = lora_dtype
+    cfg.plan.device = device
+    cfg.plan.lora_dtype = lora_dtype
     return cfg
+
+
+def validate_plan(cfg) -> None:
+    """plan.device and plan.lora_dtype against their valid values (config.validate checks them in every run)."""
+    from harness.config import PLAN_DEVICES, PLAN_LORA_DTYPES, ConfigError
+
+    for key, valid in (("device", PLAN_DEVICES), ("lora_dtype", PLAN_LORA_DTYPES)):
+        if cfg.plan[key] not in valid:
+            raise ConfigError(f"plan.{key}={cfg.plan[key]!r} is not valid; valid: {list(valid)}")
 
 
 def make_plan(overrides: list[str], method: str | None = None, **kw) -> Plan:
@@ -519,8 +531,9 @@ def table(plans: list[Plan], gpus=GPUS_GB, reserve_gb: float = 1.0, batches: dic
     return "\n".join([line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows])
 
 
-USAGE = "usage: python -m harness.plan model=NAME [method=NAME] [run overrides ...] [--all-methods] [--json] " \
-        "[--gpus 24,40,48,80] [--reserve-gb 1.0] [--no-batch] [--device cuda|cpu] [--lora-dtype fp32|bf16]"
+USAGE = "usage: python -m harness.plan model=NAME [method=NAME] [plan.device=cuda|cpu] [plan.lora_dtype=fp32|bf16] " \
+        "[run overrides ...] [--all-methods] [--json] [--gpus 24,40,48,80] [--reserve-gb 1.0] [--no-batch] " \
+        "(--device / --lora-dtype say the same as plan.device= / plan.lora_dtype=)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,10 +574,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         else:
             ovr.append(a)
+    # plan.device= / plan.lora_dtype= (the schema's PlanConfig) as the command line's other overrides; the flags
+    # above say the same
+    for o in ovr:
+        if o.startswith("plan.device="):
+            opts["device"] = o.split("=", 1)[1]
+        elif o.startswith("plan.lora_dtype="):
+            opts["lora_dtype"] = o.split("=", 1)[1]
+    ovr = [o for o in ovr if not o.startswith(("plan.device=", "plan.lora_dtype="))]
     one = any(o.startswith("method=") for o in ovr) and not opts["all"]
     names = [None] if one else list(METHODS)
     try:
         cfgs = [compose_plan_config(ovr, n, opts["device"], opts["lora_dtype"]) for n in names]
+        validate_plan(cfgs[0])
         plans = [plan(c) for c in cfgs]
     except Exception as e:  # a bad override or a model without a shape
         print(f"error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ RECORD_NAME = "record.json"
 ADAPTER_INIT_NAME = "adapter_init.safetensors"
 SCHEMA_VERSION = 1
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
-HASH_EXCLUDE = ("paths", "tags", "report", "search")
+HASH_EXCLUDE = ("paths", "tags", "report", "search", "plan")
 # ... and keys inside groups: display titles; planner metadata; the checkpoint format allowed (same weights either way); stopping
 # on a non-finite loss (a run that never meets one computes the same, and one that did is not `ok`, so reruns);
 # how memory is metered (the probe restores the RNG and drops its gradients: training is the same)

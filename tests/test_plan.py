@@ -130,6 +130,9 @@ def test_plan_cli_prints_every_method_and_rejects_bad_input():
     bad = subprocess.run([sys.executable, "-m", "harness.plan", "model=smollm2_135m", "--lora-dtype", "fp8"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "valid: fp32, bf16" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "harness.plan", "model=smollm2_135m", "plan.device=tpu"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "plan.device='tpu' is not valid; valid: ['cuda', 'cpu']" in bad.stderr
 
 
 def test_a_plan_only_model_cannot_run():

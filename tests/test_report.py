@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import claims, frame, tables
+from harness.report import claims, frame, paper_tables
 from harness.report.render import paper_values, render_experiment
 from tests.conftest import REPO
 from tests.records_fixture import make_record
@@ -70,7 +70,7 @@ def test_records_of_one_computation_under_two_stored_hashes_count_once():
 
 
 def test_lora_table6_golden():
-    golden("lora_table6.md", tables.lora_table6(agg_of(table6_records(), "mean"), paper_values()["lora_table6"]))
+    golden("lora_table6.md", paper_tables.lora_table6.mirror(agg_of(table6_records(), "mean"), paper_values()["lora_table6"]))
 
 
 def test_lora_table5_golden():
@@ -78,7 +78,7 @@ def test_lora_table5_golden():
     ranks = {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
     recs = [make_record(table="lora_table5", targets=t, r=ranks[t], value=v) for t, v in vals.items()]
     agg = agg_of(recs)
-    golden("lora_table5.md", tables.lora_table5(agg, paper_values()["lora_table5"]))
+    golden("lora_table5.md", paper_tables.lora_table5.mirror(agg, paper_values()["lora_table5"]))
     found = claims.check("lora_table5", agg)
     assert [c.verdict for c in found] == ["not resolved"] * 2  # one seed, no predictions: the noise is unknown
     # two seeds whose per-seed differences scatter: paired over seeds, Wq,Wv - Wq = +9 +-1, Wq,Wv - Wk = +11 +-1
@@ -98,7 +98,7 @@ def qlora_records():
 
 def test_qlora_table3_golden_and_claims():
     agg = agg_of(qlora_records())
-    golden("qlora_table3.md", tables.qlora_table3(agg, paper_values()["qlora_table3"]))
+    golden("qlora_table3.md", paper_tables.qlora_table3.mirror(agg, paper_values()["qlora_table3"]))
     found = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table3", agg)}
     every = found["every QLoRA data type matches 16-bit LoRA"]
     assert every.verdict == "fails" and "qlora_fp4 all linear r=8 -2.0" in every.evidence  # FP4 is 2 points down
@@ -115,7 +115,7 @@ def test_lora_table2_golden_and_claim():
     recs = [make_record(table="lora_table2", task=t, method=m, value=v + 0.01 * s + (jitter[s] if m == "lora" else 0),
                         seed=s) for (t, m), v in vals.items() for s in (1, 2, 3)]
     agg = agg_of(recs)
-    golden("lora_table2.md", tables.lora_table2(agg, paper_values()["lora_table2"]))
+    golden("lora_table2.md", paper_tables.lora_table2.mirror(agg, paper_values()["lora_table2"]))
     table2 = [c for c in claims.check("lora_table2", agg) if c.table == "lora_table2"]
     (c,) = table2
     # SST-2: LoRA - full per seed -1.0, -0.7, -1.2: mean -0.97, its 90% interval reaches below -1: not resolved
@@ -234,7 +234,7 @@ def test_qlora_table2_mirror_and_claims_for_perplexity(tmp_path):
             for m, (v, b, bb) in spec.items()]
     agg = frame.aggregate(frame.runs_frame(recs), "mean")
     assert find_value(agg, "qlora_nf4") == 6.78  # perplexity is not put on the x100 scale
-    md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
+    md = paper_tables.qlora_table2.mirror(agg, paper_values()["qlora_table2"])
     assert "| NFloat4 + DQ | Alpaca perplexity, smollm2_135m | 6.77 | +1.30 | – | 4.143 |" in md and "| 27.41 |" in md
     found = claims.check("qlora_table2", agg)
 
@@ -286,7 +286,7 @@ def test_qlora_table2_perplexity_bootstraps_over_answers_when_their_losses_are_s
         return float(agg.loc[agg["method"] == m, "value"].iloc[0])
 
     assert c.diff.mean == pytest.approx(ppl("qlora_fp4") - ppl("qlora_nf4"), rel=1e-9)
-    md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
+    md = paper_tables.qlora_table2.mirror(agg, paper_values()["qlora_table2"])
     row = next(line for line in md.splitlines() if line.startswith("| NFloat4 + DQ |"))
     cells = [x.strip() for x in row.split("|")]
     assert cells[3].startswith(f"{ppl('qlora_nf4_dq'):.2f} [") and cells[4].startswith("+") and "[" in cells[4]
@@ -315,7 +315,7 @@ def test_qlora_table2_on_a_regressor_bootstraps_over_examples_and_checks_the_sim
             r["model"] = {"fake_quant": {"type": m[5:], "rel_error_mean": 0.1 if m != "fake_int4" else 0.2}}
         recs.append(r)
     agg = agg_of(recs, "mean")
-    md = tables.qlora_table2(agg, paper_values()["qlora_table2"])
+    md = paper_tables.qlora_table2.mirror(agg, paper_values()["qlora_table2"])
     row = next(line for line in md.splitlines() if line.startswith("| Int4 (simulated)"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[2].count("[") == 1 and cells[3].startswith("-") and cells[4] == "20.0%" and cells[-1] == "34.34"
@@ -339,7 +339,7 @@ def test_qlora_table4_mirror_and_claims_from_mmlu_before_and_after():
                                     aggregate="mean", extra={"mmlu_before": {"accuracy": 0.25},
                                                              "mmlu_after": {"accuracy": a}}))
     agg = frame.aggregate(frame.runs_frame(recs), "mean")
-    md = tables.qlora_table4(agg, paper_values()["qlora_table4"])
+    md = paper_tables.qlora_table4.mirror(agg, paper_values()["qlora_table4"])
     assert "| BFloat16 | Alpaca, smollm2_135m | 25.0 | 31.0 ±1.4 | +6.0 | 8.00 | 38.4 | 53.0 |" in md
     got = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table4", agg)}
     # NF4+DQ - BF16 per seed: +0.5, -0.5: mean 0, but 2 seeds (t multiplier 6.3 at 90%) leave +-3.2: not resolved
@@ -377,13 +377,13 @@ def test_lora_table3_e2e_golden_every_metric_and_claim():
                 rec["method"]["lora"], rec["params"]["trainable"] = None, 0
             recs.append(rec)
     agg = agg_of(recs)
-    golden("lora_table3.md", tables.lora_table3(agg, paper_values()["lora_table3"]))
+    golden("lora_table3.md", paper_tables.lora_table3.mirror(agg, paper_values()["lora_table3"]))
     (c,) = [c for c in claims.check("lora_table3", agg) if c.table == "lora_table3"]
     # LoRA - full per seed -0.5, -0.1, -0.8 BLEU: within 1 point on average, but the interval reaches below -1
     assert c.verdict == "not resolved" and "LoRA − full -0.5" in c.evidence and c.source == "LoRA Table 3, section 5.4"
     row = agg[agg["method"] == "full"].iloc[0]
     assert row["metric_values"]["nist"] == pytest.approx({1: 8 * 0.61 / 0.6, 2: 8 * 0.62 / 0.6, 3: 8 * 0.63 / 0.6})
-    assert "| smollm2_135m Zero-shot | 0 (–) | 3 | 22.0 [21.0–23.0] |" in tables.lora_table3(agg, paper_values()["lora_table3"])
+    assert "| smollm2_135m Zero-shot | 0 (–) | 3 | 22.0 [21.0–23.0] |" in paper_tables.lora_table3.mirror(agg, paper_values()["lora_table3"])
 
 
 def test_qlora_fig2_fig4_claims_compare_placements_ranks_and_full_finetuning():

@@ -22,7 +22,7 @@ def _module_graph() -> dict[str, set[str]]:
                 deps |= {f"{node.module}.{a.name}" for a in node.names} & names  # `from harness import x` (a module)
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name.split(".")[0] == "harness"}
-        graph[name] = deps & names
+        graph[name] = (deps & names) - {name}  # a package importing its own submodules is no cycle
     return graph
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from harness.report import claims as claim_checks
-from harness.report import frame, tables
+from harness.report import frame, paper_tables, tables
 
 log = logging.getLogger("harness.report")
 
@@ -223,11 +223,11 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
     if agg.empty:
         lines += ["No run of this experiment finished ok yet.", ""]
     else:
-        if paper and table in tables.MIRRORS:
+        if paper and table in paper_tables.MIRRORS:
             lines += [f"## {paper['source']} — ours (paper)", "",
                       "Cells: ours (the paper's value). Our models, data sizes and steps are the scale above, "
                       "so compare the pattern across columns, not absolute values.", "",
-                      tables.MIRRORS[table](agg, paper), ""]
+                      paper_tables.MIRRORS[table](agg, paper), ""]
         pairs = set(zip(agg["task"], agg["split"]))
         used = base[[(t, sp) in pairs for t, sp in zip(base["task"], base["split"])]] if len(base) else base
         if len(used):

@@ -36,18 +36,18 @@ run: setup  ## the default single experiment (MiniLM-L6 bi-encoder, MRPC, LoRA, 
 
 sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)
 	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
-	$(PY) -m harness.report --experiment $(EXPERIMENT)
+	$(PY) -m harness.report experiment=$(EXPERIMENT)
 
 sanity: setup  ## does fine-tuning beat its baselines on every local task? 3 seeds each, fp32 -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
-	$(PY) -m harness.report --experiment sanity
+	$(PY) -m harness.report experiment=sanity
 
 sanity-wikisql: setup  ## the same check for WikiSQL (SmolLM2 base model vs LoRA, 3 seeds, ~40 min) -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity_wikisql hydra.launcher.n_jobs=1 $(ARGS)
-	$(PY) -m harness.report --experiment sanity
+	$(PY) -m harness.report experiment=sanity
 
 search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report
-	$(PY) -m harness.search search=$(SEARCH) --workers $(WORKERS) $(ARGS)
+	$(PY) -m harness.search search=$(SEARCH) workers=$(WORKERS) $(ARGS)
 
 plan: setup  ## memory plan of every method for MODEL (no weights needed), e.g. make plan MODEL=llama_65b ARGS="lora.r=64"
 	$(PY) -m harness.plan model=$(MODEL) $(ARGS)
@@ -56,7 +56,7 @@ report: setup  ## reports/<experiment>/README.md + plots for every experiment in
 	$(PY) -m harness.report $(ARGS)
 
 analyze: setup  ## what the adapters learned (LoRA section 7: Figures 3-4, Table 7) -> reports/analysis/$(EXPERIMENT)/
-	$(PY) -m harness.analyze --experiment $(EXPERIMENT) $(ARGS)
+	$(PY) -m harness.analyze experiment=$(EXPERIMENT) $(ARGS)
 
 results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
 	$(PY) -m harness.store $(ARGS)

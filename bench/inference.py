@@ -29,11 +29,14 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from harness.cli import key_value_args
 
 log = logging.getLogger("bench.inference")
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +192,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=30, help="timed forward calls per variant (round-robin)")
     ap.add_argument("--gen-rounds", type=int, default=5, help="timed generations per variant")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
-    a = ap.parse_args(argv)
+    a = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][bench] %(message)s")
     import transformers
 

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from harness.cli import key_value_args
+
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 2  # steps left out of the rate (first-shape kernel selection, allocator growth)
@@ -345,9 +347,9 @@ def machine() -> dict:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor()
-    import transformers
-    import peft
     import bitsandbytes
+    import peft
+    import transformers
 
     return {"cpu": model, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "bf16_native": host_has_bf16(), "torch": torch.__version__, "transformers": transformers.__version__,
@@ -362,7 +364,7 @@ def main(argv=None) -> None:
                     f"{list(LEVERS_FOR)}, seed and ours otherwise)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
     ap.add_argument("--no-fixed-cost", action="store_true")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][bench] %(message)s")
     import transformers
 

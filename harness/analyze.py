@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import analysis
+from harness.cli import key_value_args
 from harness.records import ADAPTER_INIT_NAME
 from harness.report import stats
 
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp-ranks", type=int, nargs=2, default=(4, 64), metavar=("LOW", "HIGH"),
                    help="Table 7's two ranks (default 4 64, as the paper)")
     p.add_argument("--targets", default="qv", help="the runs' lora.targets used for the figures (default qv)")
-    a = p.parse_args(argv)
+    a = p.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), p))
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     from harness.report.render import paper_values
     from harness.store import Store

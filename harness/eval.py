@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.cli import key_value_args
+
 
 class EvalError(RuntimeError):
     pass
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="relative difference allowed (0: exact; e.g. 1e-6 on another CPU kind or thread count)")
     p.add_argument("--data-dir", default=None, help="the data folder, if not where the run read it")
-    a = p.parse_args(argv)
+    a = p.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), p))
     try:
         got = reevaluate(a.run_dir, a.data_dir)
     except EvalError as e:

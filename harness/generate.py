@@ -16,6 +16,7 @@ import json
 import string
 import sys
 
+from harness.cli import key_value_args
 from harness.eval import EvalError, load_run
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("prompt", nargs="?", help="one prompt (see the templates above)")
     p.add_argument("--file", help="prompts, one per line")
     p.add_argument("--input", default=None, help="alpaca: the input field")
-    a = p.parse_args(argv)
+    a = p.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), p))
     prompts = [a.prompt] if a.prompt else []
     if a.file:
         with open(a.file, encoding="utf-8") as f:

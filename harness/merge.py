@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.cli import key_value_args
 from harness.eval import EvalError, load_run
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.merge", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
     p.add_argument("out_dir")
-    a = p.parse_args(argv)
+    a = p.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), p))
     try:
         info = merge(a.run_dir, a.out_dir)
     except EvalError as e:

@@ -532,8 +532,8 @@ def table(plans: list[Plan], gpus=GPUS_GB, reserve_gb: float = 1.0, batches: dic
 
 
 USAGE = "usage: python -m harness.plan model=NAME [method=NAME] [plan.device=cuda|cpu] [plan.lora_dtype=fp32|bf16] " \
-        "[run overrides ...] [--all-methods] [--json] [--gpus 24,40,48,80] [--reserve-gb 1.0] [--no-batch] " \
-        "(--device / --lora-dtype say the same as plan.device= / plan.lora_dtype=)"
+        "[run overrides ...] [all_methods=true] [json=true] [gpus=24,40,48,80] [reserve_gb=1.0] [batch=false] " \
+        "(the --all-methods, --json, --gpus, --reserve-gb, --no-batch, --device and --lora-dtype spellings work too)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,7 +542,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from harness.cli import plain_flags
+
+    argv = plain_flags(list(sys.argv[1:] if argv is None else argv), ("json", "all_methods", "no_batch"),
+                       ("gpus", "reserve_gb"))
     opts = {"json": False, "gpus": GPUS_GB, "reserve": 1.0, "all": None, "batch": True, "device": "cuda",
             "lora_dtype": "fp32"}
     ovr = []

@@ -162,8 +162,8 @@ def test_report_cli_reads_the_store_without_importing_torch(tmp_path):
     (poison / "torch").mkdir(parents=True)
     (poison / "torch" / "__init__.py").write_text("raise ImportError('reports must not import torch')\n")
     env = {**os.environ, "PYTHONPATH": f"{poison}{os.pathsep}{REPO}"}
-    p = subprocess.run([sys.executable, "-m", "harness.report", "--root", str(tmp_path / "out"), "--out",
-                        str(tmp_path / "reports")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "harness.report", f"root={tmp_path / 'out'}",
+                        f"out={tmp_path / 'reports'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"skipped unreadable record {bad}" in p.stdout
     readme = (tmp_path / "reports" / "exp" / "README.md").read_text()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
+from harness.cli import key_value_args
 from harness.report import frame, tables
 
 EXPERIMENTS = ("memory_minilm", "memory_smollm2")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.report.memory", description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=os.environ.get("HARNESS_OUTPUT_ROOT", "outputs"))
     ap.add_argument("--out", default="reports")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))
     store = Store(args.root)
     store.sync()
     print(render(store, Path(args.out)))

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from harness.cli import key_value_args
 from harness.report import claims as claim_checks
 from harness.report import frame, paper_tables, tables
 
@@ -497,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports", help="where reports/<experiment>/ are written")
     ap.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
     ap.add_argument("--no-plots", action="store_true")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     store = Store(args.root)
     rep = store.sync()

@@ -19,10 +19,14 @@ log = logging.getLogger("harness.search")
 
 # ============================================================================================ entry point
 USAGE = """usage: python -m harness.search [search=<name>] [search.KEY=VALUE ...] [run overrides ...]
-                          [--workers N] [--confirm] [--report-only] [--no-report] [--out reports]"""
+                          [workers=N] [confirm=true] [report_only=true] [report=false] [out=reports]
+       (the --workers N, --confirm, --report-only, --no-report and --out spellings work too)"""
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    from harness.cli import plain_flags
+
+    argv = plain_flags(argv, ("confirm", "report_only", "no_report"), ("workers", "out"))
     opts = {"workers": 1, "report_only": False, "no_report": False, "out": "reports", "worker": False,
             "confirm": False}
     overrides = []

@@ -427,3 +427,24 @@ def test_the_index_keeps_reports_committed_from_other_stores(tmp_path):
     assert "| [confirm/s](confirm/s/README.md) | – | local | 3 ok | – |" in index
     assert "| [s](search/s/README.md) | 10 |" in index
     assert "gone" not in index and "search/old" not in index
+
+
+def test_a_store_without_sanity_runs_gates_claims_on_the_committed_sanity_verdicts(tmp_path):
+    """A fresh clone regenerating a report has no sanity runs in its store: the committed reports/sanity/summary.json
+    still decides which tasks claims may rest on, and the report says where the verdicts came from."""
+    from harness.report.render import CommittedVerdicts, committed_usable
+
+    assert committed_usable(tmp_path) is None
+    (tmp_path / "sanity").mkdir()
+    (tmp_path / "sanity" / "summary.json").write_text(json.dumps({"tasks": {
+        "mrpc/minilm_l6": {"task": "mrpc", "model": "minilm_l6", "pair_encoding": "bi", "usable_for_claims": True},
+        "wikisql/smollm2_135m": {"task": "wikisql", "model": "smollm2_135m", "pair_encoding": None,
+                                 "usable_for_claims": False}}}))
+    usable = committed_usable(tmp_path)
+    assert isinstance(usable, CommittedVerdicts)
+    assert usable == {"mrpc/minilm_l6/bi": True, "wikisql/smollm2_135m/-": False}
+    recs = [make_record(table="lora_table6", task="wikisql", model="smollm2_135m", targets="qv", r=r, value=v,
+                        experiment="t6w") for r, v in ((1, 0.30), (8, 0.31))]
+    readme = render_experiment("t6w", recs, tmp_path / "out", plots=False, usable=usable).read_text()
+    assert "read from the committed reports/sanity/summary.json" in readme
+    assert "Not evidence: wikisql/smollm2_135m is not usable for claims" in readme

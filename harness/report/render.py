@@ -186,6 +186,27 @@ def reproduce(name: str) -> str:
     return f"Reproduce: {make}."
 
 
+def committed_usable(out_root: Path) -> dict[str, bool] | None:
+    """{task_key: usable for claims} from the committed sanity report (<out_root>/sanity/summary.json), for a results
+    store that holds no sanity runs itself (a fresh clone regenerating a report): the verdicts make sanity measured
+    stay the gate. None when there is no such report."""
+    import json
+
+    from harness.report.claims import task_key
+
+    js = out_root / "sanity" / "summary.json"
+    if not js.is_file():
+        return None
+    tasks = (json.loads(js.read_text()).get("tasks") or {}).values()
+    found = CommittedVerdicts({task_key(t["task"], t["model"], t.get("pair_encoding")): bool(t["usable_for_claims"])
+                               for t in tasks})
+    return found or None
+
+
+class CommittedVerdicts(dict):
+    """make sanity's verdicts read from its committed report rather than from runs in the results store."""
+
+
 def gate(usable: dict[str, bool] | None, chosen: list[dict]) -> dict[str, bool] | None:
     """make sanity's verdicts per task, plus those of tasks it has not checked, judged by its rule on the
     experiment's own baseline runs (sanity.own_usable); None when make sanity has not run (nothing is gated)."""
@@ -260,6 +281,9 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
         if usable is None:
             lines += ["make sanity has not run in this results store: no claim below is gated on its task being "
                       "shown learnable (reports/sanity/).", ""]
+        elif isinstance(usable, CommittedVerdicts):
+            lines += ["Claims on what fine-tuning reaches are gated on make sanity's verdicts, read from the committed "
+                      "reports/sanity/summary.json (its runs are not in this results store).", ""]
         lines += [c.markdown() for c in found] or ["No claim of the paper can be tested with these runs."]
         lines += ["", STATS_NOTE if not evaluation_only(runs) else
                   "Evaluation only: one deterministic evaluation per stored data type of the same examples. Where "
@@ -509,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     base_recs = baseline_records(store)
     from harness.report.sanity import usable_tasks
 
-    usable = usable_tasks(store.records("sanity"))
+    usable = usable_tasks(store.records("sanity")) or committed_usable(Path(args.out))
     if not names:
         print(f"no result records under {args.root}: run `make run` or `make sweep` first")
         return 1

@@ -15,7 +15,7 @@ from typing import Any
 RECORD_NAME = "record.json"
 # beside a run's saved adapter: its weights before the first step (harness.analyze measures how far A moved)
 ADAPTER_INIT_NAME = "adapter_init.safetensors"
-SCHEMA_VERSION = 1
+from harness.record import SCHEMA_VERSION  # noqa: E402,F401  (the record's shape: harness/record.py)
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
 HASH_EXCLUDE = ("paths", "tags", "report", "search", "plan")
 # ... and keys inside groups: display titles; planner metadata; the checkpoint format allowed (same weights either way); stopping

@@ -214,12 +214,12 @@ class Store:
 
 def headline(rec: dict) -> tuple[str | None, float | None]:
     """(metric name, final value on the headline split) of a record, or (None, None)."""
-    m = rec.get("metrics") or {}
-    h = m.get("headline") or {}
-    try:
-        return h["metric"], m["final"][h["split"]][h["metric"]]
-    except (KeyError, TypeError):
-        return h.get("metric"), None
+    from harness.record import Metrics
+
+    m = Metrics.read(rec.get("metrics"))
+    if m is None:
+        return None, None
+    return (m.headline or {}).get("metric"), m.value("final")
 
 
 def main(argv: list[str] | None = None) -> int:

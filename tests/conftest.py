@@ -19,6 +19,9 @@ import torch
 # index its record into the user's outputs/results.sqlite. Set before any config is composed.
 _OUT = tempfile.TemporaryDirectory(prefix="harness-test-outputs-")
 os.environ["HARNESS_OUTPUT_ROOT"] = _OUT.name
+# every record a test's run writes goes through its declared shape strictly (harness/record.py): an undeclared
+# key fails the test instead of being logged and written as it is
+os.environ["HARNESS_STRICT_RECORD"] = "1"
 
 torch.set_num_threads(1)
 # under pytest-xdist (make test runs 2 workers) every training subprocess takes its worker's share of the cores:

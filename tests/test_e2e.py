@@ -138,6 +138,9 @@ def test_evaluation_only_run_of_a_4bit_base(tmp_path):
     s = rec["model"]["linear_storage"]
     assert s["storage"] == ["nf4"] and 4.1 < s["bits_per_param"] < 4.2
     assert abs(s["bits_per_param_blocks"] - (4 + 8 / 64 + 32 / (64 * 256))) < 0.003  # the paper's 4.127
+    from harness.record import RunRecord
+
+    assert RunRecord.read(rec, strict=True).as_dict() == rec  # the written record is exactly its declared shape
     # each answer's NLL and token count beside the record: they add up to the run's loss (reports bootstrap them)
     (pred_file,) = (tmp_path / "out").glob("runs/*/*/predictions/validation.jsonl")
     rows = [json.loads(x) for x in pred_file.read_text().splitlines()]

@@ -13,6 +13,8 @@ import math
 import pandas as pd
 
 from harness.metrics import higher_is_better
+from harness.record import (Adapter, Memory, MethodInfo, Metrics, ModelInfo, Params, RunRecord, TaskInfo,
+                            Throughput)
 from harness.records import hashed_config, identity
 from harness.store import headline
 
@@ -53,20 +55,29 @@ def latest_per_config(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def run_row(rec: dict) -> dict:
-    cfg = rec.get("config") or {}
-    lora = _get(rec, "method", "lora") or {}
+    """One run as a table row, read through the record's declared shape (harness/record.py)."""
+    r = RunRecord.read(rec)
+    cfg = r.config or {}
+    method = r.method or MethodInfo()
+    params = r.params or Params()
+    model = r.model or ModelInfo()
+    task = r.task or TaskInfo()
+    metrics = r.metrics or Metrics()
+    host = r.provenance.host or {}
+    lora = method.lora or {}
     adapter = bool(_get(cfg, "method", "adapter", default=True))
     metric, value = headline(rec)
     metric = metric or (_get(cfg, "task", "metrics") or [None])[0]
-    split = _get(rec, "metrics", "headline", "split")
-    best = _get(rec, "metrics", "best", split, metric) if split else None
+    split = (metrics.headline or {}).get("split")
+    best = metrics.value("best") if split else None
     higher = higher_is_better(metric) if metric else True
     scale = 100.0 if higher else 1.0  # accuracy-like metrics in points; loss and perplexity as they are
-    params = rec.get("params") or {}
+    fake = model.fake_quant or {}
+    storage = model.linear_storage or {}
     return {
-        "experiment": rec.get("experiment"),
-        "status": rec.get("status"),
-        "config_hash": rec.get("config_hash"),
+        "experiment": r.experiment,
+        "status": r.status,
+        "config_hash": r.config_hash,
         "group": group_key(rec),
         "task": _get(cfg, "task", "name"),
         "model": _get(cfg, "model", "name"),
@@ -74,54 +85,54 @@ def run_row(rec: dict) -> dict:
         "baseline": baseline_name(rec),
         # a sentence-pair encoding is a classifier's; a causal-LM task (generation, multiple choice) has none
         "pair_encoding": None if _get(cfg, "task", "kind") in ("generation", "multiple_choice") else (
-            _get(cfg, "task", "pair_encoding") or _get(rec, "task", "pair_encoding")),
+            _get(cfg, "task", "pair_encoding") or task.pair_encoding),
         "quant": _get(cfg, "method", "quant"),
-        "compute_dtype": _get(rec, "method", "compute_dtype"),
+        "compute_dtype": method.compute_dtype,
         "targets": (lora.get("targets") if lora else _get(cfg, "lora", "targets")) if adapter else "-",
         "r": (lora.get("r") if lora else None) if adapter else None,
         "alpha": (lora.get("alpha") if lora else None) if adapter else None,
-        "lr": _get(rec, "method", "lr", default=_get(cfg, "train", "lr")),
-        "seed": rec.get("seed", _get(cfg, "train", "seed")),
+        "lr": method.lr if "lr" in (rec.get("method") or {}) else _get(cfg, "train", "lr"),
+        "seed": r.seed if "seed" in rec else _get(cfg, "train", "seed"),
         "metric": metric,
         "split": split,
         "higher_better": higher,
         "value": None if value is None else value * scale,
         # every metric of the final evaluation on the headline split, as the record holds it (0-1 or raw)
-        "final_metrics": dict(_get(rec, "metrics", "final", split, default=None) or {}) if split else {},
-        "curve": _curve(rec, split, metric, scale),
+        "final_metrics": dict((metrics.final or {}).get(split) or {}) if split else {},
+        "curve": _curve(metrics.history, split, metric, scale),
         "best_value": None if best is None else best * scale,
-        "trainable": params.get("trainable"),
-        "total": params.get("total"),
-        "trainable_pct": params.get("trainable_pct"),
-        "peak_mb": _get(rec, "memory", "peak_mb"),
-        "tokens_per_s": _get(rec, "throughput", "tokens_per_s"),
-        "train_s": _get(rec, "times", "train_s"),
-        "total_s": _get(rec, "times", "total_s"),
-        "adapter_bytes": _get(rec, "adapter", "bytes"),
-        "trained": _get(rec, "method", "trained", default=True),
-        "mmlu_before": _pct(_get(rec, "mmlu_before", "accuracy")),
-        "mmlu_after": _pct(_get(rec, "mmlu_after", "accuracy", default=_get(rec, "mmlu", "accuracy"))),
-        "gen_tokens_per_s": _gen_rate(rec),
-        "linear_bytes": _storage_bytes(rec),
-        "bits_per_param": _get(rec, "model", "linear_storage", "bits_per_param"),
+        "trainable": params.trainable,
+        "total": params.total,
+        "trainable_pct": params.trainable_pct,
+        "peak_mb": (r.memory or Memory()).peak_mb,
+        "tokens_per_s": (r.throughput or Throughput()).tokens_per_s,
+        "train_s": (r.times or {}).get("train_s"),
+        "total_s": (r.times or {}).get("total_s"),
+        "adapter_bytes": (r.adapter or Adapter()).bytes,
+        "trained": True if method.trained is None else method.trained,
+        "mmlu_before": _pct((r.mmlu_before or {}).get("accuracy")),
+        "mmlu_after": _pct((r.mmlu_after or {}).get("accuracy", (r.mmlu or {}).get("accuracy"))),
+        "gen_tokens_per_s": _gen_rate(r.generation),
+        "linear_bytes": storage["weight_bytes"] + storage["constant_bytes"] if storage else None,
+        "bits_per_param": storage.get("bits_per_param"),
         # a simulated data type (harness/fakequant.py): the mean per-layer relative reconstruction error
-        "fake_quant": _get(rec, "model", "fake_quant", "type"),
-        "rel_error": _get(rec, "model", "fake_quant", "rel_error_mean"),
-        "bits_simulated": _get(rec, "model", "fake_quant", "bits_per_param_simulated"),
-        "bits_per_param_blocks": _get(rec, "model", "linear_storage", "bits_per_param_blocks"),
-        "train_examples": _get(rec, "task", "train_examples"),
-        "eval_examples": sum((_get(rec, "task", "eval_examples") or {}).values()) or None,
-        "steps": rec.get("steps"),
-        "device": _get(rec, "host", "device"),
-        "cpu": _get(rec, "host", "cpu"),
-        "gpu": _get(rec, "host", "gpu", "name"),
-        "torch": _get(rec, "versions", "torch"),
-        "git": (_get(rec, "git", "commit") or "")[:10] or None,
+        "fake_quant": fake.get("type"),
+        "rel_error": fake.get("rel_error_mean"),
+        "bits_simulated": fake.get("bits_per_param_simulated"),
+        "bits_per_param_blocks": storage.get("bits_per_param_blocks"),
+        "train_examples": task.train_examples,
+        "eval_examples": sum((task.eval_examples or {}).values()) or None,
+        "steps": r.steps,
+        "device": host.get("device"),
+        "cpu": host.get("cpu"),
+        "gpu": (host.get("gpu") or {}).get("name"),
+        "torch": (r.provenance.versions or {}).get("torch"),
+        "git": ((r.provenance.git or {}).get("commit") or "")[:10] or None,
         "scale": cfg.get("scale"),
-        "finished_at": rec.get("finished_at"),
-        "error": rec.get("error"),
-        "path": rec.get("_path"),
-        "dir": rec.get("_dir"),
+        "finished_at": r.finished_at,
+        "error": r.error,
+        "path": r.store_path,
+        "dir": r.store_dir,
     }
 
 
@@ -130,10 +141,10 @@ def baseline_name(rec: dict) -> str:
     return _get(rec, "config", "method", "baseline", default=_get(rec, "method", "baseline")) or "none"
 
 
-def _curve(rec: dict, split, metric, scale: float) -> dict:
+def _curve(history, split, metric, scale: float) -> dict:
     """{optimizer step: value} of the headline metric over the run's evaluations (train.eval_every), x100 scale."""
     out = {}
-    for h in _get(rec, "metrics", "history", default=None) or []:
+    for h in history or []:
         v = _get(h, "metrics", split, metric)
         if v is not None and h.get("step") is not None:
             out[int(h["step"])] = float(v) * scale
@@ -144,17 +155,12 @@ def _pct(v):
     return None if v is None else 100.0 * v
 
 
-def _gen_rate(rec: dict):
+def _gen_rate(generation: dict | None):
     """Generated tokens per second over every evaluated split (None when the run generated nothing)."""
-    gen = rec.get("generation") or {}
+    gen = generation or {}
     tokens = sum(g.get("new_tokens") or 0 for g in gen.values())
     secs = sum(g.get("seconds") or 0 for g in gen.values())
     return tokens / secs if secs > 0 else None
-
-
-def _storage_bytes(rec: dict):
-    s = _get(rec, "model", "linear_storage")
-    return None if not s else s["weight_bytes"] + s["constant_bytes"]
 
 
 def runs_frame(records: list[dict]) -> pd.DataFrame:

@@ -160,13 +160,9 @@ def _index(cfg, path: Path, rec: dict) -> None:
 
 def _already_done(cfg) -> str | None:
     """Path of an ok record with this run's config hash (used to resume sweeps on any launcher)."""
-    from harness import records
-    from harness.config import resolved
     from harness.store import Store
 
-    store = Store(cfg.paths.output_root)
-    store.sync()
-    return store.done(records.config_hash(resolved(cfg)))
+    return Store(cfg.paths.output_root).done_for(cfg)
 
 
 def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:

@@ -174,6 +174,15 @@ class Store:
                               (config_hash, DONE)).fetchone()
         return row[0] if row else None
 
+    def done_for(self, cfg) -> str | None:
+        """Path of an `ok` record of the run `cfg` (a composed config) describes, the index synced first: the one
+        rule for "already done" that sweeps (any launcher), the search and `harness.run` resume by."""
+        from harness.config import resolved
+        from harness.records import config_hash
+
+        self.sync()
+        return self.done(config_hash(resolved(cfg)))
+
     def done_hashes(self) -> dict[str, str]:
         with self._db() as con:
             rows = con.execute("SELECT config_hash, path FROM records WHERE status = ?", (DONE,)).fetchall()

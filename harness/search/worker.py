@@ -141,11 +141,8 @@ class RunObjective:
 
         values = suggest(trial, self.spec)
         cfg = self.config(trial.number, values)
-        h = records.config_hash(resolved(cfg))
-        trial.set_user_attr("config_hash", h)
-        store = Store(cfg.paths.output_root)
-        store.sync()
-        done = store.done(h)
+        trial.set_user_attr("config_hash", records.config_hash(resolved(cfg)))
+        done = Store(cfg.paths.output_root).done_for(cfg)
         if done:  # the same configuration already ran (this study or another): reuse its record
             trial.set_user_attr("record", done)
             trial.set_user_attr("reused", True)

@@ -11,14 +11,18 @@ head_only is an ordinary run with a frozen backbone (harness.methods.apply).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.config import is_regression
 from harness.metrics import majority_baseline
 
+if TYPE_CHECKING:
+    from harness.config import Config
 
-def majority_record(cfg, data, rec: dict) -> None:
+
+def majority_record(cfg: Config, data, rec: dict) -> None:
     """Fill a run record for the majority baseline, in the shape every run's record has."""
     task = cfg.task
     names = list(task.metrics)
@@ -99,7 +103,7 @@ def _source_digest() -> str:
                           ).hexdigest()
 
 
-def _cosine_cache_path(cfg, backbone, rows, bs: int) -> Path | None:
+def _cosine_cache_path(cfg: Config, backbone, rows, bs: int) -> Path | None:
     """Where the untrained encoder's cosines of these fit pairs are kept, keyed by everything they depend on (the
     weights, the pairs' token ids, the batch and padding, the kernels that run: library versions, threads, CPU, ISA
     limits, our code's source); None when the weights cannot be fingerprinted (`encoder_digest`) or no output
@@ -132,7 +136,7 @@ def _cosine_cache_path(cfg, backbone, rows, bs: int) -> Path | None:
     return Path(root) / COSINE_CACHE / f"{name}.npy"
 
 
-def fit_cosine_threshold(model, train_ds, cfg, tokenizer) -> dict:
+def fit_cosine_threshold(model, train_ds, cfg: Config, tokenizer) -> dict:
     """Set a two-class bi-encoder's threshold (every CosineHead in the model: peft keeps a trained copy beside the
     original) to the one that classifies up to FIT_PAIRS training pairs best with the model as it is now (before
     training: the zero-shot classifier, where every method starts). Returns what the record keeps.

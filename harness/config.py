@@ -513,7 +513,7 @@ def unescape(s) -> str:
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], str(s))
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: Config) -> None:
     """Value checks that the schema's types cannot express. Raises ConfigError naming the bad value."""
     for what, v in (("experiment_name", cfg.experiment_name), ("model.name", cfg.model.name),
                     ("task.name", cfg.task.name), ("method.name", cfg.method.name)):
@@ -634,7 +634,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task {task.name!r}: text_fields must name one or two columns, got {list(task.text_fields)}")
 
 
-def _validate_baseline(cfg) -> None:
+def _validate_baseline(cfg: Config) -> None:
     """Which baseline makes sense for which task and model (ConfigError naming the ones that do)."""
     b, task, m = baseline_of(cfg.method), cfg.task, cfg.method
     pair = pair_encoding_of(task)
@@ -715,7 +715,7 @@ def is_full_finetune(method) -> bool:
     return not method.adapter and baseline_of(method) == "none" and not method.get("bias_only", False)
 
 
-def trains(cfg) -> bool:
+def trains(cfg: Config) -> bool:
     """Whether the run takes optimizer steps: not with train.max_steps=0 nor for the majority/zero-shot baselines."""
     return int(cfg.train.max_steps) != 0 and baseline_of(cfg.method) not in ("majority", "zero_shot")
 
@@ -731,7 +731,7 @@ def lr_key(method) -> str:
     return "lr_bitfit" if bias else "lr_head" if baseline == "head_only" else "lr"
 
 
-def effective_lr(cfg: DictConfig) -> float:
+def effective_lr(cfg: Config) -> float:
     """The learning rate a run trains with: its method's own train.lr_* when set (`lr_key`), else train.lr x
     method.lr_multiplier."""
     key = lr_key(cfg.method)
@@ -755,5 +755,5 @@ def is_bi_encoder(task) -> bool:
     return not is_causal(task) and pair_encoding_of(task) == "bi"
 
 
-def resolved(cfg: DictConfig) -> dict:
+def resolved(cfg: Config) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from harness.config import ConfigError, Dtype, Quant, baseline_of, effective_alpha, effective_rank, target_letters
 from harness.models import HEAD_NAME
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +150,13 @@ def target_modules(arch: str | dict, targets: str, model: nn.Module) -> list[str
     return suffixes
 
 
-def _mapping(cfg) -> str | dict:
+def _mapping(cfg: Config) -> str | dict:
     """What target_modules maps letters with: the model's own model.targets, else its arch's name (known arches'
     names appear in the error messages)."""
     return target_map(cfg.model) if cfg.model.get("targets") else str(cfg.model.arch)
 
 
-def check_targets(cfg, model_path: Optional[str] = None) -> list[str]:
+def check_targets(cfg: Config, model_path: Optional[str] = None) -> list[str]:
     """lora.targets against the model's structure on the meta device (nothing allocated, no weights read), before a
     run reads its data or loads its model: from `model.shape` in the model's YAML, else from the config file of
     the model folder `model_path`. Returns the module names LoRA will adapt; raises ConfigError naming the model's
@@ -172,7 +175,7 @@ def check_targets(cfg, model_path: Optional[str] = None) -> list[str]:
     return target_modules(_mapping(cfg), cfg.lora.targets, meta_model(cfg, head, torch.float32, config))
 
 
-def apply(model: nn.Module, cfg, *, gradient_checkpointing: bool) -> nn.Module:
+def apply(model: nn.Module, cfg: Config, *, gradient_checkpointing: bool) -> nn.Module:
     """Freeze and wrap the model for the method. Returns the model to train."""
     method = cfg.method
     quantized = Quant(method.quant) != Quant.none

@@ -34,8 +34,12 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from harness import catalog
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 GIB = 1024**3
 GB = 1e9
@@ -114,7 +118,7 @@ def hf_config(model_cfg):
     return AutoConfig.for_model(kw.pop("model_type"), **kw)
 
 
-def meta_model(cfg, head: str, dtype, config=None):
+def meta_model(cfg: Config, head: str, dtype, config=None):
     """The run's model structure on the meta device (head: lm | classifier | bi_encoder): a causal LM, or backbone +
     our classifier head, or our bi-encoder. `config`: the Hugging Face config (default: from model.shape)."""
     import torch
@@ -273,7 +277,7 @@ def _layer_list(model):
 
 
 # ============================================================================================ the plan
-def plan(cfg) -> Plan:
+def plan(cfg: Config) -> Plan:
     """The memory plan of the run `cfg` describes (plan.device: cuda|cpu picks the compute dtype for `auto`;
     plan.lora_dtype: fp32|bf16; config.PlanConfig)."""
     import torch
@@ -412,7 +416,7 @@ def _base_name(name: str) -> str:
     return name.replace("base_model.model.", "").replace(".base_layer", "")
 
 
-def _hidden(cfg) -> int:
+def _hidden(cfg: Config) -> int:
     c = hf_config(cfg.model)
     return int(getattr(c, "hidden_size", None) or getattr(c, "n_embd"))
 
@@ -470,7 +474,7 @@ def compose_plan_config(overrides: list[str], method: str | None = None, device:
     return cfg
 
 
-def validate_plan(cfg) -> None:
+def validate_plan(cfg: Config) -> None:
     """plan.device and plan.lora_dtype against their valid values (config.validate checks them in every run)."""
     from harness.config import PLAN_DEVICES, PLAN_LORA_DTYPES, ConfigError
 

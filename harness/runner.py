@@ -17,9 +17,13 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import register_resolvers
 from harness.profile import process_env
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 register_resolvers()  # the run directories are built with ${path_part:}, also in a submitit job's process
 
@@ -37,7 +41,7 @@ def reexec_with_process_env(module: str = "harness.run") -> None:
     os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
-def execute(cfg, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
+def execute(cfg: Config, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
     """Run one experiment and write its record. Returns the record (also on failure).
 
     `on_evaluate(step, {split: {metric: value}})` sees every evaluation during training; raising
@@ -148,7 +152,7 @@ def _process_rank() -> int:
     return _launch_env("RANK", 0)
 
 
-def _index(cfg, path: Path, rec: dict) -> None:
+def _index(cfg: Config, path: Path, rec: dict) -> None:
     """Add the record to the results store's index; the file is already safe, so a failure here only warns."""
     from harness.store import Store
 
@@ -158,14 +162,14 @@ def _index(cfg, path: Path, rec: dict) -> None:
         log.warning("record written but not indexed (the next sync picks it up): %s", e)
 
 
-def _already_done(cfg) -> str | None:
+def _already_done(cfg: Config) -> str | None:
     """Path of an ok record with this run's config hash (used to resume sweeps on any launcher)."""
     from harness.store import Store
 
     return Store(cfg.paths.output_root).done_for(cfg)
 
 
-def _run(cfg, out_dir: Path, rec: dict, on_evaluate=None) -> None:
+def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     t0 = time.perf_counter()
     import torch
     import transformers
@@ -330,7 +334,7 @@ def num_labels(task) -> int | None:
     return None if is_causal(task) else (1 if is_regression(task) else len(task.labels))
 
 
-def head_kind(cfg) -> str:
+def head_kind(cfg: Config) -> str:
     """What scores the task: the LM head, a cross-encoder's head, or a bi-encoder's cosine / (u, v, |u-v|) head."""
     from harness.config import baseline_of, is_bi_encoder, is_causal, is_regression
 
@@ -343,7 +347,7 @@ def head_kind(cfg) -> str:
     return "bi_encoder_cosine_threshold" if len(cfg.task.labels) == 2 else "bi_encoder_uv_head"
 
 
-def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None):
+def build_model(cfg: Config, model_path: str, num_labels: int | None = None, meter=None):
     """The model a run trains: base weights loaded (quantized per the method), wrapped by the method, seeded by
     train.seed. `num_labels` None = a causal LM, else a sequence classifier with that many outputs. `meter`
     (profile.MemoryMeter) starts once the method's libraries are imported (bitsandbytes' native code is not the
@@ -387,7 +391,7 @@ def build_model(cfg, model_path: str, num_labels: int | None = None, meter=None)
     return model, dtype, load_dtype, bnb
 
 
-def _plan_for(cfg, rec: dict) -> dict | None:
+def _plan_for(cfg: Config, rec: dict) -> dict | None:
     """The memory planner's prediction for this run (harness/plan.py) at its longest batch, beside the measurement."""
     if not cfg.model.get("shape"):
         return None
@@ -404,7 +408,7 @@ def _plan_for(cfg, rec: dict) -> dict | None:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def _prepare_classification(cfg, data, tokenizer) -> dict:
+def _prepare_classification(cfg: Config, data, tokenizer) -> dict:
     from harness.config import is_bi_encoder, is_regression
     from harness.metrics import majority_baseline
     from harness.train import label_norm, tokenize
@@ -433,7 +437,7 @@ def _prepare_classification(cfg, data, tokenizer) -> dict:
     return {"train": train_ds, "evals": evals, "norm": norm, "info": info}
 
 
-def _prepare_causal(cfg, data, tokenizer) -> dict:
+def _prepare_causal(cfg: Config, data, tokenizer) -> dict:
     from harness.config import stop_strings
     from harness.lm import IGNORE, tokenize_sft
 
@@ -453,7 +457,7 @@ def _prepare_causal(cfg, data, tokenizer) -> dict:
     return {"train": train_ds, "evals": evals, "norm": None, "info": info}
 
 
-def _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, out_dir: Path, rec: dict):
+def _causal_evaluator(cfg: Config, model, tokenizer, data, prep, dtype, out_dir: Path, rec: dict):
     from harness.evaluate import evaluate_all
 
     def final() -> dict:
@@ -472,7 +476,7 @@ def _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, out_dir: Path, r
     return final
 
 
-def _mmlu(cfg, model, tokenizer, dtype) -> dict:
+def _mmlu(cfg: Config, model, tokenizer, dtype) -> dict:
     """MMLU as an extra evaluation of this run's model (mmlu_eval.*)."""
     from omegaconf import OmegaConf
 

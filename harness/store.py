@@ -20,9 +20,12 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from harness.records import HASH_VERSION, RECORD_NAME, identity
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 log = logging.getLogger("harness.store")
 
@@ -174,7 +177,7 @@ class Store:
                               (config_hash, DONE)).fetchone()
         return row[0] if row else None
 
-    def done_for(self, cfg) -> str | None:
+    def done_for(self, cfg: Config) -> str | None:
         """Path of an `ok` record of the run `cfg` (a composed config) describes, the index synced first: the one
         rule for "already done" that sweeps (any launcher), the search and `harness.run` resume by."""
         from harness.config import resolved

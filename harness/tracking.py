@@ -18,6 +18,10 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 log = logging.getLogger("harness.tracking")
 
@@ -25,11 +29,11 @@ log = logging.getLogger("harness.tracking")
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 
 
-def names(cfg) -> list[str]:
+def names(cfg: Config) -> list[str]:
     return [str(x) for x in (cfg.train.get("report_to") or [])]
 
 
-def check(cfg) -> None:
+def check(cfg: Config) -> None:
     """Fail before any model loads when a requested tracker's package is not installed."""
     from harness.config import ConfigError
 
@@ -64,7 +68,7 @@ def summary(rec: dict) -> dict[str, float]:
 class Tracking:
     """Open the requested trackers' runs (before the Trainer), close them with the record's summary (after)."""
 
-    def __init__(self, cfg, run_dir: Path, run_name: str):
+    def __init__(self, cfg: Config, run_dir: Path, run_name: str):
         self.trackers, self.run_dir, self.run_name = names(cfg), Path(run_dir), run_name
         self.experiment = str(cfg.experiment_name)
         self.where: dict[str, str] = {}

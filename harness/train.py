@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,11 @@ from harness import metrics as metric_fns
 from harness.config import effective_lr, is_bi_encoder, is_causal, is_regression, trains
 from harness.lm import padded_length
 from harness.profile import Throughput
-from harness.tracking import TRACKERS, names as tracker_names
+from harness.tracking import TRACKERS
+from harness.tracking import names as tracker_names
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +316,7 @@ def make_compute_metrics(names: list[str], regression: bool, norm: tuple[float, 
     return compute
 
 
-def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg, out_dir: str, *, dtype: torch.dtype, meter,
+def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg: Config, out_dir: str, *, dtype: torch.dtype, meter,
                  label_norm: tuple[float, float] | None = None, on_evaluate=None, callbacks=(), memory_window=None):
     """The Trainer every run trains with: bf16 autocast where `dtype` says so, batches padded to their longest
     example (rounded to train.pad_to_multiple_of) and grouped by length, loss logged ~25 times a run (each
@@ -526,7 +531,7 @@ def train_and_evaluate(
     }
 
 
-def make_collator(cfg, tokenizer):
+def make_collator(cfg: Config, tokenizer):
     """The collator a run trains with: batches padded to their longest example, rounded up to
     train.pad_to_multiple_of; causal-LM tasks with `SFTCollator` (labels IGNORE on padding)."""
     m = cfg.train.pad_to_multiple_of

@@ -7,12 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import ConfigError, compose
 from harness.search.space import (DEFAULT_SEARCH, _key, describe_pruner, describe_sampler, directions,
                                   merge_overrides, validate_search)
 from harness.search.storage import public_url, storage_url, worker_id
 from harness.search.worker import RunObjective, confirm, run_worker
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 log = logging.getLogger("harness.search")
 
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-def _report(spec, url: str, cfg, opts) -> int:
+def _report(spec, url: str, cfg: Config, opts) -> int:
     from harness.report.search import render_search
     from harness.store import Store
 

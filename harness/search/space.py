@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, compose
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 log = logging.getLogger("harness.search")
 
@@ -83,7 +86,7 @@ def _override(name: str, value: Any) -> str:
     return f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
 
 
-def validate_search(spec, cfg, base: list[str] = (), user_overrides: list[str] = ()) -> None:
+def validate_search(spec, cfg: Config, base: list[str] = (), user_overrides: list[str] = ()) -> None:
     """Check a search space before any model loads; raise ConfigError naming the bad value and the valid ones.
     `cfg` is the run config composed from `base` (the overrides every trial starts from)."""
     from hydra.errors import ConfigCompositionException

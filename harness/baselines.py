@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 
 def majority_record(cfg: Config, data, rec: dict) -> None:
-    """Fill a run record for the majority baseline, in the shape every run's record has."""
+    """Fill a run record for the majority baseline, in the shape every run's record has (harness/record.py)."""
+    from harness.record import Memory, MethodInfo, Metrics, ModelInfo, Params
+
     task = cfg.task
     names = list(task.metrics)
     labels = data.train["label"]
@@ -31,15 +33,17 @@ def majority_record(cfg: Config, data, rec: dict) -> None:
     split = next(iter(data.evals))
     head = names[0]
     values = np.asarray(labels, dtype=float)
-    rec["params"] = {"trainable": 0, "total": 0, "trainable_pct": 0.0, "adapter": 0}
-    rec["model"] = {"name": None, "head": "majority"}
-    rec["method"] = {"name": cfg.method.name, "baseline": "majority", "adapter": False, "trained": False, "lr": None}
+    rec["params"] = Params.of(trainable=0, total=0, trainable_pct=0.0, adapter=0).as_dict()
+    rec["model"] = ModelInfo.of(name=None, head="majority").as_dict()
+    rec["method"] = MethodInfo.of(name=cfg.method.name, baseline="majority", adapter=False, trained=False,
+                                  lr=None).as_dict()
     rec["majority"] = ({"predicts": float(values.mean())} if is_regression(task)
                        else {"predicts": int(np.bincount(values.astype(int)).argmax())})
-    rec["metrics"] = {"headline": {"split": split, "metric": head}, "final": final, "best": final, "best_step": 0,
-                      "history": [{"step": 0, "metrics": final}],
-                      "train_loss": {"first": None, "last": None, "mean": None, "log": [], "nonfinite": 0}}
-    rec["memory"] = {"peak_mb": None}
+    rec["metrics"] = Metrics.of(headline={"split": split, "metric": head}, final=final, best=final, best_step=0,
+                                history=[{"step": 0, "metrics": final}],
+                                train_loss={"first": None, "last": None, "mean": None, "log": [],
+                                            "nonfinite": 0}).as_dict()
+    rec["memory"] = Memory.of(peak_mb=None).as_dict()
     rec["throughput"] = None
     rec["steps"] = 0
 

@@ -37,6 +37,13 @@ class Section:
         return cls(**{k: d[k] for k in names if k in d}, extra={k: v for k, v in d.items() if k not in names},
                    nulls=frozenset(k for k in names if k in d and d[k] is None))
 
+    @classmethod
+    def of(cls, extra: dict | None = None, **values):
+        """A section as the writer builds it: only declared fields (a misspelt one is a TypeError), a field given
+        as None written as null; `extra`: keys of a kind of run this section does not declare (a task's prompt
+        settings), written beside them."""
+        return cls(**values, extra=dict(extra or {}), nulls=frozenset(k for k, v in values.items() if v is None))
+
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "nulls")}
         out = {k: v for k, v in out.items() if v is not None or k in self.nulls}

@@ -176,6 +176,7 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
 
     from harness import methods, models, records
     from harness.config import baseline_of, effective_lr, is_bi_encoder, is_causal, pair_encoding_of, trains
+    from harness.record import MethodInfo, ModelInfo, Params, TaskInfo
     from harness.profile import MemoryMeter
     from harness.tasks import find_data_dir, load_task
 
@@ -204,16 +205,11 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
         models.check_shape(model_path, cfg.model)  # the weights are the model the record will name
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     prep = _prepare_causal(cfg, data, tokenizer) if causal else _prepare_classification(cfg, data, tokenizer)
-    rec["task"] = {
-        "name": task.name,
-        "kind": str(task.kind),
-        "train_examples": len(data.train) if need_train else 0,
-        "pair_encoding": None if causal else pair_encoding_of(task),
-        "tune": bool(task.tune),
-        "eval_examples": {s: len(df) for s, df in data.evals.items()},
-        "data_source": data.source,
-        **prep["info"],
-    }
+    rec["task"] = TaskInfo.of(
+        name=task.name, kind=str(task.kind), train_examples=len(data.train) if need_train else 0,
+        pair_encoding=None if causal else pair_encoding_of(task), tune=bool(task.tune),
+        eval_examples={s: len(df) for s, df in data.evals.items()}, data_source=data.source, extra=prep["info"],
+    ).as_dict()
     rec["times"]["data_s"] = time.perf_counter() - t
     first = next(iter(data.evals))
     log.info("data: %d train, %s eval (%s)", rec["task"]["train_examples"], rec["task"]["eval_examples"],
@@ -229,23 +225,24 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     t = time.perf_counter()
     model, dtype, load_dtype, bnb = build_model(cfg, model_path, num_labels(task), meter=meter)
     rec["times"]["load_s"] = time.perf_counter() - t
-    params = methods.count_parameters(model)
-    params["adapter"] = methods.adapter_parameters(model)
+    params = Params.of(**methods.count_parameters(model), adapter=methods.adapter_parameters(model)).as_dict()
     rec["params"] = params
-    rec["model"] = {"name": cfg.model.name, "source": cfg.model.source, "path": model_path, "arch": cfg.model.arch,
-                    "pooling": None if causal else str(cfg.model.pooling),
-                    "head": head_kind(cfg), "device": str(next(model.parameters()).device)}
-    rec["model"]["linear_storage"] = _storage_summary(methods.linear_storage(model))
-    rec["model"]["fake_quant"] = getattr(model, "harness_fake_quant", None)
+    rec["model"] = ModelInfo.of(
+        name=cfg.model.name, source=cfg.model.source, path=model_path, arch=cfg.model.arch,
+        pooling=None if causal else str(cfg.model.pooling), head=head_kind(cfg),
+        device=str(next(model.parameters()).device),
+        linear_storage=_storage_summary(methods.linear_storage(model)),
+        fake_quant=getattr(model, "harness_fake_quant", None),
+    ).as_dict()
     peft_cfg = getattr(model, "peft_config", {}).get("default") if cfg.method.adapter else None
-    rec["method"] = {
-        "name": cfg.method.name,
-        "baseline": baseline,
-        "adapter": bool(cfg.method.adapter),
-        "compute_dtype": str(dtype).replace("torch.", ""),
-        "base_dtype": str(load_dtype).replace("torch.", ""),
-        "bnb_config": methods.describe_bnb(bnb),
-        "lora": None if peft_cfg is None else {
+    rec["method"] = MethodInfo.of(
+        name=cfg.method.name,
+        baseline=baseline,
+        adapter=bool(cfg.method.adapter),
+        compute_dtype=str(dtype).replace("torch.", ""),
+        base_dtype=str(load_dtype).replace("torch.", ""),
+        bnb_config=methods.describe_bnb(bnb),
+        lora=None if peft_cfg is None else {
             "r": peft_cfg.r, "alpha": peft_cfg.lora_alpha, "dropout": peft_cfg.lora_dropout,
             "targets": cfg.lora.targets, "target_modules": sorted(peft_cfg.target_modules),
             "rank_budget": cfg.lora.rank_budget, "use_rslora": bool(peft_cfg.use_rslora),
@@ -254,10 +251,10 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
             "scale": next((float(m.scaling["default"]) for m in model.modules()
                            if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling), None),
         },
-        "gradient_checkpointing": bool(cfg.train.gradient_checkpointing),
-        "lr": effective_lr(cfg) if train_steps else None,
-        "trained": train_steps,
-    }
+        gradient_checkpointing=bool(cfg.train.gradient_checkpointing),
+        lr=effective_lr(cfg) if train_steps else None,
+        trained=train_steps,
+    ).as_dict()
     log.info("model %s, method %s: %d / %d trainable (%.3f%%)", cfg.model.name, cfg.method.name,
              params["trainable"], params["total"], params["trainable_pct"])
 

@@ -46,3 +46,12 @@ def test_the_store_annotations_are_read_but_never_written():
     r = RunRecord.read(rec)
     assert (r.store_path, r.store_dir) == ("runs/x/record.json", "/abs/runs/x")
     assert "_path" not in r.as_dict() and "_dir" not in r.as_dict()
+
+
+def test_the_writer_builds_sections_from_declared_fields_only():
+    from harness.record import MethodInfo, TaskInfo
+
+    with pytest.raises(TypeError, match="nam"):
+        MethodInfo.of(nam="lora")  # a misspelt field fails where the record is built
+    task = TaskInfo.of(name="e2e", pair_encoding=None, extra={"prompt_format": "lines"}).as_dict()
+    assert task == {"name": "e2e", "pair_encoding": None, "prompt_format": "lines"}  # None given = null written

@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.record import SCHEMA_VERSION  # noqa: F401  (re-exported: the record's shape is harness/record.py)
+
 RECORD_NAME = "record.json"
 # beside a run's saved adapter: its weights before the first step (harness.analyze measures how far A moved)
 ADAPTER_INIT_NAME = "adapter_init.safetensors"
-from harness.record import SCHEMA_VERSION  # noqa: E402,F401  (the record's shape: harness/record.py)
 # Keys of the resolved config that do not change what a run computes (left out of the hash).
 HASH_EXCLUDE = ("paths", "tags", "report", "search", "plan")
 # ... and keys inside groups: display titles; planner metadata; the checkpoint format allowed (same weights either way); stopping

@@ -1,6 +1,6 @@
 """What the adapters learned (LoRA paper section 7) from an experiment's saved adapters:
 
-    python -m harness.analyze --experiment lora_table6 [--root outputs] [--out reports/analysis]
+    python -m harness.analyze experiment=lora_table6 [root=outputs] [out=reports/analysis]
 
 -> reports/analysis/<experiment>/README.md, summary.json and heatmaps. Reads the experiment's ok records in the
 results store, each run's saved adapter (adapter/adapter_model.safetensors), the adapter's weights before the first

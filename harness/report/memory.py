@@ -2,7 +2,7 @@
 memory_* experiments), against the bytes the loaded weights hold, against the papers' memory figures (recomputed
 from first principles, arithmetic shown), and beside what peers publish.
 
-    python -m harness.report.memory [--root outputs] [--out reports]
+    python -m harness.report.memory [root=outputs] [out=reports]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Render reports/<experiment>/README.md (+ PNG plots) for every experiment in the results store.
 
     python -m harness.report                          # every experiment with records
-    python -m harness.report --experiment lora_table6 --root outputs --out reports
+    python -m harness.report experiment=lora_table6 root=outputs out=reports
 
 Reports are built from result records and harness/report/paper_values.yaml only.
 """

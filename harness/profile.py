@@ -165,26 +165,24 @@ class MemoryMeter:
                + ("until the window closed (train_peak_mb read there), fast after" if self.window else
                   "for the whole run") if self.exact_allocator else "; allocator not switched (no glibc mallopt)")
         )
-        rec = {
-            "method": method,
+        from harness.record import Memory
+
+        over = None if self.train_peak_mb is None or self.baseline_mb is None else self.train_peak_mb - self.baseline_mb
+        cuda = self.device == "cuda"
+        return Memory.of(
+            method=method,
             # exact: the peak counts what was held, not memory the allocator kept after freeing it
-            "exact": self.device == "cuda" or (self.exact_allocator and self.hwm_reset),
-            "window": self.window,
-            "rss_hwm_after_training_mb": self.rss_hwm_after_training_mb,
-            "baseline_mb": self.baseline_mb,
-            "load_peak_mb": self.load_peak_mb,
-            "after_load_mb": self.after_load_mb,
-            "train_peak_mb": self.train_peak_mb,
-            "train_peak_over_baseline_mb": (
-                None if self.train_peak_mb is None or self.baseline_mb is None else self.train_peak_mb - self.baseline_mb
-            ),
-        }
-        if self.device == "cuda":
-            rec.update(self.cuda)
-            rec["peak_mb"] = self.cuda.get("train_peak_allocated_mb")
-        else:
-            rec["peak_mb"] = rec["train_peak_over_baseline_mb"]
-        return rec
+            exact=cuda or (self.exact_allocator and self.hwm_reset),
+            window=self.window,
+            rss_hwm_after_training_mb=self.rss_hwm_after_training_mb,
+            baseline_mb=self.baseline_mb,
+            load_peak_mb=self.load_peak_mb,
+            after_load_mb=self.after_load_mb,
+            train_peak_mb=self.train_peak_mb,
+            train_peak_over_baseline_mb=over,
+            peak_mb=self.cuda.get("train_peak_allocated_mb") if cuda else over,
+            extra=self.cuda if cuda else None,
+        ).as_dict()
 
 
 @dataclass

@@ -118,8 +118,18 @@ class Metrics(Section):
 
 @dataclass
 class Memory(Section):
+    """harness.profile.MemoryMeter.record(); CUDA runs add the allocator's peaks (in `extra`)."""
+
     peak_mb: float | None = None  # the training peak over the process's baseline (MiB)
     method: str | None = None  # how it was metered
+    exact: bool | None = None  # the peak counts what was held, not what the allocator kept after freeing
+    window: Any = None
+    rss_hwm_after_training_mb: float | None = None
+    baseline_mb: float | None = None
+    load_peak_mb: float | None = None
+    after_load_mb: float | None = None
+    train_peak_mb: float | None = None
+    train_peak_over_baseline_mb: float | None = None
     plan: dict | None = None  # the memory planner's prediction for this run
     breakdown: dict | None = None
 

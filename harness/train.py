@@ -508,18 +508,19 @@ def train_and_evaluate(
         widths = [b - a for a, b in zip([0, *steps[:-1]], steps)]
         mean_loss = sum(x * w for x, w in zip(losses, widths)) / max(1, sum(widths))
     thr = meter.record(train_wall, in_train_eval, trainer.probe_seconds) if train_steps else None
+    from harness.record import Metrics
+
     return {
         "optimizer": describe_optimizer(trainer.optimizer),
-        "metrics": {
-            "headline": {"split": headline_split, "metric": headline},
-            "final": final,
-            "best": best["metrics"],
-            "best_step": best["step"],
-            "history": history,
-            "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                           "mean": mean_loss, "log": losses,
-                           "nonfinite": sum(1 for x in losses if not math.isfinite(x))},
-        },
+        "metrics": Metrics.of(
+            headline={"split": headline_split, "metric": headline},
+            final=final,
+            best=best["metrics"],
+            best_step=best["step"],
+            history=history,
+            train_loss={"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
+                        "mean": mean_loss, "log": losses, "nonfinite": sum(1 for x in losses if not math.isfinite(x))},
+        ).as_dict(),
         "throughput": thr,
         "memory_breakdown": meter.breakdown,
         "times": {"train_s": train_wall, "final_eval_s": eval_wall},

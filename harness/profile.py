@@ -212,19 +212,21 @@ class Throughput:
         included)."""
         timed = self.step_times[self.warmup_steps :] or self.step_times
         seconds = max(train_wall_s - eval_during_train_s - memory_probe_s, 1e-9)
-        return {
-            "train_tokens": self.tokens,
-            "train_samples": self.samples,
-            "tokens_per_s": self.tokens / seconds,
-            "samples_per_s": self.samples / seconds,
-            "tokens_per_s_basis": "non-pad training tokens / (train wall time - evaluation time - memory probe)",
-            "tokens_counted": "non-pad tokens (attention_mask sum) of the training batches",
-            "train_wall_s": train_wall_s,
-            "eval_during_train_s": eval_during_train_s,
-            "memory_probe_s": memory_probe_s,
-            "train_step_seconds_total": self.train_seconds,
-            "median_step_s": statistics.median(timed) if timed else None,
-            "steps": len(self.step_times),
-            "warmup_steps_excluded": min(self.warmup_steps, len(self.step_times)),
-            "longest_batch": getattr(self, "longest_batch", None),  # (padded) tokens per sequence, its batch size
-        }
+        from harness.record import Throughput as ThroughputSection
+
+        return ThroughputSection.of(
+            train_tokens=self.tokens,
+            train_samples=self.samples,
+            tokens_per_s=self.tokens / seconds,
+            samples_per_s=self.samples / seconds,
+            tokens_per_s_basis="non-pad training tokens / (train wall time - evaluation time - memory probe)",
+            tokens_counted="non-pad tokens (attention_mask sum) of the training batches",
+            train_wall_s=train_wall_s,
+            eval_during_train_s=eval_during_train_s,
+            memory_probe_s=memory_probe_s,
+            train_step_seconds_total=self.train_seconds,
+            median_step_s=statistics.median(timed) if timed else None,
+            steps=len(self.step_times),
+            warmup_steps_excluded=min(self.warmup_steps, len(self.step_times)),
+            longest_batch=getattr(self, "longest_batch", None),  # (padded) tokens per sequence, its batch size
+        ).as_dict()

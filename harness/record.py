@@ -3,9 +3,11 @@
 A record is one JSON file per run (harness.records writes it atomically). `RunRecord.read(d)` reads any record
 written since schema version 1: a section a run did not produce is None, a field a section did not hold is None,
 and keys a section does not declare are kept in its `extra` (so nothing an older or newer writer put there is
-lost); `as_dict()` gives the JSON layout back. The writer (harness.runner.execute) passes every record through
-`check_shape`, so a key outside this declaration fails in the tests rather than landing in the files; the store
-and the reports read records through `RunRecord`.
+lost); `as_dict()` gives the JSON layout back. Each section is built through its dataclass where it is measured
+(`Section.of`: task, model, method, params in harness.runner; memory and throughput in harness.profile; metrics in
+harness.train), so a misspelt field fails there; the writer (harness.runner.execute) passes the whole record through
+`check_shape`, so a top-level key outside this declaration fails in the tests rather than landing in the files; the
+store and the reports read records through `RunRecord`.
 
 Schema versions: 1 = the layout below (the only one so far); `read` is where a later layout's conversion goes.
 """
@@ -136,11 +138,22 @@ class Memory(Section):
 
 @dataclass
 class Throughput(Section):
+    """harness.profile.Throughput.record(): real (non-pad) training tokens over the training wall time."""
+
     tokens_per_s: float | None = None
     samples_per_s: float | None = None
-    steps: int | None = None
+    train_tokens: int | None = None
+    train_samples: int | None = None
+    tokens_per_s_basis: str | None = None
+    tokens_counted: str | None = None
+    train_wall_s: float | None = None
+    eval_during_train_s: float | None = None
+    memory_probe_s: float | None = None
+    train_step_seconds_total: float | None = None
     median_step_s: float | None = None
-    longest_batch: dict | None = None
+    steps: int | None = None
+    warmup_steps_excluded: int | None = None
+    longest_batch: dict | None = None  # (padded) tokens per sequence and its batch size
 
 
 @dataclass

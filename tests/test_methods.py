@@ -32,6 +32,19 @@ def batch(path: str, n: int = 4):
     return enc
 
 
+def adamw_losses(model, x, lr: float, steps: int) -> list[float]:
+    """The loss of batch `x` before each of `steps` AdamW steps on the model's trainable parameters."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**x).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return losses
+
+
 def randomize_lora_b(model, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -207,14 +220,7 @@ def test_every_method_trains_two_steps_and_loss_goes_down(tiny_llama, method):
     cfg, model = build(tiny_llama, "llama", "last", [f"method={method}", "lora.dropout=0", "lora.r=8"])
     model.train()
     x = batch(tiny_llama, n=6)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4 if method == "full" else 5e-3)
-    losses = []
-    for _ in range(3):
-        loss = model(**x).loss
-        losses.append(loss.item())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    losses = adamw_losses(model, x, lr=3e-4 if method == "full" else 5e-3, steps=3)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[2] < losses[0], losses
 
@@ -379,14 +385,7 @@ def test_a_model_of_a_new_architecture_is_one_yaml_file(tiny_distilbert, tmp_pat
     assert len(adapted) == 2 * per_layer  # 2 layers
     model.eval()  # no dropout: the loss of the same batch must fall step by step
     x = batch(tiny_distilbert, n=6)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    losses = []
-    for _ in range(4):
-        loss = model(**x).loss
-        losses.append(loss.item())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    losses = adamw_losses(model, x, lr=5e-3, steps=4)
     assert losses[3] < losses[0], losses
 
 

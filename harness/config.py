@@ -519,10 +519,7 @@ def validate(cfg: Config) -> None:
                     ("task.name", cfg.task.name), ("method.name", cfg.method.name)):
         safe_path_part(v, what)
     _validate_model(cfg.model)
-    plan = cfg.get("plan") or {}
-    for key, valid in (("device", PLAN_DEVICES), ("lora_dtype", PLAN_LORA_DTYPES)):
-        if plan.get(key) is not None and plan.get(key) not in valid:
-            raise ConfigError(f"plan.{key}={plan.get(key)!r} is not valid; valid: {list(valid)}")
+    validate_plan(cfg)
     lr = cfg.lora
     if cfg.method.adapter:
         _positive("lora.r", lr.r)
@@ -670,6 +667,14 @@ def kind_of(task) -> str:
 KNOWN_KINDS = {"bert": "encoder", "roberta": "encoder", "llama": "decoder", "gpt2": "decoder", "opt": "decoder"}
 MODEL_KINDS = ("encoder", "decoder")
 TARGET_LETTERS = ("q", "k", "v", "o")
+
+
+def validate_plan(cfg: Config) -> None:
+    """plan.device and plan.lora_dtype against their valid values (every run, and the planner's command line)."""
+    plan = cfg.get("plan") or {}
+    for key, valid in (("device", PLAN_DEVICES), ("lora_dtype", PLAN_LORA_DTYPES)):
+        if plan.get(key) is not None and plan.get(key) not in valid:
+            raise ConfigError(f"plan.{key}={plan.get(key)!r} is not valid; valid: {list(valid)}")
 
 
 def model_kind(model) -> str:

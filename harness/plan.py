@@ -474,15 +474,6 @@ def compose_plan_config(overrides: list[str], method: str | None = None, device:
     return cfg
 
 
-def validate_plan(cfg: Config) -> None:
-    """plan.device and plan.lora_dtype against their valid values (config.validate checks them in every run)."""
-    from harness.config import PLAN_DEVICES, PLAN_LORA_DTYPES, ConfigError
-
-    for key, valid in (("device", PLAN_DEVICES), ("lora_dtype", PLAN_LORA_DTYPES)):
-        if cfg.plan[key] not in valid:
-            raise ConfigError(f"plan.{key}={cfg.plan[key]!r} is not valid; valid: {list(valid)}")
-
-
 def make_plan(overrides: list[str], method: str | None = None, **kw) -> Plan:
     """plan() of the run `python -m harness.run <overrides> [method=<method>]` would be."""
     return plan(compose_plan_config(overrides, method, **kw))
@@ -547,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     from harness.cli import plain_flags
+    from harness.config import validate_plan
 
     argv = plain_flags(list(sys.argv[1:] if argv is None else argv), ("json", "all_methods", "no_batch"),
                        ("gpus", "reserve_gb"))
@@ -593,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [None] if one else list(METHODS)
     try:
         cfgs = [compose_plan_config(ovr, n, opts["device"], opts["lora_dtype"]) for n in names]
-        validate_plan(cfgs[0])
+        validate_plan(cfgs[0])  # harness.config's check
         plans = [plan(c) for c in cfgs]
     except Exception as e:  # a bad override or a model without a shape
         print(f"error: {e}", file=sys.stderr)

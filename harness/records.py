@@ -27,7 +27,7 @@ HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "method": ("title",)
                                "save_every_min")}
 # schema keys added after records existed, left out of the hash while at their default (a run that does not use
 # them computes what it did before they existed, so its hash, resume and grouping with older seeds stay the same)
-HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None},
+HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None, "fast_dropout": False},
                       "model": {"kind": None, "targets": {}},
                       "lora": {"use_rslora": False, "use_dora": False, "init": "default"}}
 

@@ -382,6 +382,10 @@ def build_model(cfg: Config, model_path: str, num_labels: int | None = None, met
 
         fake_info = fakequant.apply(model, fake, skip=methods.EXCLUDE_FROM_ALL_LINEAR)
     model = methods.apply(model, cfg, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    if cfg.train.fast_dropout:
+        from harness.dropout import use_fast_dropout
+
+        use_fast_dropout(model)
     model.harness_fake_quant = fake_info  # read by run() into the record (model.fake_quant)
     if meter is not None:
         meter.loaded()

@@ -1,16 +1,22 @@
 """`make bench`: lora-harness's training path against the recipe most users copy, in one process, on the same data,
-model, method and settings. Writes reports/bench/results.json (every measurement) and reports/bench/README.md.
+model, method and settings. Writes reports/bench/results_<tag>.json (every measurement; one file per CPU class:
+avx2, bf16, ...) and reports/bench/README.md (bench/report.py, every results file a section).
 
-Paths (`PATHS`):
+Paths (`PATHS`), each one change to the path above it:
   seed      the seed recipe: texts tokenized with padding="max_length" to train.max_seq_len, then
             `default_data_collator` (sequence classification, as transformers' run_glue.py with pad_to_max_length)
             or `DataCollatorForLanguageModeling(mlm=False)` (causal LM); a `Trainer` with default arguments
-            (fp32, random order, logging every 500 steps).
-  dynamic   ours without length grouping and in fp32: only padding to the batch's longest example differs.
-  grouped   ours in fp32: + length grouping.
-  ours      harness.train.make_trainer exactly as `python -m harness.run` trains: + bf16 autocast where the CPU
-            has AVX512-BF16/AMX (method.compute_dtype=auto).
+            (fp32, random order, logging every 500 steps), torch's dropout.
+  dynamic   ours without length grouping, in fp32, with torch's dropout: only padding to the batch's longest differs.
+  grouped   + length grouping.
+  fast_dropout  + harness.dropout's masks (train.fast_dropout, the default) for the model's own dropout.
+  ours      harness.train.make_trainer exactly as `python -m harness.run` trains: + autocast in `compute` (auto:
+            bf16 where the CPU has AMX; elsewhere fp32, and ours repeats fast_dropout: the run-to-run noise).
   ours_1thread  ours on one thread instead of all cores (the thread-count lever).
+Levers (`LEVERS`), each one change to ours, kept in the harness only if it helps and changes no maths beyond a
+stated tolerance: LoRA dropout 0.1 (the recipes' value; the rows above use 0 so that losses can be compared) with
+torch's and with our dropout, torch's fused AdamW, twice the batch at half the steps (same examples), and
+torch.compile of the model (inductor; the compile time counts in the path's wall time).
 Every path trains the same model (harness.runner.build_model with the same seed: same weights, same LoRA init),
 on the same examples and token ids, with the same objective (classification: cross entropy of the head;
 causal LM: next-token loss on every real token, which is what DataCollatorForLanguageModeling trains), learning
@@ -58,20 +64,24 @@ class Workload:
     lr: float
     heldout: int = 64  # held-out examples the final loss is computed on
 
-    def overrides(self, method: str, path: str, seed: int = 0) -> list[str]:
+    def overrides(self, method: str, path: str, seed: int = 0, compute: str = "auto") -> list[str]:
         # train=default: the cross-encoder setting every bench row measured, not the local recipes (the base default)
-        ov = [f"model={self.model}", f"task={self.task}", f"method={method}", "train=default",
-              f"train.batch_size={self.batch_size}", f"train.max_seq_len={self.max_seq_len}",
-              f"train.max_steps={self.steps}", f"train.lr={self.lr}", f"train.seed={seed}",
-              f"task.train_size={self.batch_size * self.steps}", f"task.eval_size={self.heldout}",
-              "train.eval_every=0", "train.warmup_ratio=0", "train.weight_decay=0", "lora.dropout=0.0"]
-        if path in ("dynamic", "grouped") or (path == "seed" and method == "lora"):
+        batch, steps = (2 * self.batch_size, self.steps // 2) if path == "batch_x2" else (self.batch_size, self.steps)
+        ov = {"model": self.model, "task": self.task, "method": method, "train": "default",
+              "train.batch_size": batch, "train.max_seq_len": self.max_seq_len, "train.max_steps": steps,
+              "train.lr": self.lr, "train.seed": seed, "task.train_size": self.batch_size * self.steps,
+              "task.eval_size": self.heldout, "train.eval_every": 0, "train.warmup_ratio": 0,
+              "train.weight_decay": 0, "lora.dropout": 0.0, "method.compute_dtype": compute}
+        if path in ("seed", "dynamic", "grouped", "fast_dropout"):
             # no autocast; the seed QLoRA recipe keeps bnb_4bit_compute_dtype=bfloat16 (as peft's and the
             # QLoRA repository's examples do), which method.compute_dtype=auto gives on a bf16 CPU
-            ov.append("method.compute_dtype=fp32")
+            ov["method.compute_dtype"] = "auto" if (path == "seed" and method != "lora") else "fp32"
+        if path in ("seed", "dynamic", "grouped"):
+            ov["train.fast_dropout"] = False
         if path in ("dynamic", "seed"):
-            ov.append("train.group_by_length=false")
-        return ov
+            ov["train.group_by_length"] = False
+        ov.update(LEVERS.get(path, {}))
+        return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ov.items()]
 
 
 # STS-B (a task MiniLM learns at this scale) with run_glue.py's default max_seq_length (128), WikiSQL with our
@@ -83,8 +93,19 @@ WORKLOADS = {
                         lr=2e-3),
 }
 METHODS = ("lora", "qlora_nf4_dq")
-PATHS = ("seed", "dynamic", "grouped", "ours", "ours_1thread")
-LEVERS_FOR = ("lora",)  # the in-between paths run by default for these methods only (QLoRA: seed and ours)
+# one change to ours each (the overrides it adds; compile: torch.compile of the model, in _run_path)
+LEVERS = {
+    "lora_dropout_torch": {"lora.dropout": 0.1, "train.fast_dropout": False},
+    "lora_dropout_fast": {"lora.dropout": 0.1},
+    "fused_adamw": {"train.optimizer": "adamw_fused"},
+    "batch_x2": {},  # Workload.overrides: 2 x batch, steps / 2
+    "compile": {},
+    # frozen base weights stored in bf16: autocast then casts no weight per matmul (bf16 sections only: without
+    # native bf16 a bf16 base is emulated, ~10x slower)
+    "bf16_base": {"method.base_dtype": "bf16"},
+}
+PATHS = ("seed", "dynamic", "grouped", "fast_dropout", "ours", "ours_1thread", *LEVERS)
+LEVERS_FOR = ("lora",)  # the in-between paths and levers run by default for these methods only (QLoRA: seed, ours)
 
 
 # ------------------------------------------------------------------------------------------- machine peak
@@ -232,7 +253,51 @@ class StepClock:
         return _Clock()
 
 
-def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
+class OpProfile:
+    """TrainerCallback: torch.profiler over optimizer steps [start, stop); `summary` gives the share of the CPU time
+    in each kind of op: bitsandbytes' dequantization (4-bit bases dequantize every weight in every forward and
+    backward on the CPU), matmuls, dropout's random draws, everything else."""
+
+    KINDS = {"dequantize": ("dequantize",), "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"),
+             "random draws": ("bernoulli", "aten::random_")}
+
+    def __new__(cls, start: int, stop: int):
+        from transformers import TrainerCallback
+
+        class _Prof(TrainerCallback):
+            def __init__(self):
+                self.prof, self.events, self.seconds, self.t = None, None, None, None
+
+            def on_step_begin(self, args, state, control, **kw):
+                if state.global_step == start:
+                    self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                    self.prof.__enter__()
+                    self.t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == stop and self.prof is not None:
+                    self.seconds = time.perf_counter() - self.t
+                    self.prof.__exit__(None, None, None)
+                    self.events = [(e.key, e.self_cpu_time_total) for e in self.prof.key_averages()]
+                    self.prof = None
+
+            def summary(self) -> dict | None:
+                if not self.events:
+                    return None
+                total = sum(t for _, t in self.events) or 1.0
+                out = {"steps": stop - start, "wall_s": self.seconds, "self_cpu_s": total / 1e6}
+                rest = total
+                for kind, keys in OpProfile.KINDS.items():
+                    t = sum(v for k, v in self.events if any(x in k.lower() for x in keys))
+                    out[kind] = t / total
+                    rest -= t
+                out["other"] = rest / total
+                return out
+
+        return _Prof()
+
+
+def prepare(w: Workload, method: str, path: str, seed: int = 0, compute: str = "auto") -> dict:
     """Config, tokenizer, data and a freshly built model for one path (the same weights for every path)."""
     from harness import models
     from harness.config import compose, is_regression
@@ -240,7 +305,7 @@ def prepare(w: Workload, method: str, path: str, seed: int = 0) -> dict:
     from harness.tasks import find_data_dir, load_task
     from harness.train import label_norm
 
-    cfg = compose(w.overrides(method, path, seed))
+    cfg = compose(w.overrides(method, path, seed, compute))
     data = load_task(cfg.task, find_data_dir(cfg.paths.data_dir), seed=0)  # same examples for every path and seed
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
     tokenizer = models.load_tokenizer(model_path, cfg.model)
@@ -265,39 +330,54 @@ def seed_trainer(p: dict, out_dir: str, collator, callbacks):
     return Trainer(model=p["model"], args=args, train_dataset=p["train"], data_collator=collator, callbacks=callbacks)
 
 
-def run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
+def run_path(w: Workload, method: str, path: str, seed: int = 0, compute: str = "auto",
+             profile: bool = False) -> dict:
     threads = torch.get_num_threads()
     if path == "ours_1thread":  # the thread lever: ours on one core of the machine's
         torch.set_num_threads(1)
     try:
-        return _run_path(w, method, "ours" if path == "ours_1thread" else path, seed) | {
+        return _run_path(w, method, "ours" if path == "ours_1thread" else path, seed, compute, profile) | {
             "path": path, "threads": torch.get_num_threads()}
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
+def _compile(model):
+    """torch.compile (inductor) of the transformers model inside peft's wrappers, shapes dynamic (every batch has
+    its own length). Returns the undo (the held-out loss is computed eagerly, as for every path)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.forward = torch.compile(inner.forward, dynamic=True)
+    return lambda: delattr(inner, "forward")
+
+
+def _run_path(w: Workload, method: str, path: str, seed: int = 0, compute: str = "auto",
+              profile: bool = False) -> dict:
     from harness.profile import Throughput
     from harness.train import make_trainer
 
-    p = prepare(w, method, path, seed)
+    p = prepare(w, method, path, seed, compute)
     cfg, model, tokenizer = p["cfg"], p["model"], p["tokenizer"]
     flops = train_flops(model)
+    steps = int(cfg.train.max_steps)
+    undo = _compile(model) if path == "compile" else None
     loss0 = heldout_loss(cfg, model, tokenizer, p["heldout"]) if path == "seed" else None
     clock = StepClock()
+    callbacks = [clock] + ([OpProfile(WARMUP, min(steps, WARMUP + 4))] if profile else [])
     with tempfile.TemporaryDirectory() as tmp:
         if path == "seed":
             collator = CountingCollator(seed_collator(cfg, tokenizer))
-            trainer = seed_trainer(p, tmp, collator, [clock])
+            trainer = seed_trainer(p, tmp, collator, callbacks)
         else:
             trainer = make_trainer(model, tokenizer, p["train"], {"heldout": p["heldout"]}, cfg, tmp,
-                                   dtype=p["dtype"], meter=Throughput(WARMUP), callbacks=[clock])
+                                   dtype=p["dtype"], meter=Throughput(WARMUP), callbacks=callbacks)
             collator = trainer.data_collator = CountingCollator(trainer.data_collator)
         t0 = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - t0
+    if undo:
+        undo()
     ends, toks = clock.ends, collator.tokens
-    assert len(ends) == len(toks) == w.steps, (len(ends), len(toks), w.steps)
+    assert len(ends) == len(toks) == steps, (len(ends), len(toks), steps)
     timed_tokens = sum(toks[WARMUP:])
     timed_s = ends[-1] - ends[WARMUP - 1]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -306,11 +386,16 @@ def _run_path(w: Workload, method: str, path: str, seed: int = 0) -> dict:
         "workload": w.name, "model": w.model, "task": w.task, "method": method, "path": path, "seed": seed,
         # the dtype the frozen base's matmuls run in (autocast, or bitsandbytes' compute dtype): MFU's peak
         "compute_dtype": "bf16" if p["dtype"] == torch.bfloat16 else "fp32",
-        "steps": w.steps, "batch_size": w.batch_size, "max_seq_len": w.max_seq_len,
+        "steps": steps, "batch_size": int(cfg.train.batch_size), "max_seq_len": w.max_seq_len,
+        "fast_dropout": bool(cfg.train.fast_dropout), "lora_dropout": float(cfg.lora.dropout),
+        "optimizer": str(cfg.train.optimizer), "compiled": path == "compile",
         "real_tokens": sum(toks), "timed_real_tokens": timed_tokens, "timed_s": timed_s, "train_wall_s": wall,
         "tokens_per_s": tps, "step_s_median": statistics.median(b - a for a, b in zip(ends[WARMUP - 1:], ends[WARMUP:])),
         # tokens computed per step, pad included: fixed for the seed recipe, per batch otherwise (see real_tokens)
         "padded_tokens_per_step": float(w.batch_size * w.max_seq_len) if path == "seed" else None,
+        # real tokens over the whole training wall time: compile and the warm-up steps included
+        "tokens_per_s_wall": sum(toks) / wall,
+        "op_profile": callbacks[-1].summary() if profile else None,
         "train_loss_logged": losses,
         "heldout_loss_before": loss0, "heldout_loss_after": heldout_loss(cfg, model, tokenizer, p["heldout"]),
         "flops_per_token": flops["per_token"], "flops": flops, "achieved_flops": flops["per_token"] * tps,
@@ -340,6 +425,35 @@ def fixed_cost(w: Workload) -> dict:
     return other
 
 
+# ------------------------------------------------------------------------------------------- sharing the cores
+SHARING_STEPS = 40
+
+
+def sharing(steps: int = SHARING_STEPS) -> dict:
+    """The default run (`make run`'s config, all threads) for `steps` steps in a fresh process alone, then two such
+    processes at once (another seed each), with the OpenMP wait settings every run starts with (profile.OMP_ENV).
+    Returns each run's training tokens/s (its record's) and the share of the solo rate each kept side by side."""
+    def launch(out: str, seed: int):
+        ov = [f"train.max_steps={steps}", f"train.seed={seed}", f"paths.output_root={out}", "train.save_adapter=false"]
+        return subprocess.Popen([sys.executable, "-m", "harness.run", *ov], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def rate(out: str) -> float:
+        return float(json.loads(next(Path(out).rglob("record.json")).read_text())["throughput"]["tokens_per_s"])
+
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, tempfile.TemporaryDirectory() as c:
+        if launch(a, 0).wait():
+            raise RuntimeError("the solo run failed")
+        procs = [launch(b, 1), launch(c, 2)]
+        if any(p.wait() for p in procs):
+            raise RuntimeError("a side-by-side run failed")
+        solo, pair = rate(a), [rate(b), rate(c)]
+    from harness.profile import process_env
+
+    return {"steps": steps, "solo_tokens_per_s": solo, "pair_tokens_per_s": pair,
+            "kept": [x / solo for x in pair], "env": process_env(os.environ)}
+
+
 # ------------------------------------------------------------------------------------------- driver
 def machine() -> dict:
     from harness.methods import host_has_bf16
@@ -366,6 +480,11 @@ def main(argv=None) -> None:
                     f"{list(LEVERS_FOR)}, seed and ours otherwise)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
     ap.add_argument("--no-fixed-cost", action="store_true")
+    ap.add_argument("--no-sharing", action="store_true", help="skip the two-processes-at-once measurement")
+    ap.add_argument("--compute", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="method.compute_dtype of ours and the levers (auto: bf16 only with AMX)")
+    ap.add_argument("--tag", default="", help="the results file's name: results_<tag>.json (default: from the "
+                    "CPU class: avx2 when ATEN_CPU_CAPABILITY=avx2, else the compute dtype)")
     a = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][bench] %(message)s")
     import transformers
@@ -376,31 +495,52 @@ def main(argv=None) -> None:
                                                             ("paths", PATHS))}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    tag = a.tag or ("avx2" if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2" else
+                    a.compute if a.compute != "auto" else "auto")
     res = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "warmup_steps": WARMUP,
-           "workloads": {k: asdict(WORKLOADS[k]) for k in chosen["models"]}, "runs": [], "fixed_cost": {}}
+           "workloads": {k: asdict(WORKLOADS[k]) for k in chosen["models"]}, "runs": [], "fixed_cost": {},
+           "compute": a.compute, "tag": tag, "levers": {k: v for k, v in LEVERS.items()},
+           "env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "GOMP_SPINCOUNT",
+                                                  "OMP_WAIT_POLICY")}}
+    name = f"results_{tag}.json"
     res["peak_flops"] = {}  # per dtype, measured before the first path that computes in it
     for mk in chosen["models"]:
         w = WORKLOADS[mk]
         for method in chosen["methods"]:
             paths = chosen["paths"] or (PATHS if method in LEVERS_FOR else ("seed", "ours"))
+            paths = [p for p in paths if p != "bf16_base" or a.compute == "bf16"]
             # then a second seed of the two compared paths: what noise is
             for path, seed in [(p, 0) for p in paths] + [(p, 1) for p in ("seed", "ours") if p in paths]:
-                r = run_path(w, method, path, seed=seed)
+                # ours (seed 0) also under the op profiler, in its own pass: where the time goes
+                try:
+                    r = run_path(w, method, path, seed=seed, compute=a.compute)
+                    if path == "ours" and seed == 0:
+                        r["op_profile"] = run_path(w, method, path, seed=seed, compute=a.compute,
+                                                   profile=True)["op_profile"]
+                except Exception as e:  # one path's failure (a compiler missing, say) is recorded, not fatal
+                    log.exception("%s %s %s seed %d failed", w.name, method, path, seed)
+                    res.setdefault("failed", []).append({"workload": w.name, "method": method, "path": path,
+                                                         "seed": seed, "error": f"{type(e).__name__}: {e}"})
+                    _save(out, res, name)
+                    continue
                 r["mfu"] = r["achieved_flops"] / _peak(res["peak_flops"], r["compute_dtype"])
                 res["runs"].append(r)
                 log.info("%s %s %-8s seed %d: %7.0f tokens/s  held-out loss %.4f  MFU %.1f%%", w.name, method,
                          path, seed, r["tokens_per_s"], r["heldout_loss_after"], 100 * r["mfu"])
-                _save(out, res)
+                _save(out, res, name)
         if not a.no_fixed_cost:
             res["fixed_cost"][w.name] = fixed_cost(w)
-            _save(out, res)
+            _save(out, res, name)
+    if not a.no_sharing:
+        res["sharing"] = sharing()
+        log.info("sharing: solo %.0f tokens/s, side by side %s", res["sharing"]["solo_tokens_per_s"],
+                 res["sharing"]["pair_tokens_per_s"])
     res["peak_flops_after"] = {k: matmul_peak(DTYPES[k]) for k in res["peak_flops"]}
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    _save(out, res)
-    from bench.report import render
+    _save(out, res, name)
+    from bench.report import main as render_page
 
-    (out / "README.md").write_text(render(res))
-    log.info("wrote %s", out / "README.md")
+    render_page([str(out)])
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -423,10 +563,10 @@ def _choices(value: str, valid, what: str) -> list[str]:
     return got
 
 
-def _save(out: Path, res: dict) -> None:
-    tmp = out / "results.json.tmp"
+def _save(out: Path, res: dict, name: str) -> None:
+    tmp = out / (name + ".tmp")
     tmp.write_text(json.dumps(res, indent=1, default=float))
-    os.replace(tmp, out / "results.json")
+    os.replace(tmp, out / name)
 
 
 if __name__ == "__main__":

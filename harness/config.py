@@ -76,6 +76,7 @@ class Baseline(ConfigEnum):
 
 class Optim(ConfigEnum):
     adamw = "adamw"
+    adamw_fused = "adamw_fused"  # torch's fused AdamW kernel (one pass over all parameters; CPU since torch 2.4)
     adamw_8bit = "adamw_8bit"
     paged_adamw = "paged_adamw"
     paged_adamw_8bit = "paged_adamw_8bit"

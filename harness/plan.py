@@ -423,7 +423,7 @@ def _hidden(cfg: Config) -> int:
 
 def _optimizer_bytes(optim: str, sizes: list[int]) -> tuple[int, str]:
     n = sum(sizes)
-    if optim in ("adamw", "paged_adamw"):
+    if optim in ("adamw", "adamw_fused", "paged_adamw"):
         paged = " (paged: evictable to CPU memory under pressure)" if optim.startswith("paged") else ""
         return 8 * n, f"AdamW: 2 fp32 states x {n:,} = 8 bytes per trainable parameter{paged}"
     big = sum(x for x in sizes if x >= ADAM8_MIN)

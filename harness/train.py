@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = {
     "adamw": "adamw_torch",
+    "adamw_fused": "adamw_torch_fused",
     "adamw_8bit": "adamw_bnb_8bit",
     "paged_adamw": "paged_adamw_32bit",
     "paged_adamw_8bit": "paged_adamw_8bit",

@@ -140,3 +140,41 @@ def test_the_latency_ratio_is_a_median_of_per_round_ratios_with_a_bootstrap_inte
     assert same["median"] == pytest.approx(1.0) and same["within_tolerance"]
     slow = ratio([1.3, 1.32, 1.28] * 5, [1.0] * 15)
     assert slow["lo90"] > 1.05 and not slow["within_tolerance"]
+
+
+def test_every_path_and_lever_composes_one_change_from_its_neighbour():
+    from harness.config import compose as run_compose
+
+    w = throughput.WORKLOADS["minilm"]
+    cfgs = {p: run_compose(w.overrides("lora", p)) for p in throughput.PATHS}
+    t = {p: c.train for p, c in cfgs.items()}
+    assert [t[p].fast_dropout for p in ("seed", "dynamic", "grouped", "fast_dropout", "ours")] == \
+        [False, False, False, True, True]
+    assert [t[p].group_by_length for p in ("seed", "dynamic", "grouped")] == [False, False, True]
+    assert str(cfgs["fast_dropout"].method.compute_dtype) == "fp32" and str(cfgs["ours"].method.compute_dtype) == "auto"
+    assert (t["batch_x2"].batch_size, t["batch_x2"].max_steps) == (2 * w.batch_size, w.steps // 2)
+    assert cfgs["batch_x2"].task.train_size == cfgs["ours"].task.train_size  # the same examples
+    assert str(t["fused_adamw"].optimizer) == "adamw_fused"
+    assert cfgs["lora_dropout_torch"].lora.dropout == cfgs["lora_dropout_fast"].lora.dropout == 0.1
+    assert not t["lora_dropout_torch"].fast_dropout and t["lora_dropout_fast"].fast_dropout
+    assert str(run_compose(w.overrides("lora", "ours", compute="bf16")).method.compute_dtype) == "bf16"
+
+
+def test_the_page_has_a_section_per_cpu_class_with_its_goals(tmp_path):
+    import json
+
+    base = {"machine": {"cpu": "x", "logical_cpus": 2, "torch_threads": 2, "bf16_native": False, "torch": "t",
+                        "transformers": "t", "peft": "p", "bitsandbytes": "b", "python": "3"},
+            "started": "s", "finished": "f", "warmup_steps": 2, "peak_flops": {"fp32": 1e11}, "workloads": {},
+            "fixed_cost": {}, "runs": [_run("a", "lora", "seed", 100, 0.5), _run("a", "lora", "ours", 300, 0.51, mfu=0.45)]}
+    avx2 = base | {"env": {"ATEN_CPU_CAPABILITY": "avx2"}, "sharing": {
+        "steps": 40, "solo_tokens_per_s": 600.0, "pair_tokens_per_s": [400.0, 200.0], "kept": [0.667, 0.333],
+        "env": {"GOMP_SPINCOUNT": "1000"}}}
+    bf16 = base | {"compute": "bf16", "runs": [_run("a", "lora", "seed", 100, 0.5), _run("a", "lora", "ours", 120, 0.5)]}
+    (tmp_path / "results_avx2.json").write_text(json.dumps(avx2))
+    (tmp_path / "results_bf16.json").write_text(json.dumps(bf16))
+    text = report.page(tmp_path)
+    assert text.index("AVX2-only") < text.index("AVX512-BF16")
+    assert "(MFU) for LoRA on both models: **holds**" in text and "(MFU) for LoRA on both models: **fails**" in text
+    assert "ours / seed recipe >= 1.5 in real tokens/s for LoRA on both models: **fails** (a 1.20x)" in text
+    assert "Goal: each keeps >= 40% of its solo rate: **fails**" in text

@@ -97,16 +97,22 @@ def mfu_goal(rows: list[dict]) -> tuple[str, str]:
                                                    "peak" for r in lora)
 
 
-def section_title(res: dict) -> str:
+def cpu_class(res: dict) -> tuple[str, str]:
+    """(short label, long description) of the CPU class a results file measured."""
     m = res["machine"]
     env = res.get("env") or {}
     if (env.get("ATEN_CPU_CAPABILITY") or "").lower() == "avx2":
-        what = "fp32 on an AVX2-only CPU (emulated: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)"
-    elif res.get("compute") == "bf16":
-        what = "bf16 autocast (method.compute_dtype=bf16) on a CPU with AVX512-BF16"
-    else:
-        what = "native bf16 with AMX (compute auto = bf16)" if m.get("bf16_native") else "fp32 (compute auto)"
-    return f"{what}: {m['cpu']}, {m['logical_cpus']} logical CPUs"
+        return "AVX2 only, fp32", "fp32 on an AVX2-only CPU (emulated: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)"
+    if res.get("compute") == "bf16":
+        return "AVX512-BF16, bf16", "bf16 autocast (method.compute_dtype=bf16) on a CPU with AVX512-BF16, no AMX"
+    if m.get("bf16_native"):
+        return "AMX, bf16", "native bf16 with AMX (compute auto = bf16)"
+    return "fp32", "fp32 (compute auto)"
+
+
+def section_title(res: dict) -> str:
+    m = res["machine"]
+    return f"{cpu_class(res)[1]}: {m['cpu']}, {m['logical_cpus']} logical CPUs"
 
 
 def _peaks(pk: dict) -> str:
@@ -157,7 +163,7 @@ def render(res: dict, level: int = 1) -> str:
                  " (criterion: at most twice the seed-to-seed gap).")
     L += ["", f"{h}# Where the speed comes from (LoRA)", "",
           "Each row adds one change to the one above (then: ours on fewer threads), same model, data, steps and "
-          "seed. Below the line, the levers: each one change to ours, measured and kept in the harness only if it "
+          "seed. In bold, the levers: each one change to ours, measured and kept in the harness only if it "
           "helps without changing the maths beyond noise. Train wall: the whole training call (compile and the "
           "warm-up steps included); tokens/s and MFU: the steps after the warm-up.", "",
           "| model | path | compute | threads | real tokens/s | x seed | x ours | median step (s) | train wall (s) "
@@ -176,6 +182,20 @@ def render(res: dict, level: int = 1) -> str:
             L.append(f"| {r['model']} | {'**' + name + '**' if path in LEVER_NAMES else name} | {r['compute_dtype']} "
                      f"| {r.get('threads', '–')} | {r['tokens_per_s']:.0f} | {x} | {xo} "
                      f"| {r['step_s_median']:.2f} | {wall} | {r['heldout_loss_after']:.4f} | {100 * r['mfu']:.1f}% |")
+    same = []
+    for wname in dict.fromkeys(r["workload"] for r in res["runs"]):
+        a = _one(res, workload=wname, method="lora", path="seed", seed=0)
+        b = _one(res, workload=wname, method="lora", path="dynamic", seed=0)
+        if a and b:
+            d = abs(a["heldout_loss_after"] - b["heldout_loss_after"])
+            same.append(f"{a['model']} {a['heldout_loss_after']:.4f} vs {b['heldout_loss_after']:.4f} "
+                        + ("(identical)" if d < 5e-4 else "(different)"))
+    if same:
+        L += ["", "The first two rows see the same batches in the same order (random sampler, same seed) with the same "
+              "optimizer settings and differ only in padding. Held-out losses after training: " + "; ".join(same)
+              + ". Identical means padding changed no maths; where they differ, the model has dropout, whose "
+              "random masks are drawn over the padded tensor, so other padding draws other masks. Length grouping "
+              "and bf16 change the batch order and the rounding; the seed-to-seed gaps above are the yardstick."]
     for f in res.get("failed") or ():
         L.append(f"\n{f['workload']} {f['method']} {f['path']} (seed {f['seed']}) failed: `{f['error']}`")
     prof = [r for r in res["runs"] if r.get("op_profile")]
@@ -205,20 +225,6 @@ def render(res: dict, level: int = 1) -> str:
               f"{sum(sh['pair_tokens_per_s']) / sh['solo_tokens_per_s']:.2f}x one run alone). OpenMP wait settings "
               f"each run started with: {', '.join(f'{k}={v}' for k, v in sh['env'].items())}. "
               f"Goal: each keeps >= {SHARING_GOAL:.0%} of its solo rate: **{'holds' if ok else 'fails'}**."]
-    same = []
-    for wname in dict.fromkeys(r["workload"] for r in res["runs"]):
-        a = _one(res, workload=wname, method="lora", path="seed", seed=0)
-        b = _one(res, workload=wname, method="lora", path="dynamic", seed=0)
-        if a and b:
-            d = abs(a["heldout_loss_after"] - b["heldout_loss_after"])
-            same.append(f"{a['model']} {a['heldout_loss_after']:.4f} vs {b['heldout_loss_after']:.4f} "
-                        + ("(identical)" if d < 5e-4 else "(different)"))
-    if same:
-        L += ["", "The first two rows see the same batches in the same order (random sampler, same seed) with the same "
-              "optimizer settings and differ only in padding. Held-out losses after training: " + "; ".join(same)
-              + ". Identical means padding changed no maths; where they differ, the model has dropout, whose "
-              "random masks are drawn over the padded tensor, so other padding draws other masks. Length grouping "
-              "and bf16 change the batch order and the rounding; the seed-to-seed gaps above are the yardstick."]
     L += ["", f"{h}# Settings and FLOP count", ""]
     for wname, w in res["workloads"].items():
         r = _one(res, workload=w["name"], method="lora", seed=0) or _one(res, workload=w["name"])
@@ -351,7 +357,7 @@ def overview(secs: list[dict]) -> list[str]:
          "|---|---|---|---:|---:|---:|---:|"]
     for res in secs:
         for r in summary(res):
-            L.append(f"| {section_title(res).split(':')[0]} | {r['model']} | {r['method']} | {r['seed_tps']:.0f} "
+            L.append(f"| {cpu_class(res)[0]} | {r['model']} | {r['method']} | {r['seed_tps']:.0f} "
                      f"| {r['ours_tps']:.0f} | {r['ratio']:.2f}x | {100 * r['ours_mfu']:.1f}% ({r['ours_dtype']}) |")
     return L
 

@@ -61,7 +61,7 @@ analyze: setup  ## what the adapters learned (LoRA section 7: Figures 3-4, Table
 results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
 	$(PY) -m harness.store $(ARGS)
 
-bench: setup  ## throughput: our training path vs the seed recipe (Trainer + peft, pad to max length), MFU; ~20 min; then bench-inference
+bench: setup  ## throughput: our path vs the seed recipe, levers, MFU, sharing -> reports/bench/results_<CPU class>.json (~40 min; ARGS="compute=bf16" for the bf16 section); then bench-inference
 	$(PY) -m bench.throughput $(ARGS)
 	$(PY) -m bench.inference
 

@@ -479,6 +479,7 @@ def main(argv=None) -> None:
     ap.add_argument("--paths", default="", help=f"comma list of {list(PATHS)} (default: all for "
                     f"{list(LEVERS_FOR)}, seed and ours otherwise)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
+    ap.add_argument("--skip", default="", help="comma list of paths to leave out of the default set")
     ap.add_argument("--no-fixed-cost", action="store_true")
     ap.add_argument("--no-sharing", action="store_true", help="skip the two-processes-at-once measurement")
     ap.add_argument("--compute", default="auto", choices=("auto", "fp32", "bf16"),
@@ -493,6 +494,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     chosen = {k: _choices(getattr(a, k), v, k) for k, v in (("models", WORKLOADS), ("methods", METHODS),
                                                             ("paths", PATHS))}
+    skip = _choices(a.skip, PATHS, "skip")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = a.tag or ("avx2" if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2" else
@@ -508,7 +510,7 @@ def main(argv=None) -> None:
         w = WORKLOADS[mk]
         for method in chosen["methods"]:
             paths = chosen["paths"] or (PATHS if method in LEVERS_FOR else ("seed", "ours"))
-            paths = [p for p in paths if p != "bf16_base" or a.compute == "bf16"]
+            paths = [p for p in paths if (p != "bf16_base" or a.compute == "bf16") and p not in skip]
             # then a second seed of the two compared paths: what noise is
             for path, seed in [(p, 0) for p in paths] + [(p, 1) for p in ("seed", "ours") if p in paths]:
                 # ours (seed 0) also under the op profiler, in its own pass: where the time goes

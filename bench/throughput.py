@@ -393,8 +393,6 @@ def _run_path(w: Workload, method: str, path: str, seed: int = 0, compute: str =
         "tokens_per_s": tps, "step_s_median": statistics.median(b - a for a, b in zip(ends[WARMUP - 1:], ends[WARMUP:])),
         # tokens computed per step, pad included: fixed for the seed recipe, per batch otherwise (see real_tokens)
         "padded_tokens_per_step": float(w.batch_size * w.max_seq_len) if path == "seed" else None,
-        # real tokens over the whole training wall time: compile and the warm-up steps included
-        "tokens_per_s_wall": sum(toks) / wall,
         "op_profile": callbacks[-1].summary() if profile else None,
         "train_loss_logged": losses,
         "heldout_loss_before": loss0, "heldout_loss_after": heldout_loss(cfg, model, tokenizer, p["heldout"]),

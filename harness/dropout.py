@@ -17,15 +17,15 @@ mode, at p = 0 and for in-place dropout, the module is torch's own.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, generator: torch.Generator | None = None) -> torch.Tensor:
     """1 / (1 - p) where an element is kept (probability 1 - round(p * 65536) / 65536), 0 where dropped."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=generator)
     keep = bits.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
     return keep.to(dtype).mul_(1.0 / (1.0 - p))

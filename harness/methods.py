@@ -62,8 +62,8 @@ def host_has_bf16() -> bool:
     allowed past AVX2. Not AVX512-BF16 alone: on a 2-core AMD EPYC with avx512_bf16 and no AMX, bf16 autocast
     trained MiniLM LoRA at 498 tokens/s against 596 in fp32 with torch's dropout (since train.fast_dropout the bench
     measured bf16 2.0x / 1.5x faster there, MiniLM / SmolLM2: reports/bench; a measured comparison of the default
-    run's accuracy and speed has to come before `auto` changes what it picks). Not when ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA hold
-    torch to AVX2 (how an AVX2-only machine is emulated): its bf16 is then emulated, many times slower."""
+    run's accuracy and speed has to come before `auto` changes what it picks). Not when ATEN_CPU_CAPABILITY /
+    ONEDNN_MAX_CPU_ISA hold torch to AVX2 (how an AVX2-only machine is emulated): its bf16 is then emulated, many times slower."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:

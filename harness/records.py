@@ -25,8 +25,9 @@ HASH_EXCLUDE = ("paths", "tags", "report", "search", "plan")
 HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "method": ("title",), "task": ("title",),
                      "train": ("stop_on_nonfinite_loss", "memory_probe", "report_to", "save_every",
                                "save_every_min")}
-# schema keys added after records existed, left out of the hash while at their default (a run that does not use
-# them computes what it did before they existed, so its hash, resume and grouping with older seeds stay the same)
+# schema keys added after records existed, left out of the hash while at the value that computes what runs made
+# before them computed (their default, except train.fast_dropout, on by default: false is torch's dropout, as before),
+# so such a run's hash, resume and grouping with older seeds stay the same
 HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None, "fast_dropout": False},
                       "model": {"kind": None, "targets": {}},
                       "lora": {"use_rslora": False, "use_dora": False, "init": "default"}}

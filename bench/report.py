@@ -379,11 +379,30 @@ def page(folder: Path) -> str:
     return text
 
 
+def machine_summary(folder: Path) -> dict:
+    """reports/bench/summary.json: per CPU class, the goals' verdicts with their numbers and the ours-vs-seed rows
+    (what README.md's overview and Result lines say, for tools)."""
+    out = []
+    for res in sections(folder):
+        rows = summary(res)
+        sh = res.get("sharing")
+        goals = {"ours_over_seed": dict(zip(("verdict", "detail"), goal(rows)), threshold=GOAL),
+                 "mfu": dict(zip(("verdict", "detail"), mfu_goal(rows)), threshold=MFU_GOAL)}
+        if sh:
+            goals["sharing"] = {"verdict": "holds" if all(k >= SHARING_GOAL for k in sh["kept"]) else "fails",
+                                "kept": sh["kept"], "threshold": SHARING_GOAL}
+        out.append({"cpu_class": cpu_class(res)[0], "title": section_title(res), "started": res["started"],
+                    "finished": res.get("finished"), "peak_flops": res["peak_flops"], "goals": goals,
+                    "rows": rows})
+    return {"source": "bench/report.py from reports/bench/results_*.json", "sections": out}
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     folder = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "reports" / "bench"
     folder = folder.parent if folder.is_file() else folder
     (folder / "README.md").write_text(page(folder))
+    (folder / "summary.json").write_text(json.dumps(machine_summary(folder), indent=1, default=float) + "\n")
     print(folder / "README.md")
 
 

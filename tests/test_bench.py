@@ -178,3 +178,10 @@ def test_the_page_has_a_section_per_cpu_class_with_its_goals(tmp_path):
     assert "(MFU) for LoRA on both models: **holds**" in text and "(MFU) for LoRA on both models: **fails**" in text
     assert "ours / seed recipe >= 1.5 in real tokens/s for LoRA on both models: **fails** (a 1.20x)" in text
     assert "Goal: each keeps >= 40% of its solo rate: **fails**" in text
+    report.main([str(tmp_path)])
+    summ = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["cpu_class"] for s in summ["sections"]] == ["AVX2 only, fp32", "AVX512-BF16, bf16"]
+    assert [s["goals"]["mfu"]["verdict"] for s in summ["sections"]] == ["holds", "fails"]
+    assert summ["sections"][0]["goals"]["sharing"]["verdict"] == "fails"
+    assert "sharing" not in summ["sections"][1]["goals"]
+    assert summ["sections"][1]["rows"][0]["ratio"] == pytest.approx(1.2)

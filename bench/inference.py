@@ -213,7 +213,7 @@ def main(argv=None) -> None:
     (out / "inference.json").write_text(json.dumps(res, indent=1) + "\n")
     from bench.report import main as render
 
-    render([str(out / "results.json")])
+    render([str(out)])
 
 
 if __name__ == "__main__":

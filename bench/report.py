@@ -79,22 +79,25 @@ def summary(res: dict) -> list[dict]:
     return out
 
 
-def goal(rows: list[dict]) -> tuple[str, str]:
+def _lora_goal(rows: list[dict], passes, describe) -> tuple[str, str]:
+    """(verdict, detail) of a goal every LoRA row must pass."""
     lora = [r for r in rows if r["method"] == "lora"]
     if not lora:
         return "not resolved", "no LoRA rows"
-    ok = all(r["ratio"] >= GOAL for r in lora)
-    detail = ", ".join(f"{r['model']} {r['ratio']:.2f}x" for r in lora)
-    return ("holds" if ok else "fails"), detail
+    return ("holds" if all(passes(r) for r in lora) else "fails"), ", ".join(describe(r) for r in lora)
+
+
+def goal(rows: list[dict]) -> tuple[str, str]:
+    return _lora_goal(rows, lambda r: r["ratio"] >= GOAL, lambda r: f"{r['model']} {r['ratio']:.2f}x")
 
 
 def mfu_goal(rows: list[dict]) -> tuple[str, str]:
-    lora = [r for r in rows if r["method"] == "lora"]
-    if not lora:
-        return "not resolved", "no LoRA rows"
-    ok = all(r["ours_mfu"] >= MFU_GOAL for r in lora)
-    return ("holds" if ok else "fails"), ", ".join(f"{r['model']} {100 * r['ours_mfu']:.1f}% of the {r['ours_dtype']} "
-                                                   "peak" for r in lora)
+    return _lora_goal(rows, lambda r: r["ours_mfu"] >= MFU_GOAL,
+                      lambda r: f"{r['model']} {100 * r['ours_mfu']:.1f}% of the {r['ours_dtype']} peak")
+
+
+def sharing_goal(sh: dict) -> str:
+    return "holds" if all(k >= SHARING_GOAL for k in sh["kept"]) else "fails"
 
 
 def cpu_class(res: dict) -> tuple[str, str]:
@@ -216,7 +219,6 @@ def render(res: dict, level: int = 1) -> str:
     sh = res.get("sharing")
     if sh:
         kept = sh["kept"]
-        ok = all(k >= SHARING_GOAL for k in kept)
         L += ["", f"{h}# Sharing the cores", "",
               f"The default run (`make run`'s config, all threads, {sh['steps']} steps) alone in a fresh process: "
               f"**{sh['solo_tokens_per_s']:.0f}** training tokens/s; two such runs at once: "
@@ -224,7 +226,7 @@ def render(res: dict, level: int = 1) -> str:
               + f" ({', '.join(f'{100 * k:.0f}%' for k in kept)} of solo; together "
               f"{sum(sh['pair_tokens_per_s']) / sh['solo_tokens_per_s']:.2f}x one run alone). OpenMP wait settings "
               f"each run started with: {', '.join(f'{k}={v}' for k, v in sh['env'].items())}. "
-              f"Goal: each keeps >= {SHARING_GOAL:.0%} of its solo rate: **{'holds' if ok else 'fails'}**."]
+              f"Goal: each keeps >= {SHARING_GOAL:.0%} of its solo rate: **{sharing_goal(sh)}**."]
     L += ["", f"{h}# Settings and FLOP count", ""]
     for wname, w in res["workloads"].items():
         r = _one(res, workload=w["name"], method="lora", seed=0) or _one(res, workload=w["name"])
@@ -389,7 +391,7 @@ def machine_summary(folder: Path) -> dict:
         goals = {"ours_over_seed": dict(zip(("verdict", "detail"), goal(rows)), threshold=GOAL),
                  "mfu": dict(zip(("verdict", "detail"), mfu_goal(rows)), threshold=MFU_GOAL)}
         if sh:
-            goals["sharing"] = {"verdict": "holds" if all(k >= SHARING_GOAL for k in sh["kept"]) else "fails",
+            goals["sharing"] = {"verdict": sharing_goal(sh),
                                 "kept": sh["kept"], "threshold": SHARING_GOAL}
         out.append({"cpu_class": cpu_class(res)[0], "title": section_title(res), "started": res["started"],
                     "finished": res.get("finished"), "peak_flops": res["peak_flops"], "goals": goals,

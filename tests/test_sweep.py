@@ -57,6 +57,35 @@ def test_default_grid_is_at_least_12_runs_over_3_methods_2_ranks_2_target_sets()
     assert len(choices(jobs, "lora.targets")) >= 2
 
 
+def test_a_grid_gets_each_baseline_once_per_configuration_it_fine_tunes_ahead_of_the_grid():
+    from hydra_plugins.harness_sweeper.harness_sweeper import baseline_jobs
+
+    jobs = [["method=lora", "lora.r=2", "task=mrpc", "train.seed=1"], ["method=qlora_nf4", "lora.r=8", "task=mrpc",
+             "train.seed=1"], ["method=lora", "++lora.targets=qv", "task=mrpc", "train.seed=2"],
+            ["method=head_only", "task=mrpc", "train.seed=1"]]
+    assert baseline_jobs(jobs, ["majority", "head_only"]) == [
+        ["method=majority", "task=mrpc", "train.seed=1"],  # the grid runs head_only at seed 1 itself
+        ["method=majority", "task=mrpc", "train.seed=2"], ["method=head_only", "task=mrpc", "train.seed=2"]]
+    assert baseline_jobs([["lora.r=2"]], ["zero_shot"]) == [["method=zero_shot"]]
+    assert baseline_jobs(jobs, []) == []
+
+
+def test_the_default_grid_declares_its_baselines_and_a_wrong_one_is_refused_naming_the_valid_ones():
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydra_plugins.harness_sweeper.harness_sweeper import HarnessSweeper
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hcompose(config_name="config", overrides=["+experiment=default"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("HarnessSweeper")
+    assert list(cfg.hydra.sweeper.baselines) == ["majority", "zero_shot", "head_only"]
+    with pytest.raises(ValueError, match=r"\['head_onyl'\].*valid: \['head_only', 'majority', 'zero_shot'\]"):
+        HarnessSweeper(None, {}, ["head_onyl"]).split_arguments([], None)
+
+
 def test_lora_table6_grid_and_its_paper_scale():
     jobs = grid("lora_table6")
     assert choices(jobs, "lora.targets") == ["q", "qkvo", "qv"] and choices(jobs, "lora.r") == ["1", "2", "4", "64", "8"]
@@ -130,6 +159,9 @@ def sweep_cmd(out: Path, tiny_bert: str, *overrides: str) -> list[str]:
             "train.max_seq_len=32", "train.threads=1", "method=lora", "experiment_name=t", *overrides]
 
 
+NO_BASELINES = "hydra.sweeper.baselines=[]"  # the default grid runs them; tests that count jobs leave them out
+
+
 def records(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) | {"_file": str(p)} for p in sorted(out.glob("sweeps/t/*/*/record.json"))]
 
@@ -156,21 +188,27 @@ def test_sweep_records_failures_goes_on_and_resumes_by_config_hash(tmp_path, tin
     p = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:]
     recs = records(out)
-    status = {r["config"]["lora"]["targets"]: r for r in recs}
+    # the default grid's baselines ran first, once for both LoRA jobs (they differ only in lora.*), as runs
+    assert [r["config"]["method"]["name"] for r in recs[:3]] == ["majority", "zero_shot", "head_only"]
+    assert all(r["status"] == "ok" for r in recs[:3]) and len(recs) == 5
+    status = {r["config"]["lora"]["targets"]: r for r in recs[3:]}
     assert status["qv"]["status"] == "ok" and status["qz"]["status"] == "failed"
     assert "qz" in status["qz"]["error"] and "ConfigError" in status["qz"]["error"]
-    assert "batch done: 1 failed, 1 ok" in p.stdout
-    # the second sweep skips the ok job and retries only the failed one
+    assert "batch done: 1 failed, 4 ok" in p.stdout
+    # the second sweep skips the ok jobs and retries only the failed one
     p2 = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert p2.returncode == 0 and "launching 1 jobs (1 skipped)" in p2.stdout, p2.stdout[-3000:]
-    again = records(out)
+    assert p2.returncode == 0 and "launching 1 jobs (4 skipped)" in p2.stdout, p2.stdout[-3000:]
+    again = records(out)[3:]
     assert [r["status"] for r in again if r["config"]["lora"]["targets"] == "qv"] == ["ok"]
     assert [r["status"] for r in again if r["config"]["lora"]["targets"] == "qz"] == ["failed", "failed"]
-    # and the report lists the failure
+    # and the report lists the failure, and shows the LoRA row beside its best baseline from this sweep
     rep = subprocess.run([sys.executable, "-m", "harness.report", "--root", str(out), "--out", str(tmp_path / "rep")],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0 and "failed: sweeps/t/" in rep.stdout, rep.stderr[-2000:]
-    assert "## Failed runs" in (tmp_path / "rep" / "t" / "README.md").read_text()
+    page = (tmp_path / "rep" / "t" / "README.md").read_text()
+    assert "## Failed runs" in page
+    assert "Head only (frozen backbone)" in page and "Majority class / mean" in page and "Zero-shot" in page
+    assert "has a baseline on its task and split" not in page
 
 
 @pytest.mark.slow
@@ -179,7 +217,7 @@ def test_killed_sweep_reruns_only_the_missing_jobs_and_a_killed_job_is_recorded_
     import psutil
 
     out = tmp_path / "out"
-    cmd = sweep_cmd(out, tiny_bert, "lora.r=1,2,4", "lora.targets=qv")
+    cmd = sweep_cmd(out, tiny_bert, "lora.r=1,2,4", "lora.targets=qv", NO_BASELINES)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -248,7 +286,7 @@ def test_launchers_compose(launcher, target):
 @needs_data
 def test_other_launchers_resume_too_each_job_skips_itself(tmp_path, tiny_bert):
     out = tmp_path / "out"
-    cmd = sweep_cmd(out, tiny_bert, "lora.r=2", "lora.targets=qv", "hydra/launcher=basic")
+    cmd = sweep_cmd(out, tiny_bert, "lora.r=2", "lora.targets=qv", "hydra/launcher=basic", NO_BASELINES)
     p = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=300)
     assert p.returncode == 0 and len(records(out)) == 1, p.stdout[-3000:]

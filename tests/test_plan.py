@@ -166,3 +166,19 @@ def test_a_run_records_the_plan_beside_its_measured_peak_within_15_percent(tmp_p
     planned_w = sum(v for k, v in mem["plan"]["parts_mb"].items() if k.startswith(("base weights", "trainable")))
     assert bd["weights_mb"] == pytest.approx(planned_w, rel=0.01)
     assert bd["optimizer_state_mb"] == pytest.approx(mem["plan"]["parts_mb"]["optimizer state"], rel=0.01)
+    # the memory report renders this record, and its summary.json holds the same numbers and the papers' figures
+    from harness.report.memory import render
+    from harness.store import Store
+
+    store = Store(str(tmp_path))
+    store.sync()
+    page = render(store, tmp_path / "reports")
+    summary = json.loads((page.parent / "summary.json").read_text())
+    (row,) = summary["measured"]["rows"]
+    assert row["method"] == "qlora_nf4_dq" and row["measured_mb"] == pytest.approx(mem["peak_mb"])
+    assert summary["measured"]["within"] == int(row["within_tolerance"]) and summary["measured"]["n"] == 1
+    assert f"{row['measured_mb']:,.0f}" in page.read_text()
+    figs = {f["figure"].split(":")[0]: f for f in summary["paper_figures"]}
+    full = figs["16-bit full fine-tuning of LLaMA-65B"]
+    assert full["paper"] == "more than 780 GB" and full["ours"] > 780 and full["verdict"] == "holds"
+    assert {p["peer"] for p in summary["peers"]} == {"LitGPT", "torchtune"}

@@ -8,6 +8,7 @@ from first principles, arithmetic shown), and beside what peers publish.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,7 +37,11 @@ def _plan_mb(rec: dict) -> dict:
 
 
 def measured_section(store) -> tuple[list[str], dict]:
-    rows, wrows, stats = [], [], {"n": 0, "within": 0, "weights_exact": 0, "weights_n": 0}
+    """(markdown lines, stats): stats counts the plans within TOLERANCE and the exact weight counts, and holds
+    every row as numbers ("rows", "weight_rows") for summary.json."""
+    rows, wrows = [], []
+    stats = {"n": 0, "within": 0, "weights_exact": 0, "weights_n": 0, "tolerance": TOLERANCE, "rows": [],
+             "weight_rows": []}
     for name in EXPERIMENTS:
         for r in sorted(_latest(store, name), key=lambda r: (r["config"]["method"]["name"],
                                                              r["config"]["train"]["batch_size"])):
@@ -60,6 +65,15 @@ def measured_section(store) -> tuple[list[str], dict]:
             bd = (r.get("memory") or {}).get("breakdown")
             held = (f"{bd['weights_mb']:,.0f} / {bd['gradients_mb']:,.0f} / {bd['optimizer_state_mb']:,.0f} / "
                     f"{bd.get('activations_and_other_mb', 0):,.0f}") if bd else "-"
+            stats["rows"].append({
+                "model": r["config"]["model"]["name"], "method": r["config"]["method"]["name"],
+                "batch_size": lb["batch_size"], "tokens": lb["max_seq_len"], "measured_mb": meas,
+                "planned_mb": p["total_mb"], "planned_over_measured": ratio, "within_tolerance": bool(ok),
+                "measured_parts_mb": None if not bd else {
+                    "weights": bd["weights_mb"], "gradients": bd["gradients_mb"],
+                    "optimizer_state": bd["optimizer_state_mb"], "rest": bd.get("activations_and_other_mb", 0)},
+                "planned_parts_mb": {"weights": pw, "gradients": pg, "optimizer_state": po, "rest": rest},
+                "record": r.get("run_id"), "config_hash": r.get("config_hash")})
             rows.append([r["config"]["model"]["name"], r["config"]["method"]["name"],
                          f"{lb['batch_size']} x {lb['max_seq_len']}", f"{meas:,.0f}", f"{p['total_mb']:,.0f}",
                          f"{ratio:.2f}", "yes" if ok else "**no**", held, planned])
@@ -71,6 +85,10 @@ def measured_section(store) -> tuple[list[str], dict]:
                 held = ls["weight_bytes"] + ls["constant_bytes"]
                 stats["weights_n"] += 1
                 stats["weights_exact"] += round(planned) == held
+                stats["weight_rows"].append({"model": r["config"]["model"]["name"],
+                                             "method": r["config"]["method"]["name"], "held_bytes": held,
+                                             "planned_bytes": round(planned), "equal": round(planned) == held,
+                                             "bits_per_param": ls["bits_per_param"]})
                 wrows.append([r["config"]["model"]["name"], r["config"]["method"]["name"], f"{held:,}",
                               f"{round(planned):,}", "yes" if round(planned) == held else "**no**",
                               f"{ls['bits_per_param']:.3f}"])
@@ -103,8 +121,17 @@ def measured_section(store) -> tuple[list[str], dict]:
     return L, stats
 
 
-def paper_section() -> list[str]:
+def _figure(figs: list, what: str, source: str, paper: str, ours: float, unit: str, verdict: str | None,
+            command: str) -> None:
+    figs.append({"figure": what, "source": source, "paper": paper, "ours": ours, "unit": unit, "verdict": verdict,
+                 "command": command})
+
+
+def paper_section() -> tuple[list[str], list[dict]]:
+    """(markdown lines, the figures as numbers: paper's value, ours, verdict where the paper states a bound)."""
     from harness.plan import make_plan
+
+    figs: list[dict] = []
 
     L = ["## The papers' memory figures, from first principles", "",
          "Each figure recomputed by the planner from the model's shape (`python -m harness.plan ...`, the command "
@@ -121,6 +148,9 @@ def paper_section() -> list[str]:
           f"LLaMA-65B's quantized linear layers hold {nq:,} weights: constants {c1 / GB:.2f} GB (NF4) vs "
           f"{c2 / GB:.2f} GB (NF4+DQ), **{(c1 - c2) / GB:.2f} GB saved** ({8 * (c1 - c2) / nq:.3f} bits per weight; "
           "the paper: about 3 GB). `python -m harness.plan model=llama_65b method=qlora_nf4_dq`", ""]
+    _figure(figs, "double quantization saving on LLaMA-65B", "QLoRA section 3 (Double Quantization)",
+            "0.373 bits per parameter, about 3 GB", (c1 - c2) / GB, "GB", None,
+            "python -m harness.plan model=llama_65b method=qlora_nf4_dq")
     # 2. full 16-bit fine-tuning
     full = make_plan(["model=llama_65b", "method=full", "method.base_dtype=bf16", "train.batch_size=1",
                       "train.max_seq_len=512", "train.gradient_checkpointing=true"])
@@ -135,6 +165,10 @@ def paper_section() -> list[str]:
           f"4 bytes per parameter more ({4 * n / GB:,.0f} GB). "
           "`python -m harness.plan model=llama_65b method=full method.base_dtype=bf16 train.batch_size=1 "
           "train.max_seq_len=512 train.gradient_checkpointing=true`", ""]
+    _figure(figs, "16-bit full fine-tuning of LLaMA-65B: weights, gradients and AdamW state",
+            "QLoRA section 1 (Introduction)", "more than 780 GB", states / GB, "GB",
+            "holds" if states > 780 * GB else "fails",
+            "python -m harness.plan model=llama_65b method=full method.base_dtype=bf16")
     # 3. QLoRA 65B under 48 GB
     q = make_plan(["model=llama_65b", "method=qlora_nf4_dq", "method.base_dtype=bf16", "lora.r=64",
                    "lora.targets=all_linear", "train.optimizer=paged_adamw", "train.batch_size=1",
@@ -153,6 +187,12 @@ def paper_section() -> list[str]:
           "`python -m harness.plan model=llama_65b method=qlora_nf4_dq method.base_dtype=bf16 lora.r=64 "
           "lora.targets=all_linear train.optimizer=paged_adamw train.batch_size=1 train.max_seq_len=512 "
           "train.gradient_checkpointing=true --lora-dtype bf16`", ""]
+    _figure(figs, "QLoRA fine-tuning of LLaMA-65B, planned peak (GPU-resident part in 'resident_gb')",
+            "QLoRA abstract and section 1", "under 48 GB", q.total / GB, "GB",
+            "holds" if q.total < 48 * GB else "holds only with the paged state evicted" if q.resident < 48 * GB
+            else "fails", "python -m harness.plan model=llama_65b method=qlora_nf4_dq method.base_dtype=bf16 "
+            "lora.r=64 lora.targets=all_linear train.optimizer=paged_adamw --lora-dtype bf16")
+    figs[-1]["resident_gb"] = q.resident / GB
     # 4. 4-bit LLaMA-7B base
     b7 = make_plan(["model=llama_7b", "method=qlora_nf4_dq", "method.base_dtype=bf16", "train.batch_size=1",
                     "train.max_seq_len=512"])
@@ -166,6 +206,8 @@ def paper_section() -> list[str]:
           "context (300-500 MB) and the allocator's reserve, and the embeddings and LM head kept in fp32 instead "
           f"of bf16 (+{b7.parts['base weights: kept in bfloat16'] / MIB:,.0f} MiB), as loading without a torch_dtype "
           "does. `python -m harness.plan model=llama_7b method=qlora_nf4_dq method.base_dtype=bf16`", ""]
+    _figure(figs, "4-bit LLaMA-7B base model", "QLoRA section 4 (memory footprint, LLaMA-7B)", "5,048 MB",
+            base / MIB, "MiB", None, "python -m harness.plan model=llama_7b method=qlora_nf4_dq method.base_dtype=bf16")
     # 5. LLaMA-7B activations
     a_no = make_plan(["model=llama_7b", "method=qlora_nf4_dq", "method.base_dtype=bf16", "train.batch_size=1",
                       "train.max_seq_len=512", "lora.targets=all_linear", "lora.r=64"], lora_dtype="bf16")
@@ -179,6 +221,14 @@ def paper_section() -> list[str]:
           f"**{a_ck.parts['activations'] / MIB:,.0f} MiB** with it (32 layer inputs of 512 x 4096 x 2 bytes = 128 MiB, "
           "plus one layer recomputed during the backward pass, which the paper's 18 MB leaves out). Ours counts every "
           "tensor autograd keeps, not only the LoRA inputs' gradients, hence larger.", ""]
+    _figure(figs, "LLaMA-7B activations at batch 1 x 512 tokens, no checkpointing",
+            "QLoRA section 4 (memory footprint, LLaMA-7B)", "567 MB (LoRA input gradients)",
+            a_no.parts["activations"] / MIB, "MiB", None, "python -m harness.plan model=llama_7b "
+            "method=qlora_nf4_dq lora.targets=all_linear lora.r=64 train.max_seq_len=512")
+    _figure(figs, "LLaMA-7B activations at batch 1 x 512 tokens, gradient checkpointing",
+            "QLoRA section 4 (memory footprint, LLaMA-7B)", "18 MB per sequence", a_ck.parts["activations"] / MIB,
+            "MiB", None, "python -m harness.plan model=llama_7b method=qlora_nf4_dq lora.targets=all_linear "
+            "lora.r=64 train.max_seq_len=512 train.gradient_checkpointing=true")
     # 6. GPT-3 LoRA checkpoint
     d, layers, r = 12288, 96, 4
     params = layers * 2 * r * (d + d)
@@ -186,17 +236,19 @@ def paper_section() -> list[str]:
           f"{layers} layers x 2 matrices (Wq, Wv) x r={r} x (d_in + d_out = {d} + {d}) = {params:,} parameters x 2 "
           f"bytes (fp16) = **{params * 2 / 1e6:.1f} MB = {params * 2 / MIB:.1f} MiB** (the paper: 35 MB; 350 GB for "
           "the full checkpoint, 10,000x smaller). Shape from `conf/model/gpt3_175b.yaml`.", ""]
-    return L
+    _figure(figs, "GPT-3 175B LoRA checkpoint, r=4 on Wq and Wv (fp16)", "LoRA section 4.2", "35 MB",
+            params * 2 / 1e6, "MB", None, "conf/model/gpt3_175b.yaml")
+    return L, figs
 
 
-def peers_section() -> list[str]:
+def peers_section() -> tuple[list[str], list[dict]]:
     from harness.plan import make_plan
 
     L = ["## Beside what peers publish", "",
          "Same model and, where published, the same settings. Peers measure on GPUs (allocator reserve and CUDA "
          "context included) and use tricks our plain recipe does not (torchtune: optimizer-in-backward, packed "
          "sequences, compiled; LitGPT: its own LoRA defaults), so read the comparison for orders and ratios.", ""]
-    rows = []
+    rows, peers = [], []
     # LitGPT Llama-2-7B micro-batch 1: the DQ delta is directly comparable
     lit = {m: make_plan(["model=llama2_7b", f"method={m}", "method.base_dtype=bf16", "train.batch_size=1",
                          "train.max_seq_len=512", "lora.r=8", "lora.targets=qv"], lora_dtype="bf16")
@@ -205,6 +257,8 @@ def peers_section() -> list[str]:
     for m, p in lit.items():
         rows.append(["LitGPT, Llama-2-7B, A100-40GB, micro-batch 1", m, f"{pub[m]:.2f} GB", f"{p.total / GB:.2f} GB",
                      "r=8 Wq,Wv, 512 tokens assumed"])
+        peers.append({"peer": "LitGPT", "model": "Llama-2-7B", "method": m, "published_gb": pub[m],
+                      "planned_gb": p.total / GB})
     rows.append(["LitGPT: NF4 -> NF4+DQ", "difference", f"{pub['qlora_nf4'] - pub['qlora_nf4_dq']:.2f} GB",
                  f"{(lit['qlora_nf4'].total - lit['qlora_nf4_dq'].total) / GB:.2f} GB", "the DQ saving, exact"])
     tt = {m: make_plan(["model=llama3_8b", f"method={m}", "method.base_dtype=bf16", "train.batch_size=2",
@@ -213,9 +267,11 @@ def peers_section() -> list[str]:
     rows.append(["torchtune, Llama-3.1-8B, RTX 4090, batch 2 x 2048 packed", "lora_bf16", "16.2 GiB",
                  f"{tt['lora_bf16'].total / GIB:.1f} GiB", "activation checkpointing on (torchtune default)"])
     rows.append(["torchtune (same)", "qlora_nf4", "7.4 GiB", f"{tt['qlora_nf4'].total / GIB:.1f} GiB", ""])
+    peers += [{"peer": "torchtune", "model": "Llama-3.1-8B", "method": m, "published_gib": v,
+               "planned_gib": tt[m].total / GIB} for m, v in (("lora_bf16", 16.2), ("qlora_nf4", 7.4))]
     L += [tables.md_table(["Peer, model, setting", "Method", "Published", "Planned", "Assumed here"], rows,
                           ["l", "l", "r", "r", "l"]), ""]
-    return L
+    return L, peers
 
 
 def render(store, out_root: Path, papers: bool = True) -> Path:
@@ -223,14 +279,18 @@ def render(store, out_root: Path, papers: bool = True) -> Path:
          "Generated by `python -m harness.report.memory` from the records of the `memory_minilm` and `memory_smollm2` "
          "experiments and the planner (`harness/plan.py`, `make plan MODEL=...`). How the planner counts: "
          "`python -m harness.plan --help`.", ""]
-    sec, _ = measured_section(store)
+    sec, stats = measured_section(store)
     L += sec
+    summary = {"report": "memory", "experiments": list(EXPERIMENTS), "measured": stats}
     if papers:
-        L += paper_section() + peers_section()
+        (pl, figs), (ql, peers) = paper_section(), peers_section()
+        L += pl + ql
+        summary |= {"paper_figures": figs, "peers": peers}
     out = Path(out_root) / "memory"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "README.md"
     path.write_text("\n".join(L))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return path
 
 

@@ -10,8 +10,8 @@ An experiment lists them beside its grid:
 and every (model, task, recipe, seed, ...) the grid fine-tunes also gets one run of each baseline method, launched
 first, recorded like any run (so the grid's report shows each fine-tuned row beside its best baseline, measured at
 the same seed on the same data) and resumed by config hash like any run. A baseline job is the grid job with its
-`method=` replaced and its `lora.*` settings dropped (a baseline trains no adapter: jobs that differ only there are
-one baseline run). A baseline the task does not allow (zero-shot of a cross-encoder's fresh head, a head-only
+`method=` replaced and its `lora.*` and `method.*` settings dropped (a baseline trains no adapter and has its own
+method settings: jobs that differ only there are one baseline run). A baseline the task does not allow (zero-shot of a cross-encoder's fresh head, a head-only
 probe of a causal LM: harness.config) is left out, and the log says why. It works with every launcher (the local
 fresh-process one, SLURM), since the jobs are added before any launcher sees them.
 """
@@ -46,7 +46,8 @@ def _key(override: str) -> str:
 
 def baseline_jobs(jobs: Sequence[Sequence[str]], baselines: Sequence[str]) -> List[List[str]]:
     """One job per baseline method for every distinct grid job that fine-tunes, in order of first appearance:
-    the job with `method=<baseline>` in place of its method and without its `lora.*` overrides. Jobs that are
+    the job with `method=<baseline>` in place of its method and without its `lora.*` and `method.*` overrides (the
+    fine-tuning method's own settings: a swept compute dtype or quantization is one baseline run). Jobs that are
     themselves one of these baselines are left as they are (the grid already runs them)."""
     def method_of(job):
         return next((o.split("=", 1)[1] for o in job if _key(o) == "method"), None)
@@ -57,7 +58,7 @@ def baseline_jobs(jobs: Sequence[Sequence[str]], baselines: Sequence[str]) -> Li
         if method in baselines:
             continue
         for b in baselines:
-            new = [o for o in job if _key(o) != "lora" and not _key(o).startswith("lora.")]
+            new = [o for o in job if not _key(o).startswith(("lora.", "method."))]
             if method is None:
                 new.insert(0, f"method={b}")
             else:

@@ -133,6 +133,9 @@ def host() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # the kernels torch runs (AVX2 / AVX512): ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can hold it below the CPU's
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_limits": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         # how idle OpenMP threads wait (harness.profile.OMP_ENV): it decides the speed when the cores are shared
         "openmp_wait": {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")},
         "memory_mb": mem_total,

@@ -124,7 +124,9 @@ def run_row(rec: dict) -> dict:
         "eval_examples": sum((task.eval_examples or {}).values()) or None,
         "steps": r.steps,
         "device": host.get("device"),
-        "cpu": host.get("cpu"),
+        "cpu": host.get("cpu") and (f"{host['cpu']}" + (f", {host['cpu_capability']} kernels" if host.get(
+            "cpu_capability") else "") + (" (emulating an AVX2-only CPU)" if (host.get("isa_limits") or {}).get(
+            "ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" else "")),
         "gpu": (host.get("gpu") or {}).get("name"),
         "torch": (r.provenance.versions or {}).get("torch"),
         "git": ((r.provenance.git or {}).get("commit") or "")[:10] or None,

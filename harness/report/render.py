@@ -40,8 +40,12 @@ def _cfg(rec: dict, *path, default=None):
 
 def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> str:
     ok = runs[runs["status"] == "ok"]
+    # parameters and steps of what fine-tunes: a majority baseline loads no model (0 parameters), zero-shot trains
+    # nothing; the baselines are counted apart
+    base = ok["baseline"].isin(frame.BASELINES) if "baseline" in ok else pd.Series(False, index=ok.index)
+    ft = ok[~base] if (~base).any() else ok
     models = []
-    for m, g in ok.groupby("model"):
+    for m, g in ft.groupby("model"):
         models.append(f"{m} ({tables.human(g['total'].dropna().min())} parameters with the smallest adapter)")
     task_rows = []
     for t, g in ok.groupby("task"):
@@ -49,13 +53,17 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         ev = sorted(set(int(x) for x in g["eval_examples"].dropna()))
         task_rows.append(f"{tables.TASK_LABELS.get(t, t)}: {', '.join(map(str, ex))} train / "
                          f"{', '.join(map(str, ev))} eval examples")
-    pct = ok["trainable_pct"].dropna().astype(float)
-    trn = ok["trainable"].dropna().astype(float)
-    steps = sorted(set(int(x) for x in ok["steps"].dropna()))
+    pct = ft["trainable_pct"].dropna().astype(float)
+    trn = ft["trainable"].dropna().astype(float)
+    steps = sorted(set(int(x) for x in ft["steps"].dropna()))
+    base_steps = {b.replace("_", " "): sorted(set(int(x) for x in g["steps"].dropna()))
+                  for b, g in ok[base].groupby("baseline")} if base.any() and (~base).any() else {}
     seeds = sorted(set(int(x) for x in ok["seed"].dropna()))
     dev = []
-    for (d, cpu, gpu), _ in ok.groupby(["device", "cpu", "gpu"], dropna=False):
-        dev.append(f"{d}: {gpu if isinstance(gpu, str) else cpu}")
+    for (d, cpu, gpu), g in ok.groupby(["device", "cpu", "gpu"], dropna=False):
+        dtypes = sorted({str(x) for x in g["compute_dtype"].dropna()}) if "compute_dtype" in g else []
+        dev.append(f"{d}: {gpu if isinstance(gpu, str) else cpu}"
+                   + (f"; compute {', '.join(dtypes)}" if dtypes else ""))
     counts = runs["status"].value_counts().to_dict()
     how = _cfg(records[0], "report", "aggregate", default="median")
     eval_only = evaluation_only(runs)
@@ -67,7 +75,9 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         *([] if eval_only else [
             ["Trainable parameters", f"{tables.human(trn.min())}–{tables.human(trn.max())} "
                                      f"({pct.min():.3f}–{pct.max():.2f}% of the model)" if len(trn) else tables.DASH],
-            ["Optimizer steps per run", ", ".join(map(str, steps)) or tables.DASH],
+            ["Optimizer steps per run", (", ".join(map(str, steps)) or tables.DASH) + (
+                "; baselines: " + ", ".join(f"{k} {', '.join(map(str, v)) or tables.DASH}"
+                                            for k, v in sorted(base_steps.items())) if base_steps else "")],
             ["Seeds", f"{', '.join(map(str, seeds))} (configurations aggregated by {how}; [min–max] over seeds)"]]),
         *([["Training", "none: every run evaluates a base model as stored (no seeds, no trainable parameters)"]]
           if eval_only else []),

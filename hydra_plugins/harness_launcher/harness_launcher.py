@@ -85,8 +85,8 @@ class _Tally:
             self.walls.append(wall)
             done = sum(self.counts.values())
             elapsed = time.perf_counter() - self.t0
-            # the latest jobs' mean: a grid runs its kinds in order (baselines, then the slower fine-tuning), so
-            # the jobs just done say more about the ones left than the first ones do
+            # the latest jobs' mean: a grid runs its kinds in order (fine-tuning methods one after another, its
+            # short baselines last), so the jobs just done say more about the ones left than the first ones do
             recent = self.walls[-max(4, 2 * self.parallel):]
             left = eta(len(recent), len(recent) + self.total - done, sum(recent), self.parallel)
             parts = [f"{n} {k}" for k, n in sorted(self.counts.items())] + (

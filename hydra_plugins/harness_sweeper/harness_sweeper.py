@@ -7,9 +7,11 @@ An experiment lists them beside its grid:
         params: {method: lora,qlora_nf4_dq, lora.r: 2,8, ...}
         baselines: [majority, zero_shot, head_only]
 
-and every (model, task, recipe, seed, ...) the grid fine-tunes also gets one run of each baseline method, launched
-first, recorded like any run (so the grid's report shows each fine-tuned row beside its best baseline, measured at
-the same seed on the same data) and resumed by config hash like any run. A baseline job is the grid job with its
+and every (model, task, recipe, seed, ...) the grid fine-tunes also gets one run of each baseline method, recorded
+like any run (so the grid's report shows each fine-tuned row beside its best baseline, measured at the same seed on
+the same data) and resumed by config hash like any run. They are launched after the grid's jobs: short jobs last
+fill the cores the last long ones leave idle (the default grid, two runs at a time, lost a minute to one job running
+alone when they went first). A baseline job is the grid job with its
 `method=` replaced and its `lora.*` and `method.*` settings dropped (a baseline trains no adapter and has its own
 method settings: jobs that differ only there are one baseline run). A baseline the task does not allow (zero-shot of a cross-encoder's fresh head, a head-only
 probe of a causal LM: harness.config) is left out, and the log says why. It works with every launcher (the local
@@ -90,7 +92,7 @@ class HarnessSweeper(BasicSweeper):
         return None
 
     def split_arguments(self, overrides: List[Any], max_batch_size: Optional[int]) -> List[List[List[str]]]:
-        """The grid's batches, with the baseline jobs first (before any fine-tuning job: they are fast)."""
+        """The grid's batches, with the baseline jobs last (they are short: they fill the tail)."""
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         if not self.baselines:
             return batches
@@ -108,7 +110,7 @@ class HarnessSweeper(BasicSweeper):
                 extra.append(job)
             else:
                 log.info("baseline left out (%s): %s", " ".join(job), why.split(";")[0])
-        log.info("%d baseline jobs (%s) ahead of the grid's %d", len(extra), ", ".join(self.baselines), len(jobs))
-        every = extra + jobs
+        log.info("%d baseline jobs (%s) after the grid's %d", len(extra), ", ".join(self.baselines), len(jobs))
+        every = jobs + extra
         size = max_batch_size or len(every) or 1
         return [every[i:i + size] for i in range(0, len(every), size)]

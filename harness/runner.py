@@ -361,7 +361,7 @@ def build_model(cfg: Config, model_path: str, num_labels: int | None = None, met
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load_dtype = methods.base_dtype(cfg.method)
     if load_dtype == torch.bfloat16 and device == "cpu" and not methods.host_has_bf16():
-        log.warning("method %s stores the base in bf16, but bf16 matmuls are not this CPU's fast path (no AMX, or "
+        log.warning("method %s stores the base in bf16, but bf16 matmuls are not this CPU's fast path (no AMX or AVX512-BF16, or "
                     "ATEN_CPU_CAPABILITY holds torch to AVX2): an AVX2-only CPU emulates them, measured ~10x slower "
                     "than an fp32 base (MiniLM-L6 LoRA on MRPC: 1.1 against ~11 samples/s, 2-core AMD EPYC, AVX2 "
                     "emulated)", cfg.method.name)

@@ -405,3 +405,15 @@ def test_a_new_architecture_without_its_kind_or_targets_is_refused_with_the_fix(
     cfg = compose(base + ["model.kind=encoder", "+model.targets.q=[query]", "lora.targets=q"])
     with pytest.raises(ConfigError, match=r"maps to 'query' in model.targets.*'q_lin'"):
         methods.check_targets(cfg, tiny_distilbert)
+
+
+def test_auto_computes_in_bf16_only_where_the_cpu_has_native_bf16_and_torch_may_use_it():
+    from harness.methods import host_has_bf16
+
+    epyc = "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni"
+    xeon = "flags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
+    assert host_has_bf16(epyc, "ALL", "AVX512") and host_has_bf16(xeon, "ALL", "AVX512")
+    assert host_has_bf16(xeon, "AVX512_CORE_AMX", "AVX512") and host_has_bf16(epyc, "AVX512_CORE_BF16", "AVX512")
+    assert not host_has_bf16("flags : fpu avx2 avx512f", "ALL", "AVX512")  # AVX-512 without bf16 instructions
+    assert not host_has_bf16(epyc, "AVX2", "AVX512") and not host_has_bf16(epyc, "ALL", "AVX2")  # emulating AVX2
+    assert not host_has_bf16(epyc, "AVX512_CORE", "AVX512")  # oneDNN held below bf16

@@ -110,10 +110,12 @@ def weights_note(records: list[dict]) -> str:
     return "; ".join(notes[k] for k in sorted(notes))
 
 
-def _describe(row: dict) -> str:
+def _describe(row: dict, dtype: bool = False) -> str:
     m = tables.METHOD_LABELS.get(row["method"], row["method"])
     if row["targets"] != "-":
         m += f" on {tables.targets_label(row['targets'])}, r={int(row['r'])}"
+    if dtype and row.get("compute_dtype"):
+        m += f", {row['compute_dtype']} compute"
     return (f"{m} ({tables.TASK_LABELS.get(row['task'], row['task'])} {tables.ours(row)}, peak "
             f"{tables.num(row['peak_mb'], 0)} MiB, {tables.human(row['trainable'])} trainable, "
             f"{tables.num(row['tokens_per_s'], 0)} tokens/s)")
@@ -123,6 +125,7 @@ def recommendation(agg: pd.DataFrame) -> list[str]:
     """The question users ask: which configuration, and what does it cost? Per task and model: the best, and the
     cheapest configurations whose metric is within the tolerance of the best."""
     out = []
+    dt = "compute_dtype" in agg and agg["compute_dtype"].dropna().nunique() > 1
     for (task, model), g in agg.dropna(subset=["value"]).groupby(["task", "model"]):
         if len(g) < 2 or not bool(g["higher_better"].iloc[0]) or not bool(g["trained"].fillna(True).all()):
             continue  # evaluation-only grids (a loss or perplexity headline) have their own table
@@ -130,11 +133,12 @@ def recommendation(agg: pd.DataFrame) -> list[str]:
         near = g[g["value"] >= best["value"] - claim_checks.TOLERANCE]
         light = near.loc[near["peak_mb"].astype(float).idxmin()].to_dict()
         small = near.loc[near["trainable"].astype(float).idxmin()].to_dict()
-        out.append(f"- **{tables.TASK_LABELS.get(task, task)}, {model}** — best: {_describe(best)}.")
+        out.append(f"- **{tables.TASK_LABELS.get(task, task)}, {model}** — best: {_describe(best, dt)}.")
         if light["group"] != best["group"]:
-            out.append(f"  Least memory within {claim_checks.TOLERANCE:.0f} point of it: {_describe(light)}.")
+            out.append(f"  Least memory within {claim_checks.TOLERANCE:.0f} point of it: {_describe(light, dt)}.")
         if small["group"] not in (best["group"], light["group"]):
-            out.append(f"  Fewest trainable parameters within {claim_checks.TOLERANCE:.0f} point: {_describe(small)}.")
+            out.append(f"  Fewest trainable parameters within {claim_checks.TOLERANCE:.0f} point: "
+                       f"{_describe(small, dt)}.")
     return out
 
 

@@ -147,7 +147,10 @@ def all_configs(agg: pd.DataFrame) -> str:
     with_curve = "curve" in agg and any(isinstance(c, dict) and len(c) > 1 for c in agg["curve"])
     with_best = "best" in agg and any(_isnum(b) and _isnum(v) and abs(b - v) > 1e-9
                                       for b, v in zip(agg["best"], agg["value"]))
-    header = ["Task", "Model", "Method", "Targets", "r", "alpha", "lr", "n", "Metric", "Ours (final)",
+    # the compute dtype, where the grid sweeps it (conf/experiment/compute_dtype.yaml)
+    with_dtype = "compute_dtype" in agg and agg["compute_dtype"].dropna().nunique() > 1
+    header = ["Task", "Model", "Method", *(["Compute"] if with_dtype else []), "Targets", "r", "alpha", "lr", "n",
+              "Metric", "Ours (final)",
               "Mean [95% t-CI]", "SD", *(["Best eval during training"] if with_best else []),
               *(["Best baseline", "vs baseline", "− baseline [95% CI]"] if with_base else []),
               *(["Eval curve (step: value)"] if with_curve else []), *COST_HEADER]
@@ -163,7 +166,7 @@ def all_configs(agg: pd.DataFrame) -> str:
                     f"{num(bv)} ({METHOD_LABELS.get(r['baseline_method'], r['baseline_method'])})",
                     r.get("vs_baseline") or DASH, (r.get("vs_baseline_diff") or DASH).split(" (")[0]]
         rows.append([TASK_LABELS.get(r["task"], r["task"]), r["model"], METHOD_LABELS.get(r["method"], r["method"]),
-                     targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
+                     *([r.get("compute_dtype") or DASH] if with_dtype else []), targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
                      num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{lr:.0e}" if lr else DASH,
                      r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), mean_ci(r),
                      num(r.get("sd")) if _isnum(r.get("sd")) else DASH,

@@ -123,8 +123,11 @@ def test_inference_bench_variants_compute_what_they_claim_and_render():
     from bench import inference
 
     r = inference.bench_model("minilm", rounds=2, gen_rounds=1)
+    # the 4-bit base computes in method.compute_dtype=auto's dtype: in bf16 (a CPU with AVX512-BF16 or AMX) one
+    # rounding step of an output near 1 is 2^-7 = 0.0078 (measured: exactly that), so two steps are allowed there
+    qtol = 1e-3 if r["qlora_compute_dtype"] == "float32" else 2 * 2**-7
     for d in r["max_abs_diff"].values():
-        assert d["lora_merged_vs_lora"] < 1e-4 and d["qlora_merged_vs_qlora"] < 1e-3 and d["lora_vs_base"] > 1e-3
+        assert d["lora_merged_vs_lora"] < 1e-4 and d["qlora_merged_vs_qlora"] < qtol and d["lora_vs_base"] > 1e-3
     assert r["qlora_dequantized_layers"] > 0 and not r["generate"]  # an encoder: forward only
     assert set(r["forward"]["b8"]["variants"]) == set(inference.VARIANTS)
     text = report.render_inference({"machine": throughput.machine(), "started": "s", "finished": "f", "rounds": 2,

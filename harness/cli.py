@@ -3,8 +3,8 @@
 `run`, `sweep` and `search` take Hydra overrides (model=..., train.lr=...), `plan` too (plan.device=cpu); the tools
 over results (`report`, `analyze`, `eval`, `merge`, `generate`, `bench`) take their options the same way:
 `python -m harness.report experiment=lora_table6 plots=false`. The `--name value` / `--switch` spellings keep
-working: `key_value_args` turns `key=value` into them for argparse, `plain_flags` does the reverse for the
-entry points whose other arguments are Hydra overrides.
+working: `key_value_args` turns `key=value` into them for argparse, and `options_and_overrides` parses an entry
+point's own options with argparse and hands the rest on as Hydra overrides.
 """
 
 from __future__ import annotations
@@ -57,21 +57,12 @@ def key_value_args(argv: list[str], parser: argparse.ArgumentParser) -> list[str
     return out
 
 
-def plain_flags(argv: list[str], switches: tuple[str, ...], valued: tuple[str, ...]) -> list[str]:
-    """For entry points whose plain arguments are Hydra overrides: `key=value` for their own options (`switches`:
-    true/false; `valued`: any value) rewritten as the --option form they parse; everything else left as it is."""
-    out: list[str] = []
-    for a in argv:
-        key, eq, value = a.partition("=")
-        k = key.replace("-", "_")
-        if eq and not a.startswith("-") and k in switches:
-            if _switch(value, k):
-                out.append("--" + k.replace("_", "-"))
-        elif eq and not a.startswith("-") and f"no_{k}" in switches:  # batch=false -> --no-batch
-            if not _switch(value, k):
-                out.append("--no-" + k.replace("_", "-"))
-        elif eq and not a.startswith("-") and k in valued:
-            out.append(f"--{k.replace('_', '-')}={value}")
-        else:
-            out.append(a)
-    return out
+def options_and_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """For entry points whose plain arguments are Hydra overrides (`plan`, `search`): their own options parsed by
+    `parser` in either spelling (`json=true` or `--json`, `workers=2` or `--workers 2`), every other argument
+    returned as an override. An unknown `--option` is refused by the parser, with its usage."""
+    args, rest = parser.parse_known_args(key_value_args(argv, parser))
+    bad = [a for a in rest if a.startswith("-")]
+    if bad:
+        parser.error(f"unknown option {bad[0]!r}")
+    return args, rest

@@ -30,6 +30,7 @@ How each part is counted:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -531,48 +532,44 @@ USAGE = "usage: python -m harness.plan model=NAME [method=NAME] [plan.device=cud
         "(the --all-methods, --json, --gpus, --reserve-gb, --no-batch, --device and --lora-dtype spellings work too)"
 
 
+def _lora_dtype(v: str) -> str:
+    if v not in ("fp32", "bf16"):
+        raise argparse.ArgumentTypeError(f"{v!r} is not valid; valid: fp32, bf16")
+    return v
+
+
+def _gpus(v: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in v.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not valid: give GPU memory sizes in GB, e.g. 24,40,80") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m harness.plan", usage=USAGE.removeprefix("usage: "), description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("--json", action="store_true", help="print the plans as JSON")
+    ap.add_argument("--all-methods", action="store_true", help="every method even when method= is given")
+    ap.add_argument("--no-batch", action="store_true", help="leave out the largest batch that fits each GPU size")
+    ap.add_argument("--gpus", type=_gpus, default=GPUS_GB, help="GPU memory sizes in GB (default %(default)s)")
+    ap.add_argument("--reserve-gb", type=float, default=1.0, help="GB kept free on each GPU (default 1.0)")
+    ap.add_argument("--device", default="cuda", help="cuda or cpu (= plan.device)")
+    ap.add_argument("--lora-dtype", type=_lora_dtype, default="fp32", help="fp32 or bf16 (= plan.lora_dtype)")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
     import warnings
 
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
-    from harness.cli import plain_flags
+    from harness.cli import options_and_overrides
     from harness.config import validate_plan
 
-    argv = plain_flags(list(sys.argv[1:] if argv is None else argv), ("json", "all_methods", "no_batch"),
-                       ("gpus", "reserve_gb"))
-    opts = {"json": False, "gpus": GPUS_GB, "reserve": 1.0, "all": None, "batch": True, "device": "cuda",
-            "lora_dtype": "fp32"}
-    ovr = []
-    it = iter(argv)
-    for a in it:
-        if a in ("-h", "--help"):
-            print(USAGE + "\n\n" + __doc__)
-            return 0
-        if a == "--json":
-            opts["json"] = True
-        elif a == "--all-methods":
-            opts["all"] = True
-        elif a == "--no-batch":
-            opts["batch"] = False
-        elif a.startswith("--gpus"):
-            v = a.split("=", 1)[1] if "=" in a else next(it, "")
-            opts["gpus"] = tuple(float(x) for x in v.split(","))
-        elif a.startswith("--reserve-gb"):
-            opts["reserve"] = float(a.split("=", 1)[1] if "=" in a else next(it, "1"))
-        elif a.startswith("--lora-dtype"):
-            opts["lora_dtype"] = a.split("=", 1)[1] if "=" in a else next(it, "fp32")
-            if opts["lora_dtype"] not in ("fp32", "bf16"):
-                print(f"error: --lora-dtype={opts['lora_dtype']!r} is not valid; valid: fp32, bf16", file=sys.stderr)
-                return 2
-        elif a.startswith("--device"):
-            opts["device"] = a.split("=", 1)[1] if "=" in a else next(it, "cuda")
-        elif a.startswith("-"):
-            print(f"error: unknown option {a!r}\n{USAGE}", file=sys.stderr)
-            return 2
-        else:
-            ovr.append(a)
+    args, ovr = options_and_overrides(_parser(), list(sys.argv[1:] if argv is None else argv))
+    opts = {"json": args.json, "gpus": args.gpus, "reserve": args.reserve_gb, "all": args.all_methods or None,
+            "batch": not args.no_batch, "device": args.device, "lora_dtype": args.lora_dtype}
     # plan.device= / plan.lora_dtype= (the schema's PlanConfig) as the command line's other overrides; the flags
     # above say the same
     for o in ovr:

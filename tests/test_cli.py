@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from harness.cli import key_value_args, plain_flags
+from harness.cli import key_value_args, options_and_overrides
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,9 +36,18 @@ def test_key_value_settings_parse_as_their_flags():
 def test_hydra_entry_points_take_their_own_options_as_key_value():
     from harness.search import parse_args
 
-    assert plain_flags(["model=x", "json=true", "all_methods=true", "batch=false", "gpus=24,80", "train.lr=1"],
-                       ("json", "all_methods", "no_batch"), ("gpus", "reserve_gb")) == [
-        "model=x", "--json", "--all-methods", "--no-batch", "--gpus=24,80", "train.lr=1"]
+    from harness.plan import _parser
+
+    kv, rest = options_and_overrides(_parser(), ["model=x", "json=true", "all_methods=true", "batch=false",
+                                                 "gpus=24,80", "train.lr=1", "plan.device=cpu"])
+    flags, rest2 = options_and_overrides(_parser(), ["model=x", "--json", "--all-methods", "--no-batch", "--gpus",
+                                                     "24,80", "train.lr=1", "plan.device=cpu"])
+    assert kv == flags and rest == rest2 == ["model=x", "train.lr=1", "plan.device=cpu"]
+    assert kv.json and kv.all_methods and kv.no_batch and kv.gpus == (24.0, 80.0)
+    with pytest.raises(SystemExit):
+        options_and_overrides(_parser(), ["model=x", "--jsn"])  # an unknown option, refused with the usage
+    with pytest.raises(SystemExit):
+        options_and_overrides(_parser(), ["gpus=big"])
     kv = parse_args(["search=mrpc_minilm", "workers=2", "confirm=true", "report=false", "out=/tmp/r"])
     flags = parse_args(["search=mrpc_minilm", "--workers", "2", "--confirm", "--no-report", "--out", "/tmp/r"])
     assert kv == flags and kv[0]["workers"] == 2 and kv[0]["confirm"] and kv[0]["no_report"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -27,37 +28,30 @@ USAGE = """usage: python -m harness.search [search=<name>] [search.KEY=VALUE ...
        (the --workers N, --confirm, --report-only, --no-report and --out spellings work too)"""
 
 
-def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
-    from harness.cli import plain_flags
+def _workers(v: str) -> int:
+    if not v.isdigit() or int(v) < 1:
+        raise argparse.ArgumentTypeError(f"{v!r} is not valid: give a whole number >= 1")
+    return int(v)
 
-    argv = plain_flags(argv, ("confirm", "report_only", "no_report"), ("workers", "out"))
-    opts = {"workers": 1, "report_only": False, "no_report": False, "out": "reports", "worker": False,
-            "confirm": False}
-    overrides = []
-    it = iter(argv)
-    for a in it:
-        if a in ("-h", "--help"):
-            print(USAGE + "\n\n" + __doc__)
-            raise SystemExit(0)
-        if a.startswith("--workers"):
-            v = a.split("=", 1)[1] if "=" in a else next(it, "")
-            if not v.isdigit() or int(v) < 1:
-                raise ConfigError(f"--workers={v!r} is not valid: give a whole number >= 1")
-            opts["workers"] = int(v)
-        elif a == "--report-only":
-            opts["report_only"] = True
-        elif a == "--no-report":
-            opts["no_report"] = True
-        elif a == "--confirm":
-            opts["confirm"] = True
-        elif a == "--worker":  # internal: a worker started by another (no report, no children)
-            opts["worker"] = True
-        elif a.startswith("--out"):
-            opts["out"] = a.split("=", 1)[1] if "=" in a else next(it, "reports")
-        elif a.startswith("-"):
-            raise ConfigError(f"unknown option {a!r}\n{USAGE}")
-        else:
-            overrides.append(a)
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m harness.search", usage=USAGE.removeprefix("usage: "), description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1)")
+    ap.add_argument("--confirm", action="store_true", help="rerun the best trials with more seeds")
+    ap.add_argument("--report-only", action="store_true", help="only write the study's report")
+    ap.add_argument("--no-report", action="store_true", help="write no report")
+    ap.add_argument("--out", default="reports", help="reports folder (default reports)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: a worker another started
+    return ap
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """(options, Hydra overrides): the options in either spelling (`workers=2` or `--workers 2`)."""
+    from harness.cli import options_and_overrides
+
+    args, overrides = options_and_overrides(_parser(), argv)
+    opts = vars(args)
     if not any(_key(o) == "search" for o in overrides):
         overrides.insert(0, f"search={DEFAULT_SEARCH}")
     return opts, overrides

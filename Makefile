@@ -7,6 +7,8 @@ SCALE   ?= local
 SEARCH  ?= mrpc_minilm
 WORKERS ?= 1
 MODEL   ?= llama2_70b
+# where make sweep / make sanity write their reports
+REPORTS ?= reports
 # runs at a time for make sweep / make sanity at local scale (each on its share of the cores); JOBS= for other launchers
 JOBS    ?= $(if $(filter local,$(SCALE)),2,)
 # idle OpenMP threads wait briefly, then sleep: a run sharing the cores with another keeps ~70% of its speed, not
@@ -15,7 +17,7 @@ export GOMP_SPINCOUNT ?= 1000
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lock lint run sweep sanity sanity-wikisql search plan report analyze results bench bench-inference test test-fast clean-outputs
+.PHONY: setup lock lint run sweep sanity sanity-wikisql search plan report analyze results bench bench-inference bench-commands test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -36,15 +38,15 @@ run: setup  ## the default single experiment (MiniLM-L6 bi-encoder, MRPC, LoRA, 
 
 sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its report (EXPERIMENT=, SCALE=local|paper)
 	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
-	$(PY) -m harness.report experiment=$(EXPERIMENT)
+	$(PY) -m harness.report experiment=$(EXPERIMENT) out=$(REPORTS)
 
 sanity: setup  ## does fine-tuning beat its baselines on every local task? 3 seeds each, fp32 -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
-	$(PY) -m harness.report experiment=sanity
+	$(PY) -m harness.report experiment=sanity out=$(REPORTS)
 
 sanity-wikisql: setup  ## the same check for WikiSQL (SmolLM2 base model vs LoRA, 3 seeds, ~40 min) -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity_wikisql hydra.launcher.n_jobs=1 $(ARGS)
-	$(PY) -m harness.report experiment=sanity
+	$(PY) -m harness.report experiment=sanity out=$(REPORTS)
 
 search: setup  ## an Optuna study (conf/search/$(SEARCH).yaml), resumable, WORKERS processes; then its report
 	$(PY) -m harness.search search=$(SEARCH) workers=$(WORKERS) $(ARGS)
@@ -64,6 +66,9 @@ results: setup  ## list every recorded run (status, config hash, metric); ARGS=-
 bench: setup  ## throughput: our path vs the seed recipe, levers, MFU, sharing -> reports/bench/results_<CPU class>.json (~40 min; ARGS="compute=bf16" for the bf16 section); then bench-inference
 	$(PY) -m bench.throughput $(ARGS)
 	$(PY) -m bench.inference
+
+bench-commands: setup  ## wall time of make run, make sweep and make test here (~25 min), outputs into a temp folder -> reports/bench/commands_<CPU class>.json
+	$(PY) -m bench.commands $(ARGS)
 
 bench-inference: setup  ## inference latency: base vs LoRA unmerged/merged vs 4-bit + LoRA, both models (~5 min) -> reports/bench/
 	$(PY) -m bench.inference $(ARGS)

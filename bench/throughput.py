@@ -481,7 +481,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-fixed-cost", action="store_true")
     ap.add_argument("--no-sharing", action="store_true", help="skip the two-processes-at-once measurement")
     ap.add_argument("--compute", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="method.compute_dtype of ours and the levers (auto: bf16 only with AMX)")
+                    help="method.compute_dtype of ours and the levers (auto: bf16 with AMX or AVX512-BF16)")
     ap.add_argument("--tag", default="", help="the results file's name: results_<tag>.json (default: from the "
                     "CPU class: avx2 when ATEN_CPU_CAPABILITY=avx2, else the compute dtype)")
     a = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))

@@ -316,6 +316,12 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     assert "python -m harness.run " in readme and (rep / "search" / "tiny" / "history.png").exists()
     every = readme.split("## Every trial", 1)[1]
     assert "nan" not in every  # a trial without an error has an empty note, not pandas' NaN
+    summary = json.loads((rep / "search" / "tiny" / "summary.json").read_text())  # the page's numbers as data
+    assert [t["trial"] for t in summary["trials"]] == [0, 1, 2] and summary["trials"][0]["harness_default"]
+    done = [t["value"] for t in summary["trials"] if t["state"] == "complete"]
+    assert summary["best"]["value"] == max(done) and f"| {summary['best']['trial']} " in readme
+    assert summary["objectives"][0]["direction"] == "maximize"
+    assert len(summary["space"]) == len(summary["trials"][0]["params"]) > 0  # alpha is sampled as alpha/r
     # rerun with one more trial: the study resumes (trial numbers go on), and the store holds one record per trial
     p2 = subprocess.run(cmd + ["search.n_trials=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0, p2.stdout[-3000:] + p2.stderr[-3000:]

@@ -7,6 +7,7 @@ Built from the study (its storage) and the trials' result records (the results s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
@@ -234,7 +235,44 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
             L += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in drawn] + [""]
     path = out / "README.md"
     path.write_text("\n".join(L))
+    (out / "summary.json").write_text(json.dumps(
+        summary(study_name, df, objectives, directions, space, sampler, pruner, imp, n_train, n_eval), indent=1,
+        default=_plain) + "\n")
     return path
+
+
+def _plain(v):
+    """JSON for numpy / pandas scalars and timestamps (NaN and NaT become null)."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+def summary(study_name: str, df: pd.DataFrame, objectives, directions, space, sampler, pruner, imp, n_train,
+            n_eval) -> dict:
+    """Everything the study's page shows, as plain data (summary.json): the space, every trial, the best."""
+    def num(v):
+        return None if v is None or pd.isna(v) else float(v)
+
+    names = [c[2:] for c in df.columns if c.startswith("p:")] if len(df) else []
+    trials = [{"trial": int(r["trial"]), "state": str(r["state"]).lower(), "value": num(r["value"]),
+               "value2": num(r.get("value2")), "params": {n: _plain(r.get("p:" + n)) for n in names},
+               "trainable": num(r["trainable"]), "peak_mb": num(r["peak_mb"]),
+               "tokens_per_s": num(r["tokens_per_s"]), "seconds": num(r["seconds"]),
+               "harness_default": bool(r["enqueued"])} for _, r in df.sort_values("trial").iterrows()] \
+        if len(df) else []
+    complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
+    best = None
+    if complete and len(directions) == 1:
+        best = (max if directions[0] == "maximize" else min)(complete, key=lambda t: t["value"])
+    return {"report": f"search/{study_name}", "objectives": [{**o, "direction": d} for o, d in
+                                                              zip(objectives, directions)],
+            "space": space.get("params") or {}, "sampler": sampler, "pruner": pruner,
+            "train_examples": n_train, "eval_examples": n_eval,
+            "counts": {k: sum(t["state"] == k for t in trials) for k in sorted({t["state"] for t in trials})},
+            "best": best, "importance": imp, "trials": trials}
 
 
 def confirm_section(store, study_name: str) -> list[str]:

@@ -364,17 +364,80 @@ def overview(secs: list[dict]) -> list[str]:
     return L
 
 
+# issue 20's goals for the everyday commands on a 2-core AVX2-only CPU (seconds)
+COMMAND_GOALS = {"run": 300, "sweep": 900, "test": 480}
+COMMAND_LABELS = {"avx2": "AVX2 only, fp32", "bf16": "AVX512-BF16 or AMX, bf16 (auto)", "fp32": "fp32 (auto)"}
+
+
+def commands(folder: Path) -> dict[str, dict]:
+    """{tag: bench.commands' results} from commands_<tag>.json in `folder`, AVX2 first."""
+    found = {f.stem[len("commands_"):]: json.loads(f.read_text()) for f in sorted(folder.glob("commands_*.json"))}
+    return {t: found[t] for t in sorted(found, key=lambda t: (t != "avx2", t))}
+
+
+def command_goals(tag: str, res: dict) -> dict[str, str]:
+    """{command: holds / fails} against COMMAND_GOALS: on the AVX2-only class, which the goals are for."""
+    if tag != "avx2":
+        return {}
+    out = {}
+    for name, limit in COMMAND_GOALS.items():
+        c = res["commands"].get(name)
+        if c:
+            out[name] = "holds" if c["rc"] == 0 and c["wall_s"] <= limit else "fails"
+    return out
+
+
+def _clock(s: float) -> str:
+    return f"{s:,.0f} s ({int(s // 60)} min {int(s % 60):02d} s)"
+
+
+def commands_section(cmds: dict[str, dict], level: int = 2) -> list[str]:
+    if not cmds:
+        return []
+    L = ["#" * level + " Wall time of the everyday commands", "",
+         "`make bench-commands` (bench/commands.py) times `make run`, `make sweep` (the default grid and its baselines, "
+         "then its report) and `make test` as a user runs them, with the run's and the sweep's outputs in a temporary "
+         f"folder. Goals on a 2-core AVX2-only CPU: make run within {COMMAND_GOALS['run'] // 60} minutes, make sweep "
+         f"within {COMMAND_GOALS['sweep'] // 60}, make test within {COMMAND_GOALS['test'] // 60}.", "",
+         "| CPU class | CPU | make run | make sweep | make test | measured | code |", "|---|---|---:|---:|---:|---|---|"]
+    for tag, res in cmds.items():
+        goals = command_goals(tag, res)
+        cells = []
+        for name in ("run", "sweep", "test"):
+            c = res["commands"].get(name)
+            if not c:
+                cells.append("–")
+                continue
+            what = ""
+            if name == "run" and c.get("value") is not None:
+                what = f"; {c['metric']} {100 * c['value']:.1f}, {c.get('compute_dtype')}" if c["value"] <= 1 else \
+                    f"; {c['metric']} {c['value']:.3f}"
+            elif name == "sweep" and "records" in c:
+                what = f"; {c['ok']} of {c['records']} runs ok"
+            elif name == "test" and c.get("pytest"):
+                what = f"; {c['pytest']}"
+            cells.append(_clock(c["wall_s"]) + (f" **{goals[name]}**" if name in goals else "")
+                         + ("" if c["rc"] == 0 else f" (exit {c['rc']})") + what)
+        m = res["machine"]
+        lim = ", ".join(f"{k}={v}" for k, v in (res.get("env") or {}).items() if k.startswith(("ATEN", "ONEDNN")) and v)
+        L.append(f"| {COMMAND_LABELS.get(tag, tag)} | {m['cpu']}, {m['logical_cpus']} logical CPUs"
+                 f"{f' ({lim})' if lim else ''} | {' | '.join(cells)} | {res['started'][:10]} | {res.get('git')} |")
+    return L + [""]
+
+
 def page(folder: Path) -> str:
     secs = sections(folder)
+    cmds = commands_section(commands(folder))
     if len(secs) == 1:
-        text = render(secs[0])
+        text = render(secs[0]) + ("\n" + "\n".join(cmds) if cmds else "")
     elif secs:
         text = "\n".join(["# Throughput: lora-harness against the seed recipe", "",
                           "Made by `make bench` (bench/throughput.py; this page by bench/report.py from the "
-                          "`results_*.json` beside it), one section per CPU class.", "", *overview(secs), ""]
+                          "`results_*.json` and `commands_*.json` beside it), one section per CPU class.", "",
+                          *overview(secs), "", *cmds]
                          + [render(r, level=2) for r in secs])
     else:
-        text = "# Benchmarks\n"
+        text = "\n".join(["# Benchmarks", "", *cmds])
     inf = folder / "inference.json"
     if inf.is_file():
         text = text.rstrip("\n") + "\n\n" + render_inference(json.loads(inf.read_text()))
@@ -396,7 +459,11 @@ def machine_summary(folder: Path) -> dict:
         out.append({"cpu_class": cpu_class(res)[0], "title": section_title(res), "started": res["started"],
                     "finished": res.get("finished"), "peak_flops": res["peak_flops"], "goals": goals,
                     "rows": rows})
-    return {"source": "bench/report.py from reports/bench/results_*.json", "sections": out}
+    cmds = {tag: {"commands": res["commands"], "goals": command_goals(tag, res), "started": res["started"],
+                  "machine": res["machine"], "env": res.get("env"), "git": res.get("git")}
+            for tag, res in commands(folder).items()}
+    return {"source": "bench/report.py from reports/bench/results_*.json and commands_*.json", "sections": out,
+            "commands": cmds}
 
 
 def main(argv=None) -> None:

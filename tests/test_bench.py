@@ -3,6 +3,8 @@ agrees with torch's FLOP counter; its report's verdicts. No timings are asserted
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -188,3 +190,27 @@ def test_the_page_has_a_section_per_cpu_class_with_its_goals(tmp_path):
     assert summ["sections"][0]["goals"]["sharing"]["verdict"] == "fails"
     assert "sharing" not in summ["sections"][1]["goals"]
     assert summ["sections"][1]["rows"][0]["ratio"] == pytest.approx(1.2)
+
+
+def test_the_everyday_commands_wall_times_render_with_their_goals_on_the_avx2_class(tmp_path):
+    from bench import commands
+
+    log = "....\n[100%]\n1 failed, 397 passed, 1 skipped, 5 warnings in 376.20s (0:06:16)\nmake: *** Error 1\n"
+    assert commands.outcome("test", log, tmp_path) == {"pytest": "1 failed, 397 passed, 1 skipped, 5 warnings",
+                                                        "pytest_s": 376.2}
+    m = {"cpu": "AMD EPYC", "logical_cpus": 2}
+    avx2 = {"tag": "avx2", "machine": m, "started": "2026-12-02 18:44:05", "git": "abc",
+            "env": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+            "commands": {"run": {"wall_s": 93.0, "rc": 0, "metric": "accuracy", "value": 0.777,
+                                 "compute_dtype": "float32"},
+                         "sweep": {"wall_s": 960.0, "rc": 0, "records": 15, "ok": 15},
+                         "test": {"wall_s": 400.0, "rc": 0, "pytest": "398 passed"}}}
+    bf16 = {**avx2, "tag": "bf16", "env": {}, "commands": {"run": {"wall_s": 60.0, "rc": 0}}}
+    for tag, res in (("avx2", avx2), ("bf16", bf16)):
+        (tmp_path / f"commands_{tag}.json").write_text(json.dumps(res))
+    assert report.command_goals("avx2", avx2) == {"run": "holds", "sweep": "fails", "test": "holds"}
+    assert report.command_goals("bf16", bf16) == {}  # the goals are for the AVX2-only class
+    text = report.page(tmp_path)
+    assert "93 s (1 min 33 s) **holds**; accuracy 77.7, float32" in text
+    assert "960 s (16 min 00 s) **fails**; 15 of 15 runs ok" in text and "AVX512-BF16 or AMX" in text
+    assert report.machine_summary(tmp_path)["commands"]["avx2"]["goals"]["sweep"] == "fails"

@@ -44,7 +44,8 @@ def outcome(name: str, log: str, outputs: Path) -> dict:
     if name == "test":
         m = re.findall(r"^=*\s*(\d+ (?:passed|failed)[^\n]*?) in ([0-9.]+)s", log, re.M)
         return {"pytest": m[-1][0] if m else None, "pytest_s": float(m[-1][1]) if m else None}
-    recs = [json.loads(p.read_text()) for p in outputs.rglob("record.json")]
+    # make run writes under runs/, a sweep under sweeps/ (both into the same temporary output root)
+    recs = [json.loads(p.read_text()) for p in (outputs / ("runs" if name == "run" else "sweeps")).rglob("record.json")]
     if name == "run" and recs:
         from harness.store import headline
 

@@ -388,7 +388,8 @@ def command_goals(tag: str, res: dict) -> dict[str, str]:
 
 
 def _clock(s: float) -> str:
-    return f"{s:,.0f} s ({int(s // 60)} min {int(s % 60):02d} s)"
+    s = round(s)
+    return f"{s:,} s ({s // 60} min {s % 60:02d} s)"
 
 
 def commands_section(cmds: dict[str, dict], level: int = 2) -> list[str]:

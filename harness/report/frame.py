@@ -124,9 +124,7 @@ def run_row(rec: dict) -> dict:
         "eval_examples": sum((task.eval_examples or {}).values()) or None,
         "steps": r.steps,
         "device": host.get("device"),
-        "cpu": host.get("cpu") and (f"{host['cpu']}" + (f", {host['cpu_capability']} kernels" if host.get(
-            "cpu_capability") else "") + (" (emulating an AVX2-only CPU)" if (host.get("isa_limits") or {}).get(
-            "ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" else "")),
+        "cpu": cpu_label(host),
         "gpu": (host.get("gpu") or {}).get("name"),
         "torch": (r.provenance.versions or {}).get("torch"),
         "git": ((r.provenance.git or {}).get("commit") or "")[:10] or None,
@@ -136,6 +134,15 @@ def run_row(rec: dict) -> dict:
         "path": r.store_path,
         "dir": r.store_dir,
     }
+
+
+def cpu_label(host: dict) -> str | None:
+    """The CPU and the kernels torch ran on it: "AMD EPYC, AVX2 kernels (emulating an AVX2-only CPU)"."""
+    if not host.get("cpu"):
+        return None
+    label = host["cpu"] + (f", {host['cpu_capability']} kernels" if host.get("cpu_capability") else "")
+    emulated = (host.get("isa_limits") or {}).get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2"
+    return label + (" (emulating an AVX2-only CPU)" if emulated else "")
 
 
 def baseline_name(rec: dict) -> str:

@@ -114,7 +114,7 @@ def _describe(row: dict, dtype: bool = False) -> str:
     m = tables.METHOD_LABELS.get(row["method"], row["method"])
     if row["targets"] != "-":
         m += f" on {tables.targets_label(row['targets'])}, r={int(row['r'])}"
-    if dtype and row.get("compute_dtype"):
+    if dtype and pd.notna(row.get("compute_dtype")):
         m += f", {row['compute_dtype']} compute"
     return (f"{m} ({tables.TASK_LABELS.get(row['task'], row['task'])} {tables.ours(row)}, peak "
             f"{tables.num(row['peak_mb'], 0)} MiB, {tables.human(row['trainable'])} trainable, "

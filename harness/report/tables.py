@@ -166,7 +166,8 @@ def all_configs(agg: pd.DataFrame) -> str:
                     f"{num(bv)} ({METHOD_LABELS.get(r['baseline_method'], r['baseline_method'])})",
                     r.get("vs_baseline") or DASH, (r.get("vs_baseline_diff") or DASH).split(" (")[0]]
         rows.append([TASK_LABELS.get(r["task"], r["task"]), r["model"], METHOD_LABELS.get(r["method"], r["method"]),
-                     *([DASH if pd.isna(r.get("compute_dtype")) else r["compute_dtype"]] if with_dtype else []), targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
+                     *([DASH if pd.isna(r.get("compute_dtype")) else r["compute_dtype"]] if with_dtype else []),
+                     targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
                      num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{lr:.0e}" if lr else DASH,
                      r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), mean_ci(r),
                      num(r.get("sd")) if _isnum(r.get("sd")) else DASH,

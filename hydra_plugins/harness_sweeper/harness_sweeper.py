@@ -11,14 +11,13 @@ and every (model, task, recipe, seed, ...) the grid fine-tunes also gets one run
 like any run (so the grid's report shows each fine-tuned row beside its best baseline, measured at the same seed on
 the same data) and resumed by config hash like any run. They are launched after the grid's jobs: short jobs last
 fill the cores the last long ones leave idle (the default grid, two runs at a time, lost a minute to one job running
-alone when they went first). A baseline job is the grid job with its
-`method=` replaced and its `lora.*` and `method.*` settings dropped (a baseline trains no adapter and has its own
-method settings: jobs that differ only there are one baseline run). A baseline the task does not allow (zero-shot of a cross-encoder's fresh head, a head-only
-probe of a causal LM: harness.config) is left out, and the log says why. It works with every launcher (the local
-fresh-process one, SLURM), since the jobs are added before any launcher sees them.
+alone when they went first). A baseline job is the grid job with its `method=` replaced and its `lora.*` and
+`method.*` settings dropped (a baseline trains no adapter and has its own method settings: jobs that differ only
+there are one baseline run). A baseline the task does not allow (zero-shot of a cross-encoder's fresh head, a
+head-only probe of a causal LM: harness.config) is left out, and the log says why. It works with every launcher (the
+local fresh-process one, SLURM), since the jobs are added before any launcher sees them.
 """
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
@@ -81,8 +80,7 @@ class HarnessSweeper(BasicSweeper):
         """None if the job's config is valid, else why not (harness.config.validate's message)."""
         from harness.config import ConfigError, validate
 
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-        cfg = copy.deepcopy(cfg)
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))  # a fresh copy
         with read_write(cfg), open_dict(cfg):
             del cfg["hydra"]
         try:

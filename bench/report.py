@@ -108,8 +108,10 @@ def cpu_class(res: dict) -> tuple[str, str]:
         return "AVX2 only, fp32", "fp32 on an AVX2-only CPU (emulated: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)"
     if res.get("compute") == "bf16":
         return "AVX512-BF16, bf16", "bf16 autocast (method.compute_dtype=bf16) on a CPU with AVX512-BF16, no AMX"
-    if m.get("bf16_native"):
+    if m.get("bf16_native") and m.get("amx", True):  # results made before machine() said: only AMX was native
         return "AMX, bf16", "native bf16 with AMX (compute auto = bf16)"
+    if m.get("bf16_native"):
+        return "AVX512-BF16, bf16 (auto)", "native bf16 with AVX512-BF16, no AMX (compute auto = bf16)"
     return "fp32", "fp32 (compute auto)"
 
 

@@ -465,8 +465,12 @@ def machine() -> dict:
     import peft
     import transformers
 
+    try:
+        amx = "amx_bf16" in open("/proc/cpuinfo").read().split()
+    except OSError:
+        amx = False
     return {"cpu": model, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "bf16_native": host_has_bf16(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "bf16_native": host_has_bf16(), "amx": amx, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__, "python": platform.python_version()}
 
 

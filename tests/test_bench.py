@@ -190,6 +190,12 @@ def test_the_page_has_a_section_per_cpu_class_with_its_goals(tmp_path):
     assert summ["sections"][0]["goals"]["sharing"]["verdict"] == "fails"
     assert "sharing" not in summ["sections"][1]["goals"]
     assert summ["sections"][1]["rows"][0]["ratio"] == pytest.approx(1.2)
+    # auto on a native-bf16 CPU: AMX where machine() saw it (or said nothing: files from before it looked), else
+    # AVX512-BF16
+    native = {**base["machine"], "bf16_native": True}
+    assert report.cpu_class(base | {"machine": native})[0] == "AMX, bf16"
+    assert report.cpu_class(base | {"machine": native | {"amx": True}})[0] == "AMX, bf16"
+    assert report.cpu_class(base | {"machine": native | {"amx": False}})[0] == "AVX512-BF16, bf16 (auto)"
 
 
 def test_the_everyday_commands_wall_times_render_with_their_goals_on_the_avx2_class(tmp_path):

@@ -63,9 +63,10 @@ def host_has_bf16(flags: str | None = None, isa: str | None = None, capability: 
     (avx512_bf16), with torch's kernels past AVX2 and oneDNN allowed those instructions. Measured on a 2-core AMD EPYC
     with avx512_bf16 and no AMX (conf/experiment/compute_dtype.yaml, reports/compute_dtype/): the default run in bf16
     autocast scored as in fp32 over 5 seeds (bf16 - fp32 +0.05 accuracy points, equivalent within 1: the 90% interval
-    inside it) and trained 1.5-1.7x faster in runs alternated with fp32 ones (2,237-2,396 against 1,300-1,582
-    tokens/s). Not when ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA hold torch to AVX2 (how an AVX2-only machine is
-    emulated): bf16 is then emulated, many times slower. The arguments replace /proc/cpuinfo's flags,
+    inside it); in six runs alternating the two (seeds 1-3) bf16 trained 1.72x, 1.51x and 0.93x as fast, and over the
+    session's 12 bf16 and 8 fp32 runs the medians were 1,823 and 1,496 tokens/s (1.2x; bf16 spread more on this
+    shared VM: 1,386-2,620 against 1,268-1,588). Not when ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA hold torch to AVX2
+    (how an AVX2-only machine is emulated): bf16 is then emulated, many times slower. The arguments replace /proc/cpuinfo's flags,
     $ONEDNN_MAX_CPU_ISA and torch's CPU capability (tests)."""
     if flags is None:
         try:

@@ -454,9 +454,15 @@ def plan_at(cfg, longest: dict | None, device: str) -> Plan:
 
 
 def plan_for_record(rec: dict) -> Plan:
-    """The plan of a recorded run at its longest batch (its config is in the record), on the device it ran on."""
-    return plan_at(rec["config"], (rec.get("throughput") or {}).get("longest_batch"),
-                   (rec.get("host") or {}).get("device", "cpu"))
+    """The plan of a recorded run at its longest batch (its config is in the record), on the device it ran on, in
+    the dtype it computed in (the record's method.compute_dtype): `auto` in its config means what it meant on the
+    machine that ran it, not on the one planning now (since auto takes bf16 on AVX512-BF16 CPUs, a report rendered
+    there planned an AVX2 machine's fp32 runs in bf16)."""
+    cfg = rec["config"]
+    ran = {"float32": "fp32", "bfloat16": "bf16"}.get((rec.get("method") or {}).get("compute_dtype"))
+    if ran and isinstance(cfg, dict):
+        cfg = {**cfg, "method": {**cfg["method"], "compute_dtype": ran}}
+    return plan_at(cfg, (rec.get("throughput") or {}).get("longest_batch"), (rec.get("host") or {}).get("device", "cpu"))
 
 
 def compose_plan_config(overrides: list[str], method: str | None = None, device: str = "cuda",

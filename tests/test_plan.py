@@ -182,3 +182,15 @@ def test_a_run_records_the_plan_beside_its_measured_peak_within_15_percent(tmp_p
     full = figs["16-bit full fine-tuning of LLaMA-65B"]
     assert full["paper"] == "more than 780 GB" and full["ours"] > 780 and full["verdict"] == "holds"
     assert {p["peer"] for p in summary["peers"]} == {"LitGPT", "torchtune"}
+
+
+def test_a_recorded_run_is_planned_in_the_dtype_it_computed_in_whatever_auto_means_here():
+    from harness.config import compose, resolved
+    from harness.plan import plan_for_record
+
+    cfg = resolved(compose(["model=minilm_l6", "task=stsb", "method=lora", "method.compute_dtype=auto"]))
+    rec = {"config": cfg, "host": {"device": "cpu"}, "throughput": {"longest_batch": {"batch_size": 8, "seq_len": 32}}}
+    fp32 = plan_for_record(rec | {"method": {"compute_dtype": "float32"}})
+    bf16 = plan_for_record(rec | {"method": {"compute_dtype": "bfloat16"}})
+    assert fp32.setting["compute_dtype"] == "float32" and bf16.setting["compute_dtype"] == "bfloat16"
+    assert fp32.total != bf16.total  # bf16 activations: a different plan

@@ -39,9 +39,7 @@ def _plan_mb(rec: dict) -> dict:
 def measured_section(store) -> tuple[list[str], dict]:
     """(markdown lines, stats): stats counts the plans within TOLERANCE and the exact weight counts, and holds
     every row as numbers ("rows", "weight_rows") for summary.json."""
-    rows, wrows = [], []
-    stats = {"n": 0, "within": 0, "weights_exact": 0, "weights_n": 0, "tolerance": TOLERANCE, "rows": [],
-             "weight_rows": []}
+    prows, wprows = [], []  # one dict per row, as summary.json holds them; the tables are formatted from these
     for name in EXPERIMENTS:
         for r in sorted(_latest(store, name), key=lambda r: (r["config"]["method"]["name"],
                                                              r["config"]["train"]["batch_size"])):
@@ -52,46 +50,44 @@ def measured_section(store) -> tuple[list[str], dict]:
             if not p or "total_mb" not in p or not meas:
                 continue
             ratio = p["total_mb"] / meas
-            ok = abs(ratio - 1) <= TOLERANCE
-            stats["n"] += 1
-            stats["within"] += ok
-            lb = p["setting"]
-            pm = p["parts_mb"]
-            pw = sum(v for k, v in pm.items() if k.startswith(("base weights", "trainable")))
-            pg, po = pm.get("gradients", 0), pm.get("optimizer state", 0)
-            rest = pm.get("activations", 0) + pm.get("loss buffers", 0) + pm.get("autocast weight copies", 0) + \
-                pm.get("framework working memory (CPU)", 0)
-            planned = f"{pw:,.0f} / {pg:,.0f} / {po:,.0f} / {rest:,.0f}"
+            lb, pm = p["setting"], p["parts_mb"]
             bd = (r.get("memory") or {}).get("breakdown")
-            held = (f"{bd['weights_mb']:,.0f} / {bd['gradients_mb']:,.0f} / {bd['optimizer_state_mb']:,.0f} / "
-                    f"{bd.get('activations_and_other_mb', 0):,.0f}") if bd else "-"
-            stats["rows"].append({
-                "model": r["config"]["model"]["name"], "method": r["config"]["method"]["name"],
-                "batch_size": lb["batch_size"], "tokens": lb["max_seq_len"], "measured_mb": meas,
-                "planned_mb": p["total_mb"], "planned_over_measured": ratio, "within_tolerance": bool(ok),
+            model, method = r["config"]["model"]["name"], r["config"]["method"]["name"]
+            prows.append({
+                "model": model, "method": method, "batch_size": lb["batch_size"], "tokens": lb["max_seq_len"],
+                "measured_mb": meas, "planned_mb": p["total_mb"], "planned_over_measured": ratio,
+                "within_tolerance": bool(abs(ratio - 1) <= TOLERANCE),
                 "measured_parts_mb": None if not bd else {
                     "weights": bd["weights_mb"], "gradients": bd["gradients_mb"],
                     "optimizer_state": bd["optimizer_state_mb"], "rest": bd.get("activations_and_other_mb", 0)},
-                "planned_parts_mb": {"weights": pw, "gradients": pg, "optimizer_state": po, "rest": rest},
+                "planned_parts_mb": {
+                    "weights": sum(v for k, v in pm.items() if k.startswith(("base weights", "trainable"))),
+                    "gradients": pm.get("gradients", 0), "optimizer_state": pm.get("optimizer state", 0),
+                    "rest": pm.get("activations", 0) + pm.get("loss buffers", 0)
+                    + pm.get("autocast weight copies", 0) + pm.get("framework working memory (CPU)", 0)},
                 "record": r.get("run_id"), "config_hash": r.get("config_hash")})
-            rows.append([r["config"]["model"]["name"], r["config"]["method"]["name"],
-                         f"{lb['batch_size']} x {lb['max_seq_len']}", f"{meas:,.0f}", f"{p['total_mb']:,.0f}",
-                         f"{ratio:.2f}", "yes" if ok else "**no**", held, planned])
             # weights: what the loaded model holds (methods.linear_storage, in the record) vs the plan
             ls = (r.get("model") or {}).get("linear_storage") or {}
-            q = p["parts_mb"].get("base weights: quantized linear layers")
+            q = pm.get("base weights: quantized linear layers")
             if q is not None and ls:
-                planned = (q + p["parts_mb"].get("base weights: quantization constants", 0)) * MIB
+                planned = round((q + pm.get("base weights: quantization constants", 0)) * MIB)
                 held = ls["weight_bytes"] + ls["constant_bytes"]
-                stats["weights_n"] += 1
-                stats["weights_exact"] += round(planned) == held
-                stats["weight_rows"].append({"model": r["config"]["model"]["name"],
-                                             "method": r["config"]["method"]["name"], "held_bytes": held,
-                                             "planned_bytes": round(planned), "equal": round(planned) == held,
-                                             "bits_per_param": ls["bits_per_param"]})
-                wrows.append([r["config"]["model"]["name"], r["config"]["method"]["name"], f"{held:,}",
-                              f"{round(planned):,}", "yes" if round(planned) == held else "**no**",
-                              f"{ls['bits_per_param']:.3f}"])
+                wprows.append({"model": model, "method": method, "held_bytes": held, "planned_bytes": planned,
+                               "equal": planned == held, "bits_per_param": ls["bits_per_param"]})
+    stats = {"n": len(prows), "within": sum(x["within_tolerance"] for x in prows),
+             "weights_exact": sum(x["equal"] for x in wprows), "weights_n": len(wprows), "tolerance": TOLERANCE,
+             "rows": prows, "weight_rows": wprows}
+
+    def parts(d):
+        return "-" if d is None else " / ".join(f"{d[k]:,.0f}" for k in ("weights", "gradients", "optimizer_state",
+                                                                        "rest"))
+
+    rows = [[x["model"], x["method"], f"{x['batch_size']} x {x['tokens']}", f"{x['measured_mb']:,.0f}",
+             f"{x['planned_mb']:,.0f}", f"{x['planned_over_measured']:.2f}",
+             "yes" if x["within_tolerance"] else "**no**", parts(x["measured_parts_mb"]), parts(x["planned_parts_mb"])]
+            for x in prows]
+    wrows = [[x["model"], x["method"], f"{x['held_bytes']:,}", f"{x['planned_bytes']:,}",
+              "yes" if x["equal"] else "**no**", f"{x['bits_per_param']:.3f}"] for x in wprows]
     L = ["## The planner against measured training peaks (this machine)", ""]
     if not rows:
         return L + ["No records of the memory experiments yet: `make sweep EXPERIMENT=memory_minilm` and "

@@ -121,7 +121,7 @@ def _cosine_cache_path(cfg: Config, backbone, rows, bs: int) -> Path | None:
 
     from harness.records import host
 
-    root = cfg.get("paths", {}).get("output_root") if hasattr(cfg, "get") else None
+    root = cfg.paths.output_root
     digest = encoder_digest(backbone)
     if not root or digest is None:
         return None
@@ -131,7 +131,7 @@ def _cosine_cache_path(cfg: Config, backbone, rows, bs: int) -> Path | None:
             ids.update(np.asarray(x, dtype=np.int64).tobytes() + b"|")
     key = {
         "weights": digest, "pairs": ids.hexdigest(), "batch_size": bs,
-        "pad_to_multiple_of": cfg.train.pad_to_multiple_of, "pooling": cfg.model.get("pooling"),
+        "pad_to_multiple_of": cfg.train.pad_to_multiple_of, "pooling": str(cfg.model.pooling),
         "code": _source_digest(), "torch": torch.__version__, "transformers": transformers.__version__,
         "threads": torch.get_num_threads(), "cpu": host().get("cpu"),
         "isa": [os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")],

@@ -8,12 +8,13 @@ misspelt key or a wrong type fails before anything is loaded. `validate()` adds 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -387,6 +388,9 @@ class SearchConfig:
     # confirm/<study>: the winner's curse shows when the best trial's lead shrinks on data it was not picked on
     confirm_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     confirm_overrides: list[str] = field(default_factory=lambda: ["task.tune=false", "train.eval_every=0"])
+    # ... and beside them these baselines at the same seeds (hydra.sweeper.baselines: those the task refuses are
+    # left out), so the confirmed rows are read against the best baseline like every report's
+    confirm_baselines: list[str] = field(default_factory=lambda: ["majority", "zero_shot", "head_only"])
     heartbeat_s: int = 60  # a running trial whose worker has not been heard of for 3x this is failed and retried
     max_retry: int = 2  # retries of a trial whose worker died
 
@@ -420,8 +424,15 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)  # python -m harness.plan (harness/plan.py)
 
 
-def compose(overrides: list[str]):
-    """The run config for these overrides, as `python -m harness.run <overrides>` composes it (no run directory)."""
+def compose(overrides: list[str]) -> Config:
+    """The run config for these overrides, as `python -m harness.run <overrides>` composes it (no run directory),
+    converted to the schema's dataclasses (`typed`)."""
+    return typed(compose_node(overrides))
+
+
+def compose_node(overrides: list[str]) -> DictConfig:
+    """The composed config as Hydra gives it (a DictConfig), before `typed` converts it: for the few callers that
+    edit a config with OmegaConf's tools before a run is built from it."""
     from pathlib import Path
 
     from hydra import compose as hcompose
@@ -481,7 +492,7 @@ def target_letters(targets: str) -> list[str]:
     return [c for c in TARGET_LETTERS if c in targets]
 
 
-def effective_rank(lora: LoraConfig | DictConfig) -> int:
+def effective_rank(lora: LoraConfig) -> int:
     """r, or r derived from lora.rank_budget as in LoRA Table 5 (r x number of matrix types is fixed)."""
     if lora.rank_budget is None:
         return int(lora.r)
@@ -553,8 +564,8 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     _positive("train.lr", t.lr)
     for key in ("lr_full", "lr_head"):
-        if t[key] is not None:
-            _positive(f"train.{key}", t[key])
+        if getattr(t, key) is not None:
+            _positive(f"train.{key}", getattr(t, key))
     _positive("method.lr_multiplier", cfg.method.lr_multiplier)
     _positive("train.batch_size", t.batch_size)
     _positive("train.eval_batch_size", t.eval_batch_size)
@@ -575,7 +586,7 @@ def validate(cfg: Config) -> None:
             f"train.max_seq_len={t.max_seq_len} exceeds model {cfg.model.name!r}'s "
             f"max_position={cfg.model.max_position}"
         )
-    fake = str(cfg.method.get("fake_quant", "none"))
+    fake = str(cfg.method.fake_quant)
     if fake != "none":
         from harness.fakequant import CODES
 
@@ -586,7 +597,7 @@ def validate(cfg: Config) -> None:
                               f"unquantized base; it cannot be combined with quant={cfg.method.quant.value!r}")
     task = cfg.task
     for name in ("train_size", "eval_size"):
-        v = task[name]
+        v = getattr(task, name)
         if v is not None:
             _positive(f"task.{name}", v)
     if not task.metrics:
@@ -643,7 +654,7 @@ def _validate_baseline(cfg: Config) -> None:
     if pair == "bi" and (is_causal(task) or len(task.text_fields) != 2):
         raise ConfigError(f"task.pair_encoding=bi needs a sentence-pair task (two text_fields), not task "
                           f"{task.name!r} ({kind_of(task)}, text_fields {list(task.text_fields)})")
-    if m.get("bias_only", False):
+    if m.bias_only:
         if m.adapter or b != "none" or Quant(m.quant) != Quant.none:
             raise ConfigError(f"method {m.name!r}: method.bias_only (BitFit) trains the bias terms of an unquantized "
                               "model: it cannot also train an adapter, quantize the base or be a baseline")
@@ -676,15 +687,15 @@ TARGET_LETTERS = ("q", "k", "v", "o")
 
 def validate_plan(cfg: Config) -> None:
     """plan.device and plan.lora_dtype against their valid values (every run, and the planner's command line)."""
-    plan = cfg.get("plan") or {}
     for key, valid in (("device", PLAN_DEVICES), ("lora_dtype", PLAN_LORA_DTYPES)):
-        if plan.get(key) is not None and plan.get(key) not in valid:
-            raise ConfigError(f"plan.{key}={plan.get(key)!r} is not valid; valid: {list(valid)}")
+        v = getattr(cfg.plan, key)
+        if v is not None and v not in valid:
+            raise ConfigError(f"plan.{key}={v!r} is not valid; valid: {list(valid)}")
 
 
 def model_kind(model) -> str:
     """encoder | decoder: model.kind where the YAML says, else the known architecture's."""
-    kind = model.get("kind") or KNOWN_KINDS.get(str(model.arch))
+    kind = model.kind or KNOWN_KINDS.get(str(model.arch))
     if kind is None:
         raise ConfigError(f"model {model.name!r}: model.arch={model.arch!r} is not a known architecture "
                           f"({sorted(KNOWN_KINDS)}); say what it is in its YAML: model.kind (one of {list(MODEL_KINDS)}) "
@@ -696,7 +707,7 @@ def model_kind(model) -> str:
 
 def _validate_model(model) -> None:
     model_kind(model)
-    targets = model.get("targets")
+    targets = model.targets
     if targets:
         bad = sorted(set(targets) - set(TARGET_LETTERS))
         if bad:
@@ -721,10 +732,6 @@ def baseline_of(method) -> str:
     return str(method.baseline)
 
 
-def is_full_finetune(method) -> bool:
-    return not method.adapter and baseline_of(method) == "none" and not method.get("bias_only", False)
-
-
 def trains(cfg: Config) -> bool:
     """Whether the run takes optimizer steps: not with train.max_steps=0 nor for the majority/zero-shot baselines."""
     return int(cfg.train.max_steps) != 0 and baseline_of(cfg.method) not in ("majority", "zero_shot")
@@ -732,11 +739,10 @@ def trains(cfg: Config) -> bool:
 
 def lr_key(method) -> str:
     """The train.* learning rate a method trains with when it is set: lr_full (full fine-tuning), lr_bitfit (BitFit),
-    lr_head (the head-only baseline), else lr (times method.lr_multiplier). Reads a DictConfig or a record's dict."""
-    baseline = method.get("baseline", "none")
-    baseline = str(baseline)
-    bias = bool(method.get("bias_only", False))
-    if not method.get("adapter", True) and baseline == "none" and not bias:
+    lr_head (the head-only baseline), else lr (times method.lr_multiplier). Reads a typed config or a record's dict."""
+    baseline = str(value_of(method, "baseline", "none"))
+    bias = bool(value_of(method, "bias_only", False))
+    if not value_of(method, "adapter", True) and baseline == "none" and not bias:
         return "lr_full"
     return "lr_bitfit" if bias else "lr_head" if baseline == "head_only" else "lr"
 
@@ -745,14 +751,14 @@ def effective_lr(cfg: Config) -> float:
     """The learning rate a run trains with: its method's own train.lr_* when set (`lr_key`), else train.lr x
     method.lr_multiplier."""
     key = lr_key(cfg.method)
-    if key != "lr" and cfg.train.get(key) is not None:
-        return float(cfg.train[key])
+    if key != "lr" and getattr(cfg.train, key) is not None:
+        return float(getattr(cfg.train, key))
     return float(cfg.train.lr) * float(cfg.method.lr_multiplier)
 
 
 def effective_alpha(lora) -> float:
     """lora.alpha, or alpha_per_r x the effective rank when lora.alpha_per_r is set."""
-    if lora.get("alpha_per_r") is not None:
+    if lora.alpha_per_r is not None:
         return float(lora.alpha_per_r) * effective_rank(lora)
     return float(lora.alpha)
 
@@ -765,5 +771,68 @@ def is_bi_encoder(task) -> bool:
     return not is_causal(task) and pair_encoding_of(task) == "bi"
 
 
-def resolved(cfg: Config) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+def typed(cfg: Config | DictConfig) -> Config:
+    """The schema's dataclasses from a composed config: done once, where a config enters (harness.run, the search
+    worker, the planner, the bench), so the code below reads typed attributes (`cfg.train.lr`, enums as
+    ConfigEnum members) and never a DictConfig. Interpolations are resolved here. A Config passes through."""
+    if isinstance(cfg, Config):
+        return cfg
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"expected a composed run config (DictConfig) or a Config, got {type(cfg).__name__}")
+    out = OmegaConf.to_object(cfg)
+    if not isinstance(out, Config):  # composed without the schema (config_schema is conf/config.yaml's default)
+        raise TypeError("the config was not composed on the schema (harness.config.Config): compose it with "
+                        "harness.config.compose or through conf/config.yaml")
+    return out
+
+
+def from_record(stored: dict, overrides: dict[str, Any] | None = None) -> Config:
+    """The typed config of a recorded run from the config its record stores (plain data), with dotted `overrides`
+    applied (e.g. {"train.max_steps": 0}). Keys the schema no longer has (a record older than a removal) are left
+    out: they cannot change what the current code would build."""
+    node = OmegaConf.merge(OmegaConf.structured(Config), _schema_part(Config, stored))
+    for k, v in (overrides or {}).items():
+        OmegaConf.update(node, k, v)
+    return typed(node)
+
+
+def _schema_part(cls, data: dict) -> dict:
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        t, v = hints[f.name], data[f.name]
+        inner = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
+        out[f.name] = _schema_part(inner[0], v) if len(inner) == 1 and is_dataclass(inner[0]) and isinstance(v, dict) \
+            else v
+    return out
+
+
+def plain(node) -> Any:
+    """A config node (a dataclass of the schema, a DictConfig, or lists/dicts of them) as plain JSON-ready data:
+    enums as their values, interpolations resolved."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    if is_dataclass(node) and not isinstance(node, type):
+        return OmegaConf.to_container(OmegaConf.structured(node), resolve=True, enum_to_str=True)
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [plain(v) for v in node]
+    return node.value if isinstance(node, Enum) else node
+
+
+def value_of(node, key: str, default: Any = None) -> Any:
+    """`key` of a config section that is either a schema dataclass (a run's config) or a plain dict (a record's
+    stored config): the functions that serve both runs and reports read through this."""
+    if isinstance(node, Mapping):
+        return node.get(key, default)
+    return getattr(node, key, default)
+
+
+def resolved(cfg: Config | DictConfig) -> dict:
+    """The whole run config as plain data: what a record stores and its config hash is computed from."""
+    return plain(cfg)

@@ -26,15 +26,9 @@ class EvalError(RuntimeError):
 
 def run_config(rec: dict, overrides: dict | None = None):
     """The run's typed config from its record (train.max_steps=0: nothing trains)."""
-    from omegaconf import OmegaConf
+    from harness.config import from_record
 
-    from harness.config import Config
-
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), rec["config"])
-    cfg.train.max_steps = 0
-    for k, v in (overrides or {}).items():
-        OmegaConf.update(cfg, k, v)
-    return cfg
+    return from_record(rec["config"], {"train.max_steps": 0, **(overrides or {})})
 
 
 def load_run(run_dir: str | Path, data_dir: str | None = None):

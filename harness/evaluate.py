@@ -46,8 +46,8 @@ def score_choices(model, tokenizer, df, *, batch_size: int, max_len: int, dtype:
 
 def decoding(task) -> dict:
     """The task's decoding settings for lm.generate (greedy unless task.num_beams > 1)."""
-    return {"num_beams": int(task.get("num_beams", 1) or 1), "length_penalty": float(task.get("length_penalty", 1.0)),
-            "no_repeat_ngram_size": int(task.get("no_repeat_ngram_size", 0) or 0)}
+    return {"num_beams": int(task.num_beams or 1), "length_penalty": float(task.length_penalty),
+            "no_repeat_ngram_size": int(task.no_repeat_ngram_size or 0)}
 
 
 def evaluate_split(model, tokenizer, task, df, ds, *, batch_size: int, max_len: int, dtype: torch.dtype,

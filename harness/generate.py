@@ -28,7 +28,7 @@ def render(task, text: str, input_text: str | None = None) -> str:
     if fmt == "alpaca":
         return (ALPACA_PROMPT.format(instruction=text, input=input_text) if input_text
                 else ALPACA_PROMPT_NO_INPUT.format(instruction=text))
-    if fmt == "table" and task.get("prompt_template"):
+    if fmt == "table" and task.prompt_template:
         fields = [f for _, f, _, _ in string.Formatter().parse(task.prompt_template) if f]
         try:
             values = json.loads(text)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
-from harness.config import ConfigError, Dtype, Quant, baseline_of, effective_alpha, effective_rank, target_letters
+from harness.config import ConfigError, Dtype, Quant, baseline_of, effective_alpha, effective_rank, target_letters, value_of
 from harness.models import HEAD_NAME
 
 if TYPE_CHECKING:
@@ -121,8 +121,8 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 def target_map(model_cfg) -> dict[str, list[str]]:
     """The model's matrix letter -> module-name suffixes: model.targets from its YAML, else its known arch's."""
-    own = model_cfg.get("targets")
-    arch = str(model_cfg["arch"])
+    own = value_of(model_cfg, "targets")
+    arch = str(value_of(model_cfg, "arch"))
     if own:
         return {k: list(v) for k, v in own.items()}
     if arch not in TARGETS:
@@ -164,7 +164,7 @@ def target_modules(arch: str | dict, targets: str, model: nn.Module) -> list[str
 def _mapping(cfg: Config) -> str | dict:
     """What target_modules maps letters with: the model's own model.targets, else its arch's name (known arches'
     names appear in the error messages)."""
-    return target_map(cfg.model) if cfg.model.get("targets") else str(cfg.model.arch)
+    return target_map(cfg.model) if cfg.model.targets else str(cfg.model.arch)
 
 
 def check_targets(cfg: Config, model_path: Optional[str] = None) -> list[str]:
@@ -201,7 +201,7 @@ def apply(model: nn.Module, cfg: Config, *, gradient_checkpointing: bool) -> nn.
     if not method.adapter:
         baseline = baseline_of(method)
         head_only = baseline == "head_only"
-        bias_only = bool(method.get("bias_only", False))
+        bias_only = bool(method.bias_only)
         for name, p in model.named_parameters():  # full fine-tuning trains everything; a zero-shot baseline nothing
             p.requires_grad_(baseline == "none" and (not bias_only or name.endswith(".bias")))
         if bias_only and not any(p.requires_grad for p in model.parameters()):

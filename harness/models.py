@@ -261,12 +261,10 @@ def _config(path: str, model_cfg):
 def check_shape(path: str, model_cfg) -> None:
     """The weights at `path` are the model its config describes (model.shape): a run of another model under this
     model's name would be recorded, planned and reported as the wrong one. Reads the model's config only."""
-    from omegaconf import OmegaConf
-
-    shape = model_cfg.get("shape") if hasattr(model_cfg, "get") else None
+    shape = model_cfg.shape
     if not shape:
         return
-    want = OmegaConf.to_container(shape, resolve=True) if not isinstance(shape, dict) else dict(shape)
+    want = dict(shape)
     config = _config(path, model_cfg)
     diffs = [f"{k} {getattr(config, k)!r} (model.shape says {v!r})" for k, v in want.items()
              if getattr(config, k, None) is not None and getattr(config, k) != v]

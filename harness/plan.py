@@ -109,13 +109,14 @@ class Plan:
 # ============================================================================================ the model
 def hf_config(model_cfg):
     """The Hugging Face config of a model from `model.shape` (no download); None if it has none."""
-    from omegaconf import OmegaConf
     from transformers import AutoConfig
 
-    shape = model_cfg.get("shape") if hasattr(model_cfg, "get") else getattr(model_cfg, "shape", None)
+    from harness.config import plain, value_of
+
+    shape = value_of(model_cfg, "shape")
     if not shape:
         return None
-    kw = OmegaConf.to_container(shape, resolve=True) if not isinstance(shape, dict) else dict(shape)
+    kw = dict(plain(shape))
     return AutoConfig.for_model(kw.pop("model_type"), **kw)
 
 
@@ -281,11 +282,12 @@ def _layer_list(model):
 def plan(cfg: Config) -> Plan:
     """The memory plan of the run `cfg` describes (plan.device: cuda|cpu picks the compute dtype for `auto`;
     plan.lora_dtype: fp32|bf16; config.PlanConfig)."""
+    import dataclasses
+
     import torch
-    from omegaconf import OmegaConf, open_dict
 
     from harness import methods
-    from harness.config import effective_rank, is_bi_encoder, is_causal
+    from harness.config import Quant, effective_rank, is_bi_encoder, is_causal
 
     m = cfg.method
     quant = str(m.quant)
@@ -304,10 +306,7 @@ def plan(cfg: Config) -> Plan:
     # layer; our classifier head is outside the quantized backbone
     linear = _linear_weights(model, QUANT_SKIP) if quant != "none" else {}
     # what trains, as in a run: LoRA A/B and the head, every weight (full), or the head only (head_only baseline)
-    lcfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(lcfg):
-        lcfg.method.quant = "none"
-        lcfg.method.double_quant = False
+    lcfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, quant=Quant.none, double_quant=False))
     model = methods.apply(model, lcfg, gradient_checkpointing=False)
     counted = methods.count_parameters(model)
     q_names = {n + ".weight" for n in linear}
@@ -434,23 +433,24 @@ def _optimizer_bytes(optim: str, sizes: list[int]) -> tuple[int, str]:
                f"32-bit state for {small:,} in tensors under {ADAM8_MIN:,} elements")
 
 
-def _setting(cfg, key: str, default: str) -> str:
-    """plan.<key> of a config (a record's config from before the schema had `plan` holds none: the default)."""
-    return str((cfg.get("plan") or {}).get(key) or default)
+def _setting(cfg: Config, key: str, default: str) -> str:
+    """plan.<key> of a config (unset: the default)."""
+    return str(getattr(cfg.plan, key, None) or default)
 
 
-def plan_at(cfg, longest: dict | None, device: str) -> Plan:
-    """The plan of a run's config at its longest batch ({batch_size, seq_len}, as its record keeps it)."""
-    from omegaconf import OmegaConf, open_dict
+def plan_at(cfg: Config | dict, longest: dict | None, device: str) -> Plan:
+    """The plan of a run's config (typed, or a record's stored dict) at its longest batch ({batch_size, seq_len},
+    as its record keeps it), on `device`."""
+    import dataclasses
 
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)) if not isinstance(cfg, dict) else \
-        OmegaConf.create(cfg)
+    from harness.config import PlanConfig, from_record
+
+    cfg = from_record(cfg) if isinstance(cfg, dict) else cfg
     longest = longest or {}
-    with open_dict(cfg):
-        cfg.train.batch_size = longest.get("batch_size") or cfg.train.batch_size
-        cfg.train.max_seq_len = longest.get("seq_len") or cfg.train.max_seq_len
-        cfg.plan = {"device": device, "lora_dtype": _setting(cfg, "lora_dtype", "fp32")}
-    return plan(cfg)
+    train = dataclasses.replace(cfg.train, batch_size=longest.get("batch_size") or cfg.train.batch_size,
+                                max_seq_len=longest.get("seq_len") or cfg.train.max_seq_len)
+    return plan(dataclasses.replace(cfg, train=train, plan=PlanConfig(device=device,
+                                                                      lora_dtype=_setting(cfg, "lora_dtype", "fp32"))))
 
 
 def plan_for_record(rec: dict) -> Plan:

@@ -23,6 +23,8 @@ from harness.config import register_resolvers
 from harness.profile import process_env
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from harness.config import Config
 
 register_resolvers()  # the run directories are built with ${path_part:}, also in a submitit job's process
@@ -41,14 +43,15 @@ def reexec_with_process_env(module: str = "harness.run") -> None:
     os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
-def execute(cfg: Config, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
+def execute(cfg: Config | DictConfig, out_dir: str | os.PathLike, on_evaluate=None) -> dict:
     """Run one experiment and write its record. Returns the record (also on failure).
 
     `on_evaluate(step, {split: {metric: value}})` sees every evaluation during training; raising
     `harness.train.Pruned` from it stops the run, recorded with status `pruned` (harness.search does this)."""
     from harness import records
-    from harness.config import resolved, validate
+    from harness.config import resolved, typed, validate
 
+    cfg = typed(cfg)  # the one conversion of a composed config: everything below reads typed attributes
     t_start = time.perf_counter()
     main_process = _process_rank() == 0
     # an unwritable output fails now, not after training; under `accelerate launch` only process 0 writes
@@ -193,13 +196,13 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
 
     # LoRA targets against the model's structure on the meta device (from model.shape): a target the model lacks
     # fails here, in a second, before the data is read or the weights load
-    if cfg.method.adapter and cfg.model.get("shape"):
+    if cfg.method.adapter and cfg.model.shape:
         methods.check_targets(cfg)
     # data first: a missing or malformed file fails before any model loads
     t = time.perf_counter()
     data = load_task(task, find_data_dir(cfg.paths.data_dir), seed=cfg.train.seed, need_train=need_train)
     model_path = models.resolve(cfg.model.source, cfg.paths.cache_dir, cfg.model.name)
-    if cfg.method.adapter and not cfg.model.get("shape"):  # a model folder without `shape`: its config.json
+    if cfg.method.adapter and not cfg.model.shape:  # a model folder without `shape`: its config.json
         methods.check_targets(cfg, model_path)
     if baseline != "majority":
         models.check_shape(model_path, cfg.model)  # the weights are the model the record will name
@@ -375,7 +378,7 @@ def build_model(cfg: Config, model_path: str, num_labels: int | None = None, met
         model = models.load_classifier(model_path, cfg.model, num_labels, quantization_config=bnb, dtype=load_dtype,
                                        device=device, bi_encoder=is_bi_encoder(cfg.task),
                                        projection=baseline_of(cfg.method) == "head_only")
-    fake = str(cfg.method.get("fake_quant", "none"))
+    fake = str(cfg.method.fake_quant)
     fake_info = None
     if fake != "none":  # a simulated data type: the base's linear weights rounded to its codes, before any adapter
         from harness import fakequant
@@ -394,7 +397,7 @@ def build_model(cfg: Config, model_path: str, num_labels: int | None = None, met
 
 def _plan_for(cfg: Config, rec: dict) -> dict | None:
     """The memory planner's prediction for this run (harness/plan.py) at its longest batch, beside the measurement."""
-    if not cfg.model.get("shape"):
+    if not cfg.model.shape:
         return None
     try:
         from harness.plan import plan_at
@@ -479,18 +482,17 @@ def _causal_evaluator(cfg: Config, model, tokenizer, data, prep, dtype, out_dir:
 
 def _mmlu(cfg: Config, model, tokenizer, dtype) -> dict:
     """MMLU as an extra evaluation of this run's model (mmlu_eval.*)."""
-    from omegaconf import OmegaConf
-
+    from harness.config import TaskConfig, TaskKind
     from harness.evaluate import score_choices
     from harness.tasks import find_data_dir, load_task
 
     m = cfg.mmlu_eval
-    mtask = OmegaConf.create({
-        "name": "mmlu", "kind": "multiple_choice", "format": m.format, "train_split": "validation",
-        "eval_splits": ["validation"], "per_subject": m.per_subject, "shots": m.shots, "eval_size": None,
-        "holdout_size": None, "hub_id": "cais/mmlu", "hub_config": "all", "hub_rename": {},
-        "local": {"validation": [{"path": m.path, "shots_from": "mmlu/csv/dev"}]},
-    })
+    mtask = TaskConfig(
+        name="mmlu", kind=TaskKind.multiple_choice, format=m.format, train_split="validation",
+        eval_splits=["validation"], per_subject=m.per_subject, shots=m.shots, eval_size=None,
+        holdout_size=None, hub_id="cais/mmlu", hub_config="all", hub_rename={},
+        local={"validation": [{"path": m.path, "shots_from": "mmlu/csv/dev"}]},
+    )
     data = load_task(mtask, find_data_dir(cfg.paths.data_dir), seed=0, need_train=False)
     t = time.perf_counter()
     res, _ = score_choices(model, tokenizer, data.evals["validation"], batch_size=m.batch_size,

@@ -30,7 +30,7 @@ TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", 
 
 
 def names(cfg: Config) -> list[str]:
-    return [str(x) for x in (cfg.train.get("report_to") or [])]
+    return [str(x) for x in cfg.train.report_to]
 
 
 def check(cfg: Config) -> None:

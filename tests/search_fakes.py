@@ -25,7 +25,7 @@ def spec(study: str = "fake", n_trials: int = 6, **kw):
         "heartbeat_s": 1,
     }
     base.update(kw)
-    return OmegaConf.merge(OmegaConf.structured(SearchConfig), base)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SearchConfig), base))
 
 
 def objective_for(s, mode: str):

@@ -17,12 +17,10 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not
 
 
 def bi_model(path: str, num_labels: int, projection: bool = False):
-    from omegaconf import OmegaConf
-
+    from harness.config import ModelConfig, Pooling
     from harness.models import load_classifier
 
-    cfg = OmegaConf.create({"name": "tiny", "trust_remote_code": False, "revision": None, "use_safetensors": True,
-                            "pooling": "mean"})
+    cfg = ModelConfig(name="tiny", source=path, arch="bert", pooling=Pooling.mean)
     torch.manual_seed(0)
     return load_classifier(path, cfg, num_labels, bi_encoder=True, projection=projection)
 

@@ -161,9 +161,9 @@ def test_methods_and_tasks_are_declared_once_in_their_yaml():
     assert set(tables.METHOD_LABELS) == set(METHODS) and set(tables.TASK_LABELS) == set(TASKS)
     assert plan.METHODS == ("full", "lora", "lora_bf16", "qlora_int8", "qlora_fp4", "qlora_fp4_dq", "qlora_nf4",
                             "qlora_nf4_dq")
-    from omegaconf import OmegaConf
+    from harness.config import resolved
 
-    cfg = OmegaConf.to_container(compose(["method=qlora_nf4"]), resolve=True)
+    cfg = resolved(compose(["method=qlora_nf4"]))
     retitled = {**cfg, "method": {**cfg["method"], "title": "another"}, "task": {**cfg["task"], "title": "x"}}
     assert config_hash(retitled) == config_hash(cfg)
     assert config_hash({**cfg, "method": {**cfg["method"], "double_quant": True}}) != config_hash(cfg)

@@ -67,11 +67,10 @@ def test_a_run_swaps_every_dropout_module_unless_told_not_to(tiny_bert):
 
 
 def test_fast_dropout_off_hashes_as_a_config_from_before_the_key():
-    from omegaconf import OmegaConf
-
+    from harness.config import resolved
     from harness.records import config_hash
 
-    on = OmegaConf.to_container(compose(["method=lora"]), resolve=True)
-    off = OmegaConf.to_container(compose(["method=lora", "train.fast_dropout=false"]), resolve=True)
+    on = resolved(compose(["method=lora"]))
+    off = resolved(compose(["method=lora", "train.fast_dropout=false"]))
     before = {**off, "train": {k: v for k, v in off["train"].items() if k != "fast_dropout"}}
     assert config_hash(off) == config_hash(before) != config_hash(on)

@@ -269,10 +269,9 @@ def test_each_process_of_a_multi_gpu_launch_loads_onto_its_own_gpu(tiny_bert, mo
 
     monkeypatch.setattr(models, "_from_pretrained", capture)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    from omegaconf import OmegaConf
+    from harness.config import ModelConfig, Pooling
 
-    cfg = OmegaConf.create({"name": "tiny", "trust_remote_code": False, "revision": None, "use_safetensors": True,
-                            "pooling": "mean"})
+    cfg = ModelConfig(name="tiny", source=tiny_bert, arch="bert", pooling=Pooling.mean)
     for env in launch:
         monkeypatch.setenv("LOCAL_RANK", env["LOCAL_RANK"])
         with pytest.raises(Stop):

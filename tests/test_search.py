@@ -42,8 +42,9 @@ def check(*overrides: str, patch: dict | None = None):
 
     s, base, cfg, run_ovr = load(["search=stsb_minilm", *overrides])
     if patch:
-        OmegaConf.set_struct(s, False)  # a YAML file may add parameters; the command line may not
-        s = OmegaConf.merge(s, patch)
+        node = OmegaConf.structured(s)
+        OmegaConf.set_struct(node, False)  # a YAML file may add parameters; the command line may not
+        s = OmegaConf.to_object(OmegaConf.merge(node, patch))
     validate_search(s, cfg, base, run_ovr)
     return s, base, cfg
 
@@ -320,7 +321,7 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     assert [t["trial"] for t in summary["trials"]] == [0, 1, 2] and summary["trials"][0]["harness_default"]
     done = [t["value"] for t in summary["trials"] if t["state"] == "complete"]
     assert summary["best"]["value"] == max(done) and f"| {summary['best']['trial']} " in readme
-    assert summary["objectives"][0]["direction"] == "maximize"
+    assert summary["objectives"][0]["direction"] == "maximize" and summary["confirm"] is None  # not yet confirmed
     assert len(summary["space"]) == len(summary["trials"][0]["params"]) > 0  # alpha is sampled as alpha/r
     # rerun with one more trial: the study resumes (trial numbers go on), and the store holds one record per trial
     p2 = subprocess.run(cmd + ["search.n_trials=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -336,10 +337,21 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p3.returncode == 0, p3.stdout[-3000:] + p3.stderr[-3000:]
     conf = Store(out).records("confirm/tiny")
-    assert len(conf) in (2, 4) and {r["metrics"]["headline"]["split"] for r in conf} == {"validation"}
-    assert {r["seed"] for r in conf} == {1, 2}
+    assert {r["metrics"]["headline"]["split"] for r in conf} == {"validation"} and {r["seed"] for r in conf} == {1, 2}
+    by_method = {}
+    for r in conf:
+        by_method.setdefault(r["config"]["method"]["name"], []).append(r)
+    assert len(by_method.pop("lora")) in (2, 4)  # the best trial and the default (one config if they are the same)
+    # beside them the baselines at the same seeds, once: zero-shot left out (a cross-encoder has no untrained score)
+    assert {m: len(rs) for m, rs in by_method.items()} == {"majority": 2, "head_only": 2}
     readme = (rep / "search" / "tiny" / "README.md").read_text()
     assert "## Confirmed on the dev split, several seeds" in readme
+    confirmed = json.loads((rep / "search" / "tiny" / "summary.json").read_text())["confirm"]
+    assert confirmed["experiment"] == "confirm/tiny" and confirmed["rows"]  # the dev-split rerun as data too
+    for row in confirmed["rows"]:
+        assert row["n"] == len(row["seeds"]) and set(row["seeds"]) <= {"1", "2"}  # JSON keys
+        assert row["mean"] == pytest.approx(sum(row["seeds"].values()) / row["n"])
+        assert row["n"] < 2 or row["ci_lo"] <= row["mean"] <= row["ci_hi"]
     assert all(r["status"] in ("ok", "pruned") for r in recs)
     # make report renders the study's report from the records' storage tag too
     p3 = subprocess.run([sys.executable, "-m", "harness.report", "--root", str(out), "--out", str(rep)], cwd=REPO,

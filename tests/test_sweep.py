@@ -17,7 +17,7 @@ import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness.config import effective_alpha, effective_lr, effective_rank
+from harness.config import effective_alpha, effective_lr, effective_rank, resolved
 from tests.conftest import CONF, DATA, REPO, compose
 
 
@@ -114,7 +114,7 @@ def test_qlora_table3_covers_every_data_type_on_one_recipe():
     jobs = grid("qlora_table3")
     assert choices(jobs, "method") == sorted(["full", "lora_bf16", "lora", "qlora_int8", "qlora_fp4", "qlora_fp4_dq",
                                               "qlora_nf4", "qlora_nf4_dq"])
-    recipes = {json.dumps({k: v for k, v in dict(compose(j).train).items() if k != "seed"}, default=str)
+    recipes = {json.dumps({k: v for k, v in resolved(compose(j))["train"].items() if k != "seed"}, default=str)
                for j in distinct(jobs)}
     assert len(recipes) == 1
 

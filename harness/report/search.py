@@ -86,6 +86,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
     study = load_study(study_name, url)
     records = store.records(f"search/{study_name}")
     df = trials_frame(study, records)
+    confirmed = confirm_results(store, study_name)
     out = Path(out_root) / "search" / study_name
     out.mkdir(parents=True, exist_ok=True)
     space = study.user_attrs.get("space", {})
@@ -185,7 +186,7 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
                     o for o in ovr if not o.startswith(("search", "paths."))), "```"]
             L += [""]
             L += _default_section(df, best, metric, maximize, pnames)
-            L += confirm_section(store, study_name)
+            L += confirm_section(confirmed, study_name)
     else:
         L += ["## Best trials", "", "No complete trial yet.", ""]
 
@@ -236,8 +237,8 @@ def render_search(study_name: str, url: str, store, out_root: Path, plots: bool 
     path = out / "README.md"
     path.write_text("\n".join(L))
     (out / "summary.json").write_text(json.dumps(
-        summary(study_name, df, objectives, directions, space, sampler, pruner, imp, n_train, n_eval), indent=1,
-        default=_plain) + "\n")
+        {**summary(study_name, df, objectives, directions, space, sampler, pruner, imp, n_train, n_eval),
+         "confirm": confirmed}, indent=1, default=_plain) + "\n")
     return path
 
 
@@ -275,42 +276,89 @@ def summary(study_name: str, df: pd.DataFrame, objectives, directions, space, sa
             "best": best, "importance": imp, "trials": trials}
 
 
-def confirm_section(store, study_name: str) -> list[str]:
-    """The best trial and the default rerun on several seeds on the dev split (python -m harness.search --confirm):
-    each configuration's mean and 95% t-interval, and best minus default paired by seed."""
+def _num(v) -> float | None:
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def confirm_results(store, study_name: str) -> dict | None:
+    """The best trial and the default rerun on several seeds on the dev split (python -m harness.search --confirm),
+    as plain data: each configuration's mean and 95% t-interval over seeds, and the higher one minus the other
+    paired by seed with its verdict. None before --confirm ran."""
     from harness.report import frame, stats
     from harness.search import confirm_experiment
 
     recs = store.records(confirm_experiment(study_name))
     if not recs:
-        return ["Not yet confirmed on the dev split with several seeds: `python -m harness.search "
-                f"search={study_name} --confirm` reruns the best trial and the default (the search chose on its "
-                "own evaluation data, so the best trial's lead is biased upward).", ""]
+        return None
     chosen, _ = frame.latest_per_config(recs)
     agg = frame.aggregate(frame.runs_frame(chosen), "mean")
     if agg.empty:
-        return []
-    rows, vals = [], []
-    for _, r in agg.iterrows():
-        r = r.to_dict()
-        rows.append([tables.METHOD_LABELS.get(r["method"], r["method"]), tables.targets_label(r["targets"]),
-                     tables.num(r["r"], 0), tables.num(r["alpha"], 0), f"{r['lr']:.2g}", str(r["split"]),
-                     tables.num(r["value"]), tables.mean_ci(r), str(r["n"])])
-        vals.append(r)
+        return None
+    is_base = agg["baseline"].isin(frame.BASELINES)
+    tuned = frame.attach_baselines(agg[~is_base], agg[is_base])
+
+    def entry(r: dict) -> dict:
+        return {"method": r["method"], "mean": _num(r["value"]), "ci_lo": _num(r.get("ci_lo")),
+                "ci_hi": _num(r.get("ci_hi")), "n": int(r["n"]), "split": str(r["split"]),
+                "seeds": {int(k): float(v) for k, v in dict(r["values"]).items()}}
+
+    rows = [{**entry(r), "targets": r["targets"], "r": _num(r["r"]), "alpha": _num(r["alpha"]), "lr": _num(r["lr"]),
+             "best_baseline": r.get("baseline_method"), "best_baseline_value": _num(r.get("baseline_value")),
+             "vs_baseline": r.get("vs_baseline"), "vs_baseline_diff": r.get("vs_baseline_diff")}
+            for r in (x.to_dict() for _, x in tuned.iterrows())]
+    baselines = [entry(x.to_dict()) for _, x in agg[is_base].iterrows()]
+    if not rows:
+        return None
+    out = {"experiment": confirm_experiment(study_name), "level": stats.LEVEL, "rows": rows, "baselines": baselines,
+           "comparison": None}
+    if len(rows) == 2:
+        a, b = sorted(rows, key=lambda x: -x["mean"])
+        d = stats.compare(a["seeds"], b["seeds"])
+        lo, hi = d.interval() if d is not None else (None, None)
+        out["comparison"] = {"higher": {k: a[k] for k in ("targets", "r", "alpha", "lr")},
+                             "other": {k: b[k] for k in ("targets", "r", "alpha", "lr")},
+                             "difference": d.mean if d is not None else None, "ci_lo": lo, "ci_hi": hi,
+                             "n": d.n if d is not None else None, "how": d.how if d is not None else None,
+                             "verdict": stats.beats(d)}
+    return out
+
+
+def confirm_section(res: dict | None, study_name: str) -> list[str]:
+    """The page's section for `confirm_results`."""
+    from harness.report import stats
+    from harness.search import confirm_experiment
+
+    if res is None:
+        return ["Not yet confirmed on the dev split with several seeds: `python -m harness.search "
+                f"search={study_name} --confirm` reruns the best trial and the default (the search chose on its "
+                "own evaluation data, so the best trial's lead is biased upward).", ""]
+    def label(method):
+        return tables.METHOD_LABELS.get(method, method)
+
+    rows = [[label(r["method"]), tables.targets_label(r["targets"]), tables.num(r["r"], 0), tables.num(r["alpha"], 0),
+             f"{r['lr']:.2g}", r["split"], tables.num(r["mean"]), tables.mean_ci(r), str(r["n"]),
+             f"{tables.num(r['best_baseline_value'])} ({label(r['best_baseline'])})" if r["best_baseline"] else tables.DASH,
+             r["vs_baseline"] or tables.DASH, r["vs_baseline_diff"] or tables.DASH] for r in res["rows"]]
     L = ["## Confirmed on the dev split, several seeds", "",
          f"The best trial and the default rerun as ordinary runs (experiment `{confirm_experiment(study_name)}`), "
-         "evaluated on the split the reports show, not the one the search chose on. Mean over seeds, 95% "
-         "t-interval.", "",
-         tables.md_table(["Method", "Targets", "r", "alpha", "lr", "Split", "Mean", "Mean [95% t-CI]", "n"], rows,
-                         ["l", "l", "r", "r", "r", "l", "r", "r", "r"]), ""]
-    if len(vals) == 2:
-        a, b = sorted(vals, key=lambda r: -r["value"])
-        d = stats.compare(a["values"], b["values"])
-        verdict = stats.beats(d)
+         "evaluated on the split the reports show, not the one the search chose on, beside the best baseline run at "
+         "the same seeds. Mean over seeds, 95% t-interval; the difference to the baseline paired by seed.", "",
+         tables.md_table(["Method", "Targets", "r", "alpha", "lr", "Split", "Mean", "Mean [95% t-CI]", "n",
+                          "Best baseline", "vs baseline", "− baseline [95% CI]"], rows,
+                         ["l", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l", "l"]), ""]
+    if res.get("baselines"):
+        L += ["Baselines: " + "; ".join(f"{label(b['method'])} {tables.mean_ci(b)} (n={b['n']})"
+                                        for b in res["baselines"]) + ".", ""]
+    c = res["comparison"]
+    if c is not None:
+        a = c["higher"]
+        d = None if c["difference"] is None else stats.Diff(c["difference"], c["n"], c["how"])
+        text = (f"{d.mean:+.1f} [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}] ({int(res['level'] * 100)}% interval, "
+                f"{d.how})") if d is not None else "unknown (one seed)"
         L += [f"Higher mean: {tables.targets_label(a['targets'])} r={int(a['r'])} lr {a['lr']:.2g}; difference to the "
-              f"other {d.text() if d is not None else 'unknown (one seed)'}: the lead "
-              + ("holds on the dev split." if verdict == stats.HOLDS else
-                 "is not resolved on the dev split (winner's curse or noise)." if verdict == stats.UNRESOLVED else
+              f"other {text}: the lead "
+              + ("holds on the dev split." if c["verdict"] == stats.HOLDS else
+                 "is not resolved on the dev split (winner's curse or noise)." if c["verdict"] == stats.UNRESOLVED else
                  "reverses on the dev split."), ""]
     return L
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.config import ConfigError, compose
+from harness.config import ConfigError, compose, value_of
 
 if TYPE_CHECKING:
     from harness.config import Config
@@ -86,11 +87,25 @@ def _override(name: str, value: Any) -> str:
     return f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
 
 
+def has_key(cfg: Config, dotted: str) -> bool:
+    """Whether `dotted` (lora.r, train.lr, ...) names a value of the typed run config."""
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            if part not in node:
+                return False
+            node = node[part]
+        elif is_dataclass(node) and part in {f.name for f in fields(node)}:
+            node = getattr(node, part)
+        else:
+            return False
+    return True
+
+
 def validate_search(spec, cfg: Config, base: list[str] = (), user_overrides: list[str] = ()) -> None:
     """Check a search space before any model loads; raise ConfigError naming the bad value and the valid ones.
     `cfg` is the run config composed from `base` (the overrides every trial starts from)."""
     from hydra.errors import ConfigCompositionException
-    from omegaconf import OmegaConf
 
     from harness.config import kind_of, validate
 
@@ -109,7 +124,7 @@ def validate_search(spec, cfg: Config, base: list[str] = (), user_overrides: lis
     for name, p in spec.params.items():
         where = f"search.params.{name}"
         key = param_key(name, p)
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if not has_key(cfg, key):
             raise ConfigError(f"{where}: key {key!r} is not a value of the run config (e.g. lora.r, lora.alpha, "
                               "train.lr, lora.targets, lora.dropout)")
         if key in {_key(o) for o in user_overrides}:
@@ -282,10 +297,7 @@ def describe_pruner(spec) -> str:
 
 def space_description(spec) -> dict:
     """What must not change when a study is resumed: the space and the objectives (stored with the study)."""
-    from omegaconf import OmegaConf
-
-    def plain(x):
-        return OmegaConf.to_container(x, resolve=True, enum_to_str=True)
+    from harness.config import plain
 
     return {
         "params": plain(spec.params),
@@ -298,5 +310,5 @@ def run_eval_splits(task) -> list[str]:
     """The splits a run evaluates on: the carved one alone when choosing a recipe (task.tune), else the task's."""
     from harness.tasks.data import CARVED
 
-    return [CARVED] if task.get("tune") else list(task.eval_splits)
+    return [CARVED] if value_of(task, "tune") else list(task.eval_splits)
 

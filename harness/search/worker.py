@@ -119,15 +119,11 @@ class RunObjective:
         self.spec, self.overrides, self.output_root, self.url = spec, overrides, output_root, url
 
     def config(self, trial_number: int, values: dict[str, Any]):
-        from omegaconf import open_dict
-
         ovr = merge_overrides(self.overrides, [_override(k, v) for k, v in values.items()])
         cfg = compose(ovr)
-        with open_dict(cfg):
-            cfg.experiment_name = f"search/{self.spec.study}"
-            cfg.tags = {**dict(cfg.tags or {}), "study": self.spec.study, "trial": trial_number,
-                        "storage": public_url(self.url), "search_params": dict(values),
-                        "overrides": ovr}
+        cfg.experiment_name = f"search/{self.spec.study}"
+        cfg.tags = {**dict(cfg.tags or {}), "study": self.spec.study, "trial": trial_number,
+                    "storage": public_url(self.url), "search_params": dict(values), "overrides": ovr}
         return cfg
 
     def __call__(self, trial):
@@ -234,10 +230,12 @@ def confirm(spec, url: str, base: list[str], workers: int = 1) -> int:
     jobs = confirm_jobs(spec, study)
     run_base = [o for o in base if _key(o) != "search" and not o.startswith("search.")]
     rc = 0
-    for label, params in jobs:
+    for i, (label, params) in enumerate(jobs):
         ovr = merge_overrides(run_base, [_override(k, v) for k, v in params.items()], list(spec.confirm_overrides),
                               [f"experiment_name={confirm_experiment(spec.study)}",
                                "train.seed=" + ",".join(str(int(s)) for s in spec.confirm_seeds)])
+        if i == 0 and spec.confirm_baselines:  # once: the baselines' runs are the same for both configurations
+            ovr.append("hydra.sweeper.baselines=[" + ",".join(map(str, spec.confirm_baselines)) + "]")
         if workers > 1:
             ovr.append(f"hydra.launcher.n_jobs={workers}")
         print(f"[{spec.study}] confirm {label}: " + " ".join(ovr), flush=True)

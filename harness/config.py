@@ -431,8 +431,7 @@ def compose(overrides: list[str]) -> Config:
 
 
 def compose_node(overrides: list[str]) -> DictConfig:
-    """The composed config as Hydra gives it (a DictConfig), before `typed` converts it: for the few callers that
-    edit a config with OmegaConf's tools before a run is built from it."""
+    """The composed config as Hydra gives it (a DictConfig), before `typed` converts it."""
     from pathlib import Path
 
     from hydra import compose as hcompose

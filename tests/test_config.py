@@ -147,6 +147,27 @@ def test_every_task_model_and_method_config_composes_and_validates():
         validate(compose([f"method={method}", *task]))
 
 
+def test_a_composed_config_is_converted_once_to_the_schemas_dataclasses_and_records_the_same_dict():
+    """compose() gives the schema's dataclasses (enums as members, interpolations resolved), and the plain dict a
+    record stores (and hashes) is the one the DictConfig gave, key order included, for every group's config and
+    every experiment: converting changed no config hash, so finished runs still count as done."""
+    import json
+    from dataclasses import is_dataclass
+
+    from harness.config import Config, Dtype, compose_node, plain, resolved, typed
+
+    cfg = compose(["method=qlora_nf4", "train.report_to=[tensorboard]"])
+    assert isinstance(cfg, Config) and is_dataclass(cfg.train) and isinstance(cfg.method.compute_dtype, Dtype)
+    assert "${" not in cfg.paths.output_root and typed(cfg) is cfg
+    cases = [[f"method={n}"] for n in METHODS] + [[f"+experiment={p.stem}"] for p in sorted((CONF / "experiment").glob("*.yaml"))]
+    cases += [["search=mrpc_minilm"], ["train.report_to=[tensorboard]", "task=wikisql", "model=smollm2_135m"]]
+    for ovr in cases:
+        node = compose_node(ovr)
+        assert json.dumps(resolved(typed(node))) == json.dumps(plain(node)), ovr
+    with pytest.raises(TypeError, match="composed run config"):
+        typed({"train": {}})
+
+
 def test_methods_and_tasks_are_declared_once_in_their_yaml():
     """Every method and task carries its display title in its own YAML; the reports' titles and the planner's
     methods are read from conf/, so a new method variant is one file; a title changes no run's config hash."""

@@ -333,7 +333,8 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     assert sorted(r["tags"]["trial"] for r in recs) == [0, 1, 2, 3]
     # trials chose on the carved split; --confirm reruns the best and the default on dev, 2 seeds each
     assert {r["metrics"]["headline"]["split"] for r in recs if r["status"] == "ok"} == {"carved"}
-    p3 = subprocess.run(cmd + ["search.n_trials=4", "search.confirm_seeds=[1,2]", "--confirm", "--workers", "2"],
+    p3 = subprocess.run(cmd + ["search.n_trials=4", "search.confirm_seeds=[1,2]", "search.confirm_baselines=[majority,zero_shot]",
+                               "--confirm", "--workers", "2"],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p3.returncode == 0, p3.stdout[-3000:] + p3.stderr[-3000:]
     conf = Store(out).records("confirm/tiny")
@@ -342,8 +343,9 @@ def test_make_search_end_to_end_with_report_and_resume(tmp_path, tiny_bert):
     for r in conf:
         by_method.setdefault(r["config"]["method"]["name"], []).append(r)
     assert len(by_method.pop("lora")) in (2, 4)  # the best trial and the default (one config if they are the same)
-    # beside them the baselines at the same seeds, once: zero-shot left out (a cross-encoder has no untrained score)
-    assert {m: len(rs) for m, rs in by_method.items()} == {"majority": 2, "head_only": 2}
+    # beside them the baselines asked for, at the same seeds, once: zero-shot left out (a cross-encoder has no
+    # untrained score; head only is left out here to keep the test short)
+    assert {m: len(rs) for m, rs in by_method.items()} == {"majority": 2}
     readme = (rep / "search" / "tiny" / "README.md").read_text()
     assert "## Confirmed on the dev split, several seeds" in readme
     confirmed = json.loads((rep / "search" / "tiny" / "summary.json").read_text())["confirm"]

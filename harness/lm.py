@@ -98,6 +98,40 @@ def _device(model) -> str:
     return next(model.parameters()).device.type
 
 
+@contextlib.contextmanager
+def frozen_weights_in(model, dtype: torch.dtype):
+    """While decoding under autocast to `dtype` (bf16): every frozen fp32 nn.Linear weight held as a `dtype` copy.
+    Autocast caches its casts of trainable weights for the whole context, but casts a frozen weight again at every
+    call, so each decoding step of a LoRA/QLoRA-on-fp32-base model re-cast the whole base (SmolLM2: 135M values a
+    token). The copy is the same cast done once: the matmuls see the same bf16 values, so the outputs are
+    bitwise the same (tested). A weight tied to an input embedding (the LM head) gets its own copy for the output
+    layer only (the embedding lookup keeps fp32); the originals and the tie are put back on exit. Nothing is done
+    for other dtypes, or when an adapter uses DoRA (it reads the base weight outside the matmul)."""
+    if dtype != torch.bfloat16 or any(any(getattr(m, "use_dora", {}).values()) for m in model.modules()):
+        yield 0
+        return
+    embedded = {p.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    swapped = []  # (module, the original weight Parameter)
+    try:
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if (isinstance(m, torch.nn.Linear) and isinstance(w, torch.nn.Parameter) and w.dtype == torch.float32
+                    and not w.requires_grad):
+                if w.data_ptr() in embedded:  # tied to the input embedding: a copy for this layer alone
+                    m.weight = torch.nn.Parameter(w.detach().to(dtype), requires_grad=False)
+                    swapped.append((m, w, None))
+                else:
+                    swapped.append((m, w, w.data))
+                    w.data = w.data.to(dtype)
+        yield len(swapped)
+    finally:
+        for m, w, data in reversed(swapped):
+            if data is None:
+                m.weight = w
+            else:
+                w.data = data
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
@@ -247,37 +281,39 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     restarts = 0
     pending = list(range(len(prompts)))
     t0 = time.perf_counter()
-    while pending:
-        again = []
-        lengths = [len(enc[i]) + len(done[i]) for i in pending]
-        for idx in _batches_by_length(lengths, batch_size):
-            rows = [pending[k] for k in idx]
-            ids, mask = _left_pad([enc[i] + done[i] for i in rows], pad)
-            budget = max_new_tokens - min(len(done[i]) for i in rows)
-            with _autocast(dtype, device):
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
-                    do_sample=False, num_beams=num_beams, pad_token_id=pad, eos_token_id=eos,
-                    **({"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}),
-                    **({"no_repeat_ngram_size": no_repeat_ngram_size} if no_repeat_ngram_size else {}),
-                    stop_strings=stops if use_stops else None, tokenizer=tokenizer if use_stops else None,
-                )
-            steps += out.shape[1] - ids.shape[1]
-            for j, i in enumerate(rows):
-                new = out[j, ids.shape[1]:].tolist()
-                ended = eos is not None and eos in new
-                if ended:
-                    new = new[: new.index(eos)]
-                new = (done[i] + new)[:max_new_tokens]
-                text = tokenizer.decode(new, skip_special_tokens=True)
-                if use_stops and not ended and len(new) < max_new_tokens and not cut_at_stop(text, stops).strip():
-                    done[i] = new  # stopped at a stop string before any answer: go on from there
-                    again.append(i)
-                    continue
-                texts[i] = cut_at_stop(text, stops)
-                new_tokens += len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]) if texts[i] else 0
-        restarts += len(again)
-        pending = again
+    with frozen_weights_in(model, dtype):
+        while pending:
+            again = []
+            lengths = [len(enc[i]) + len(done[i]) for i in pending]
+            for idx in _batches_by_length(lengths, batch_size):
+                rows = [pending[k] for k in idx]
+                ids, mask = _left_pad([enc[i] + done[i] for i in rows], pad)
+                budget = max_new_tokens - min(len(done[i]) for i in rows)
+                with _autocast(dtype, device):
+                    out = model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
+                        do_sample=False, num_beams=num_beams, pad_token_id=pad, eos_token_id=eos,
+                        **({"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}),
+                        **({"no_repeat_ngram_size": no_repeat_ngram_size} if no_repeat_ngram_size else {}),
+                        stop_strings=stops if use_stops else None, tokenizer=tokenizer if use_stops else None,
+                    )
+                steps += out.shape[1] - ids.shape[1]
+                for j, i in enumerate(rows):
+                    new = out[j, ids.shape[1]:].tolist()
+                    ended = eos is not None and eos in new
+                    if ended:
+                        new = new[: new.index(eos)]
+                    new = (done[i] + new)[:max_new_tokens]
+                    text = tokenizer.decode(new, skip_special_tokens=True)
+                    opened_with_stop = not cut_at_stop(text, stops).strip()
+                    if use_stops and not ended and len(new) < max_new_tokens and opened_with_stop:
+                        done[i] = new  # stopped at a stop string before any answer: go on from there
+                        again.append(i)
+                        continue
+                    texts[i] = cut_at_stop(text, stops)
+                    new_tokens += len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]) if texts[i] else 0
+            restarts += len(again)
+            pending = again
     wall = time.perf_counter() - t0
     model.train(was_training)
     stats = {"examples": len(prompts), "new_tokens": new_tokens, "seconds": wall,

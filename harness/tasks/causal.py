@@ -28,7 +28,6 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
-from harness.config import value_of
 from harness.metrics.sql import from_wikisql
 
 CHOICES = ["A", "B", "C", "D"]
@@ -116,7 +115,7 @@ def read_tables(path: Path) -> dict[str, dict]:
 
 
 def _tables_path(path: Path, spec: dict, task, data_dir: Optional[Path]) -> Optional[Path]:
-    named = spec.get("tables") or value_of(task, "tables")
+    named = spec.get("tables") or task.tables
     if named:
         p = Path(named)
         return p if p.is_absolute() or data_dir is None else data_dir / p
@@ -189,7 +188,7 @@ def _table(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
         except KeyError as e:
             raise FormatError(f"{where}:{i}: the prompt/answer template names column {e} the row lacks "
                               f"(it has {sorted(row)})") from None
-        if value_of(task, "group_by"):
+        if task.group_by:
             if task.group_by not in row:
                 raise FormatError(f"{where}:{i}: task.group_by={task.group_by!r} is not a column of the row "
                                   f"(it has {sorted(row)})")
@@ -246,7 +245,7 @@ def _mmlu_rows(rows: list[dict], where: str, task, ctx: dict) -> list[dict]:
     out = []
     for i, r in enumerate(rows, 1):
         _need(r, ("subject", "question", "choice0", "choice1", "choice2", "choice3", "answer"), f"{where}:{i}")
-        k = int(value_of(task, "shots", 0) or 0)
+        k = int(task.shots or 0)
         examples = shots.get(r["subject"], [])[:k]
         if len(examples) < k:
             raise FormatError(f"{where}: {k}-shot needs {k} dev examples of {r['subject']!r}, found {len(examples)}")
@@ -296,7 +295,7 @@ def read_file(path: Path, spec: dict, task, data_dir: Optional[Path], ctx: dict)
     if fmt == "lines":
         return read_lines(path, task)
     if fmt == "mmlu_csv":
-        if spec.get("shots_from") and int(value_of(task, "shots", 0) or 0) > 0:
+        if spec.get("shots_from") and int(task.shots or 0) > 0:
             shots: dict[str, list] = {}
             for r in _read_mmlu_folder(data_dir / spec["shots_from"] if data_dir else Path(spec["shots_from"])):
                 shots.setdefault(r["subject"], []).append(r)
@@ -311,7 +310,7 @@ def read_file(path: Path, spec: dict, task, data_dir: Optional[Path], ctx: dict)
                 "(set task.tables=<path to *.tables.jsonl>, or use the prompt-formatted subset, task=wikisql)"
             )
         ctx["tables"] = read_tables(tpath)
-    elif fmt == "wikisql_text" and (spec.get("tables") or value_of(task, "tables")):
+    elif fmt == "wikisql_text" and (spec.get("tables") or task.tables):
         tpath = _tables_path(path, spec, task, data_dir)
         if tpath is not None and tpath.is_file():
             ctx["tables"] = read_tables(tpath)

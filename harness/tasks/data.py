@@ -15,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-from harness.config import is_causal, is_regression, value_of
+from harness.config import is_causal, is_regression
 
 ENV_VAR = "HARNESS_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def _read_causal_file(path: Path, spec: dict, task, data_dir: Path, ctx: dict) -
 
 def _load_local(data_dir: Path, split: str, task, ctx: dict) -> Optional[tuple[pd.DataFrame, str]]:
     """The split's local files (task.local), read and concatenated; None when any is absent."""
-    specs = (value_of(task, "local") or {}).get(split)
+    specs = (task.local or {}).get(split)
     if not specs:
         return None
     read = _read_causal_file if is_causal(task) else _read_glue_file
@@ -180,7 +180,7 @@ def _load_hub(split: str, task, ctx: dict) -> tuple[pd.DataFrame, str]:
     name = _hub_name(task)
     where = f"hub:{task.hub_id}/{name}:{split}"
     df = datasets.load_dataset(task.hub_id, name, split=split).to_pandas()
-    rename = dict(value_of(task, "hub_rename") or {})
+    rename = dict(task.hub_rename or {})
     if is_causal(task):
         from harness.tasks.causal import convert
 
@@ -195,7 +195,7 @@ def load_split(task, split: str, data_dir: Optional[Path], ctx: Optional[dict] =
         got = _load_local(data_dir, split, task, ctx)
         if got is not None:
             return got
-        specs = (value_of(task, "local") or {}).get(split) or []
+        specs = (task.local or {}).get(split) or []
         looked = [f"{data_dir / s['path']} ({'found' if (data_dir / s['path']).exists() else 'missing'})"
                   for s in specs] or [f"{data_dir} (no local files declared for this split)"]
     hub = task.hub_id + (f" (config {_hub_name(task)!r})" if _hub_name(task) else "")
@@ -263,10 +263,10 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
     sample of that many train rows, removed from train. `need_train=False` (evaluation-only runs) skips train.
     """
     ctx: dict = {}
-    holdout = value_of(task, "holdout_size")
+    holdout = task.holdout_size
     evals, source = {}, {}
     train = None
-    if value_of(task, "tune"):  # choosing a recipe: evaluate on rows carved out of train only, never on the dev split
+    if task.tune:  # choosing a recipe: evaluate on rows carved out of train only, never on the dev split
         train, src = load_split(task, task.train_split, data_dir, ctx)
         if holdout:  # the holdout is the eval split reports show: the carve never draws from it
             train = train.drop(_holdout(train, holdout, task.name).index).reset_index(drop=True)
@@ -285,7 +285,7 @@ def load_task(task, data_dir: Optional[Path], seed: int, *, need_train: bool = T
             df, src = held.reset_index(drop=True), f"{source[task.train_split]} (seeded holdout of {holdout})"
         else:
             df, src = load_split(task, split, data_dir, ctx)
-        per_subject = value_of(task, "per_subject")
+        per_subject = task.per_subject
         if per_subject and "subject" in df.columns:  # MMLU: a seeded subset of each subject
             df = pd.concat([g.sample(n=min(per_subject, len(g)), random_state=0)
                             for _, g in df.groupby("subject", sort=True)], ignore_index=True)

@@ -508,3 +508,15 @@ def test_frozen_weights_cast_once_for_decoding_give_the_same_text_and_are_put_ba
     dora = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
     with lm.frozen_weights_in(dora, torch.bfloat16) as n:
         assert n == 0
+
+
+def test_the_mmlu_side_evaluation_of_a_causal_run_scores_every_question_it_reads(tiny_causal):
+    """mmlu_eval (QLoRA Table 4's before/after MMLU): runner._mmlu builds its own typed TaskConfig for the
+    questions file and scores each question once: per_subject=2 gives 2 questions for each of MMLU's 57 subjects."""
+    from harness.runner import _mmlu
+
+    model, t = tiny_causal
+    cfg = compose(["model=smollm2_135m", "task=alpaca", "mmlu_eval.enabled=true", "mmlu_eval.per_subject=2",
+                   "mmlu_eval.batch_size=32"])
+    res = _mmlu(cfg, model, t, torch.float32)
+    assert res["questions"] == 114 and 0.0 <= res["accuracy"] <= 1.0 and res["source"]

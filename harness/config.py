@@ -269,6 +269,10 @@ class TrainConfig:
     # peak memory on CPU is read exactly in a window (loading, two optimizer steps and a probe pass over the
     # largest batch), then glibc keeps freed memory for speed (harness/profile.py); false: exact to the end (slower)
     memory_probe: bool = True
+    # causal LMs: the output layer and the loss run only at the positions the loss scores (the answer's tokens; not
+    # the prompt's or the padding's), through transformers' logits_to_keep: the same loss (up to float rounding),
+    # without the [batch, seq, vocab] logits (most of a SmolLM2 WikiSQL step's memory); false: every position
+    scored_logits_only: bool = True
     # experiment trackers the run also logs to (none by default), e.g. train.report_to=[tensorboard,mlflow]:
     # TensorBoard event files / an MLflow store under the run directory unless the environment names another
     report_to: list[Tracker] = field(default_factory=list)

@@ -212,10 +212,13 @@ def _autocast_mode(dtype, quantized: set[int], excluded: set[int], params: set[i
     return Autocast()
 
 
-def trace_activations(model, batch: int, seq: int, head: str, compute=None, quantized: set[int] = frozenset()) -> dict:
+def trace_activations(model, batch: int, seq: int, head: str, compute=None, quantized: set[int] = frozenset(),
+                      scored: int | None = None) -> dict:
     """Bytes of the tensors autograd saves in one forward pass (meta device, nothing allocated), split into the
     transformer layers' share and the rest. `compute`: the autocast dtype (None: no autocast); `quantized`: storages
-    of the weights a quantizer holds (their 16-bit casts are not kept)."""
+    of the weights a quantizer holds (their 16-bit casts are not kept); `scored` (an LM): the output layer runs at
+    this many positions (train.scored_logits_only), traced as the last ceil(scored / batch) of each sequence (a meta
+    tensor cannot be masked: at most batch - 1 positions more)."""
     import contextlib
 
     import torch
@@ -242,6 +245,9 @@ def trace_activations(model, batch: int, seq: int, head: str, compute=None, quan
     mask = torch.ones(batch, seq, dtype=torch.long, device="meta")
     kw = {"input_ids": ids, "attention_mask": mask}
     kw["labels"] = ids if head == "lm" else torch.zeros(batch, dtype=torch.long, device="meta")
+    if head == "lm" and scored is not None:
+        keep = max(1, min(seq, -(-int(scored) // batch)))
+        kw.update(logits_to_keep=keep, labels=ids[:, :keep])
     if head == "bi_encoder":  # both sentences of each pair, each as long as the longest side
         kw.update(input_ids_b=ids, attention_mask_b=mask)
         if model.num_labels == 1:
@@ -279,9 +285,11 @@ def _layer_list(model):
 
 
 # ============================================================================================ the plan
-def plan(cfg: Config) -> Plan:
+def plan(cfg: Config, scored_tokens: int | None = None) -> Plan:
     """The memory plan of the run `cfg` describes (plan.device: cuda|cpu picks the compute dtype for `auto`;
-    plan.lora_dtype: fp32|bf16; config.PlanConfig)."""
+    plan.lora_dtype: fp32|bf16; config.PlanConfig). `scored_tokens` (a causal LM with train.scored_logits_only): the
+    positions the output layer runs at in the largest batch, as a record keeps them; unknown (None), every position
+    of the batch, the most it can be."""
     import dataclasses
 
     import torch
@@ -375,7 +383,10 @@ def plan(cfg: Config) -> Plan:
             p.requires_grad_(True)
             qkeys.add(p.untyped_storage()._cdata)
     amp = compute if compute != base else None
-    per = trace_activations(model, b, s, head, amp, qkeys)
+    scored = None
+    if head == "lm" and cfg.train.scored_logits_only and scored_tokens is not None:
+        scored = min(int(scored_tokens), b * s)
+    per = trace_activations(model, b, s, head, amp, qkeys, scored)
     if ckpt:
         per_layer = per["layers"] / max(per["n_layers"], 1)
         hidden = _hidden(cfg)
@@ -400,8 +411,16 @@ def plan(cfg: Config) -> Plan:
         notes["framework working memory (CPU)"] = "measured constant (plan.CPU_FRAMEWORK_BYTES)"
     if head == "lm":
         vocab = int(hf_config(cfg.model).vocab_size)
-        parts["loss buffers"] = b * s * vocab * 4
-        notes["loss buffers"] = f"gradient of the fp32 logits: {b} x {s} x {vocab:,} x 4 bytes"
+        if scored is not None:
+            parts["loss buffers"] = scored * vocab * 4
+            notes["loss buffers"] = (f"gradient of the fp32 logits at the {scored:,} scored positions (the run's "
+                                     f"largest count; train.scored_logits_only) x {vocab:,} x 4 bytes")
+        else:
+            parts["loss buffers"] = b * s * vocab * 4
+            notes["loss buffers"] = (f"gradient of the fp32 logits: {b} x {s} x {vocab:,} x 4 bytes"
+                                     + (" (at most: with train.scored_logits_only only the answer's positions are "
+                                        "computed, known once a run has counted them)"
+                                        if cfg.train.scored_logits_only else ""))
     return Plan(model=cfg.model.name, method=m.name,
                 setting={"batch_size": b, "max_seq_len": s, "gradient_checkpointing": ckpt, "optimizer": optim,
                          "r": effective_rank(cfg.lora) if adapter else None,
@@ -439,8 +458,9 @@ def _setting(cfg: Config, key: str, default: str) -> str:
 
 
 def plan_at(cfg: Config | dict, longest: dict | None, device: str) -> Plan:
-    """The plan of a run's config (typed, or a record's stored dict) at its longest batch ({batch_size, seq_len},
-    as its record keeps it), on `device`."""
+    """The plan of a run's config (typed, or a record's stored dict) at its longest batch ({batch_size, seq_len} and,
+    for an LM that computed logits only where its loss reads them, scored_tokens, as its record keeps it), on
+    `device`."""
     import dataclasses
 
     from harness.config import PlanConfig, from_record
@@ -449,8 +469,11 @@ def plan_at(cfg: Config | dict, longest: dict | None, device: str) -> Plan:
     longest = longest or {}
     train = dataclasses.replace(cfg.train, batch_size=longest.get("batch_size") or cfg.train.batch_size,
                                 max_seq_len=longest.get("seq_len") or cfg.train.max_seq_len)
+    if longest and "scored_tokens" not in longest:  # a run that counted none computed logits at every position
+        train = dataclasses.replace(train, scored_logits_only=False)
     return plan(dataclasses.replace(cfg, train=train, plan=PlanConfig(device=device,
-                                                                      lora_dtype=_setting(cfg, "lora_dtype", "fp32"))))
+                                                                      lora_dtype=_setting(cfg, "lora_dtype", "fp32"))),
+                scored_tokens=longest.get("scored_tokens"))
 
 
 def plan_for_record(rec: dict) -> Plan:

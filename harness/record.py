@@ -153,7 +153,9 @@ class Throughput(Section):
     median_step_s: float | None = None
     steps: int | None = None
     warmup_steps_excluded: int | None = None
-    longest_batch: dict | None = None  # (padded) tokens per sequence and its batch size
+    # (padded) tokens per sequence (seq_len) and its batch size; a causal LM whose logits ran only at scored
+    # positions (train.scored_logits_only) adds scored_tokens, the most positions one batch scored
+    longest_batch: dict | None = None
 
 
 @dataclass

@@ -21,10 +21,11 @@ ADAPTER_INIT_NAME = "adapter_init.safetensors"
 HASH_EXCLUDE = ("paths", "tags", "report", "search", "plan")
 # ... and keys inside groups: display titles; planner metadata; the checkpoint format allowed (same weights either way); stopping
 # on a non-finite loss (a run that never meets one computes the same, and one that did is not `ok`, so reruns);
-# how memory is metered (the probe restores the RNG and drops its gradients: training is the same)
+# how memory is metered (the probe restores the RNG and drops its gradients: training is the same); computing a causal
+# LM's logits only where the loss reads them (the same loss up to float rounding: tests/test_train.py)
 HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "method": ("title",), "task": ("title",),
                      "train": ("stop_on_nonfinite_loss", "memory_probe", "report_to", "save_every",
-                               "save_every_min")}
+                               "save_every_min", "scored_logits_only")}
 # schema keys added after records existed, left out of the hash while at the value that computes what runs made
 # before them computed (their default, except train.fast_dropout, on by default: false is torch's dropout, as before),
 # so such a run's hash, resume and grouping with older seeds stay the same

@@ -16,7 +16,7 @@ import torch
 
 from harness import metrics as metric_fns
 from harness.config import effective_lr, is_bi_encoder, is_causal, is_regression, trains
-from harness.lm import padded_length
+from harness.lm import IGNORE, padded_length
 from harness.profile import Throughput
 from harness.tracking import TRACKERS
 from harness.tracking import names as tracker_names
@@ -129,6 +129,30 @@ class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
             yield from b
 
 
+def scored_only(inputs: dict) -> dict:
+    """A causal LM's batch with the output layer and the loss restricted to the positions the loss scores: position t
+    predicts token t+1, so t is kept where label t+1 is not IGNORE (the answer's tokens; the prompt's and padding's
+    are not). transformers' `logits_to_keep` (a boolean [batch, seq] mask) flattens the kept hidden states to
+    [n, hidden] before the output layer, and `shift_labels` gives the loss the n targets in the same order: the
+    same loss as over every position (the sum over scored tokens, divided by their number or by the Trainer's
+    num_items_in_batch), without the [batch, seq, vocab] logits."""
+    labels = inputs["labels"]
+    nxt = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    keep = nxt != IGNORE
+    return {**inputs, "logits_to_keep": keep, "shift_labels": nxt[keep]}
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether a (peft-wrapped) causal LM's forward takes `logits_to_keep` (transformers' LMs do)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _trainer_class():
     from transformers import Trainer, TrainerCallback
 
@@ -191,9 +215,12 @@ def _trainer_class():
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return ShuffledLengthGroupedSampler(ds["length"], group, seed)
 
-        def __init__(self, *a, meter: Throughput, memory_window=None, **kw):
+        def __init__(self, *a, meter: Throughput, memory_window=None, scored_logits_only: bool = False, **kw):
             super().__init__(*a, **kw)
             self.meter = meter
+            # causal LMs: logits only where the loss reads them (train.scored_logits_only, `scored_only`)
+            self.scored_logits_only = scored_logits_only
+            self._scored = torch.zeros((), dtype=torch.long)  # most positions one training batch scored
             self._tokens = torch.zeros((), dtype=torch.long)
             self._samples = 0
             self.eval_seconds = 0.0
@@ -239,6 +266,14 @@ def _trainer_class():
                                                                             if k.startswith("input_ids")))},
                   "probe_s": self.probe_seconds})
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.scored_logits_only and inputs.get("labels") is not None:
+                inputs = scored_only(inputs)
+                if model.training:
+                    n = inputs["shift_labels"].numel()
+                    self._scored = torch.clamp(self._scored, min=n)  # no host sync per step
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
         def training_step(self, model, inputs, num_items_in_batch=None):
             for key in ("attention_mask", "attention_mask_b"):  # a bi-encoder's batch holds both sentences
                 mask = inputs.get(key)
@@ -263,6 +298,8 @@ def _trainer_class():
             self.meter.samples = self._samples
             s, b = getattr(self, "max_batch_shape", (0, 0))
             self.meter.longest_batch = {"batch_size": b, "seq_len": s}
+            if self.scored_logits_only:  # the planner's loss buffers: logits at this many positions at most
+                self.meter.longest_batch["scored_tokens"] = int(self._scored.item())
 
     return HarnessTrainer, TimingCallback
 
@@ -378,6 +415,7 @@ def make_trainer(model, tokenizer, train_ds, eval_sets: dict, cfg: Config, out_d
         callbacks=[timing, *callbacks],
         meter=meter,
         memory_window=memory_window if t.memory_probe else None,
+        scored_logits_only=causal and t.scored_logits_only and accepts_logits_to_keep(model),
     )
     timing.trainer = trainer
 

@@ -520,3 +520,38 @@ def test_the_mmlu_side_evaluation_of_a_causal_run_scores_every_question_it_reads
                    "mmlu_eval.batch_size=32"])
     res = _mmlu(cfg, model, t, torch.float32)
     assert res["questions"] == 114 and 0.0 <= res["accuracy"] <= 1.0 and res["source"]
+
+
+def test_logits_at_scored_positions_only_give_the_same_loss_and_gradients(tiny_causal):
+    """train.scored_logits_only: the output layer and the loss at the answer's positions only (train.scored_only)
+    give the loss and gradients of the full [batch, seq, vocab] computation, with and without the Trainer's
+    num_items_in_batch; positions kept = the tokens the loss scores."""
+    from harness.train import accepts_logits_to_keep, scored_only
+
+    model, t = tiny_causal
+    feats = [lm.encode_example(t, "table: 1-2\ncolumns: A, B\nQ: what is a?\nA:", " SELECT A FROM t", 64),
+             lm.encode_example(t, "Q: short\nA:", " SELECT B FROM t WHERE A = 'x'", 64)]
+    batch = lm.SFTCollator(pad_id=0, pad_to_multiple_of=8)([{k: v for k, v in f.items() if k != "truncated"}
+                                                             for f in feats])
+    scored = int((batch["labels"][:, 1:] != lm.IGNORE).sum())
+    assert accepts_logits_to_keep(model)
+    trimmed = scored_only(batch)
+    assert int(trimmed["logits_to_keep"].sum()) == trimmed["shift_labels"].numel() == scored
+    assert scored < batch["input_ids"].numel() // 2  # the prompts and the padding are most of the batch
+    model.train()
+    try:
+        for extra in ({}, {"num_items_in_batch": torch.tensor(scored + 3)}):
+            grads = []
+            for inputs in (batch, trimmed):
+                model.zero_grad()
+                out = model(**inputs, **extra)
+                out.loss.backward()
+                grads.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()], out.logits.shape))
+            (l_full, g_full, shape_full), (l_cut, g_cut, shape_cut) = grads
+            assert shape_full == (*batch["input_ids"].shape, 30522) and shape_cut == (scored, 30522)
+            torch.testing.assert_close(l_cut, l_full, rtol=1e-5, atol=1e-6)
+            for a, b in zip(g_cut, g_full):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    finally:
+        model.zero_grad()
+        model.eval()

@@ -125,6 +125,9 @@ def test_smollm2_wikisql_sft_generates_and_scores(tmp_path):
     assert len(preds) == 4 and all("\n" not in p["pred"] and p["gold"].startswith("SELECT") for p in preds)
     assert rec["throughput"]["steps"] == 2 and rec["task"]["train_answer_tokens_per_epoch"] > 0
     assert rec["model"]["linear_storage"]["bits_per_param"] == 32.0
+    # logits only at the answers' positions (train.scored_logits_only): the most one batch scored is recorded
+    longest = rec["throughput"]["longest_batch"]
+    assert 0 < longest["scored_tokens"] < longest["batch_size"] * longest["seq_len"] / 2
 
 
 def test_evaluation_only_run_of_a_4bit_base(tmp_path):

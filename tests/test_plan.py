@@ -194,3 +194,25 @@ def test_a_recorded_run_is_planned_in_the_dtype_it_computed_in_whatever_auto_mea
     bf16 = plan_for_record(rec | {"method": {"compute_dtype": "bfloat16"}})
     assert fp32.setting["compute_dtype"] == "float32" and bf16.setting["compute_dtype"] == "bfloat16"
     assert fp32.total != bf16.total  # bf16 activations: a different plan
+
+
+def test_an_lm_that_scored_only_its_answers_is_planned_with_logits_at_those_positions():
+    """train.scored_logits_only: a record's longest batch carries scored_tokens, and the plan's loss buffers and
+    traced output-layer activations shrink to those positions; a record without it (logits everywhere, as runs
+    before the key computed) is planned at every position, and so is a plan before any run (the most it can be)."""
+    from harness.config import compose, resolved
+    from harness.plan import plan_for_record
+
+    cfg = resolved(compose(["model=smollm2_135m", "task=wikisql", "method=lora", "method.compute_dtype=fp32"]))
+    longest = {"batch_size": 4, "seq_len": 64}
+    rec = {"config": cfg, "host": {"device": "cpu"}, "method": {"compute_dtype": "float32"}}
+    every = plan_for_record(rec | {"throughput": {"longest_batch": longest}})
+    scored = plan_for_record(rec | {"throughput": {"longest_batch": longest | {"scored_tokens": 40}}})
+    assert every.parts["loss buffers"] == 4 * 64 * 49152 * 4 and "at most" not in every.notes["loss buffers"]
+    assert scored.parts["loss buffers"] == 40 * 49152 * 4 and "40 scored positions" in scored.notes["loss buffers"]
+    # fp32 logits saved for the backward pass: [4 x 64] positions' worth against [4 x 10] (ceil(40 / 4) per row)
+    saved = every.parts["activations"] - scored.parts["activations"]
+    assert saved == pytest.approx((4 * 64 - 4 * 10) * 49152 * 4, rel=0.05)
+    ahead = make_plan(["model=smollm2_135m", "task=wikisql", "method=lora", "method.compute_dtype=fp32",
+                       "train.batch_size=4", "train.max_seq_len=64"], device="cpu")
+    assert ahead.parts["loss buffers"] == every.parts["loss buffers"] and "at most" in ahead.notes["loss buffers"]

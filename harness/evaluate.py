@@ -19,7 +19,8 @@ from harness.config import kind_of, stop_strings
 log = logging.getLogger(__name__)
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Rows as JSON lines, written to a temporary file and moved into place (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -110,5 +111,5 @@ def evaluate_all(model, tokenizer, task, frames: dict, datasets: dict, *, batch_
         if stats is not None:
             gen[split] = stats
         if out_dir is not None and preds:
-            _write_jsonl(Path(out_dir) / "predictions" / f"{tag}{split}.jsonl", preds)
+            write_jsonl(Path(out_dir) / "predictions" / f"{tag}{split}.jsonl", preds)
     return final, gen

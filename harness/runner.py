@@ -274,7 +274,7 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     if causal:
         final_evaluate = _causal_evaluator(cfg, model, tokenizer, data, prep, dtype, out_dir, rec)
         if cfg.mmlu_eval.enabled and cfg.mmlu_eval.before:
-            rec["mmlu_before"] = _mmlu(cfg, model, tokenizer, dtype)
+            rec["mmlu_before"] = _mmlu(cfg, model, tokenizer, dtype, _mmlu_file(out_dir, "mmlu_before"))
     from harness.train import train_and_evaluate
 
     out = train_and_evaluate(model, tokenizer, prep["train"], prep["evals"], cfg, str(out_dir / "trainer"),
@@ -287,7 +287,8 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
     if out["resumed"]:
         rec["resumed"] = out["resumed"]  # this process trained from that step on; the record covers the whole run
     if causal and cfg.mmlu_eval.enabled:
-        rec["mmlu_after" if train_steps else "mmlu"] = _mmlu(cfg, model, tokenizer, dtype)
+        key = "mmlu_after" if train_steps else "mmlu"
+        rec[key] = _mmlu(cfg, model, tokenizer, dtype, _mmlu_file(out_dir, key))
     rec["memory"] = meter.record()
     if out.get("memory_breakdown"):
         bd = dict(out["memory_breakdown"])
@@ -480,8 +481,15 @@ def _causal_evaluator(cfg: Config, model, tokenizer, data, prep, dtype, out_dir:
     return final
 
 
-def _mmlu(cfg: Config, model, tokenizer, dtype) -> dict:
-    """MMLU as an extra evaluation of this run's model (mmlu_eval.*)."""
+def _mmlu_file(out_dir: Path, key: str) -> Path | None:
+    """Where a run's MMLU answers go, one row per question (predictions/<key>.jsonl: i, subject, pred, gold), so a
+    report can bootstrap over questions; None on a process that is not rank 0."""
+    return out_dir / "predictions" / f"{key}.jsonl" if _process_rank() == 0 else None
+
+
+def _mmlu(cfg: Config, model, tokenizer, dtype, save_to: Path | None = None) -> dict:
+    """MMLU as an extra evaluation of this run's model (mmlu_eval.*); `save_to`: a JSONL file for its per-question
+    answers."""
     from harness.config import TaskConfig, TaskKind
     from harness.evaluate import score_choices
     from harness.tasks import find_data_dir, load_task
@@ -495,8 +503,12 @@ def _mmlu(cfg: Config, model, tokenizer, dtype) -> dict:
     )
     data = load_task(mtask, find_data_dir(cfg.paths.data_dir), seed=0, need_train=False)
     t = time.perf_counter()
-    res, _ = score_choices(model, tokenizer, data.evals["validation"], batch_size=m.batch_size,
-                           max_len=cfg.model.max_position, dtype=dtype)
+    res, preds = score_choices(model, tokenizer, data.evals["validation"], batch_size=m.batch_size,
+                               max_len=cfg.model.max_position, dtype=dtype)
+    if save_to is not None:
+        from harness.evaluate import write_jsonl
+
+        write_jsonl(save_to, preds)
     res["seconds"] = time.perf_counter() - t
     res["source"] = data.source["validation"]
     log.info("MMLU %d questions: %.4f (mean over subjects)", res["questions"], res["accuracy"])

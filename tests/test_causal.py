@@ -510,16 +510,23 @@ def test_frozen_weights_cast_once_for_decoding_give_the_same_text_and_are_put_ba
         assert n == 0
 
 
-def test_the_mmlu_side_evaluation_of_a_causal_run_scores_every_question_it_reads(tiny_causal):
+def test_the_mmlu_side_evaluation_of_a_causal_run_scores_every_question_it_reads(tiny_causal, tmp_path):
     """mmlu_eval (QLoRA Table 4's before/after MMLU): runner._mmlu builds its own typed TaskConfig for the
-    questions file and scores each question once: per_subject=2 gives 2 questions for each of MMLU's 57 subjects."""
+    questions file and scores each question once: per_subject=2 gives 2 questions for each of MMLU's 57 subjects.
+    Its per-question answers are saved, and the report's bootstrap scores them as the run did."""
+    import numpy as np
+
+    from harness.report.examples import load, scorer
     from harness.runner import _mmlu
 
     model, t = tiny_causal
     cfg = compose(["model=smollm2_135m", "task=alpaca", "mmlu_eval.enabled=true", "mmlu_eval.per_subject=2",
                    "mmlu_eval.batch_size=32"])
-    res = _mmlu(cfg, model, t, torch.float32)
+    res = _mmlu(cfg, model, t, torch.float32, tmp_path / "predictions" / "mmlu_after.jsonl")
     assert res["questions"] == 114 and 0.0 <= res["accuracy"] <= 1.0 and res["source"]
+    p = load({"_dir": str(tmp_path)}, "mmlu_after")
+    assert len(p["gold"]) == 114 and len(set(p["subject"])) == 57
+    assert scorer("mmlu_accuracy", p)(np.arange(114)) == pytest.approx(res["accuracy"])
 
 
 def test_logits_at_scored_positions_only_give_the_same_loss_and_gradients(tiny_causal):

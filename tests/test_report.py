@@ -340,12 +340,74 @@ def test_qlora_table4_mirror_and_claims_from_mmlu_before_and_after():
                                                              "mmlu_after": {"accuracy": a}}))
     agg = frame.aggregate(frame.runs_frame(recs), "mean")
     md = paper_tables.qlora_table4.mirror(agg, paper_values()["qlora_table4"])
-    assert "| BFloat16 | Alpaca, smollm2_135m | 25.0 | 31.0 ±1.4 | +6.0 | 8.00 | 38.4 | 53.0 |" in md
+    # no saved answers here: no interval over questions, the seeds' spread only
+    assert "| BFloat16 | Alpaca, smollm2_135m | 25.0 | 31.0 ±1.4 over seeds | +6.0 | 8.00 | 38.4 | 53.0 |" in md
     got = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table4", agg)}
     # NF4+DQ - BF16 per seed: +0.5, -0.5: mean 0, but 2 seeds (t multiplier 6.3 at 90%) leave +-3.2: not resolved
     assert got["MMLU after tuning on an NF4+DQ base matches a BF16 base"].verdict == "not resolved"
     # BF16 - FP4 per seed: +3, +4 -> 3.5 [-2.9, 9.9]: not resolved with 2 seeds
     assert got["FP4 trails BF16"].verdict == "not resolved" and "paired over seeds 1,2" in got["FP4 trails BF16"].evidence
+
+
+def test_qlora_table4_intervals_over_the_questions_a_run_answered(tmp_path):
+    """One seed per data type: MMLU after tuning gets the sampling error of its questions (a bootstrap over the
+    per-question answers each run saved), the change from before is paired by question, and the claims compare
+    two data types by a paired bootstrap over the same questions."""
+    import json
+
+    import numpy as np
+
+    from harness.metrics import mmlu
+    from harness.report.examples import load, runs_bootstrap, scorer
+
+    rng = np.random.default_rng(0)
+    subjects = [f"s{i % 57}" for i in range(285)]  # 5 questions in each of 57 subjects
+    gold = rng.integers(0, 4, 285)
+    letters = "ABCD"
+
+    def answers(p_right):
+        right = rng.random(285) < p_right
+        return np.where(right, gold, (gold + 1) % 4)
+
+    recs, kept = [], {}
+    for m, before, after in (("lora_bf16", 0.25, 0.45), ("qlora_nf4_dq", 0.25, 0.44), ("qlora_fp4", 0.25, 0.30)):
+        d = tmp_path / m
+        (d / "predictions").mkdir(parents=True)
+        acc = {}
+        for key, p_right in (("mmlu_before", before), ("mmlu_after", after)):
+            pred = answers(p_right)
+            rows = [{"i": i, "subject": s, "pred": letters[int(a)], "gold": letters[int(g)]}
+                    for i, (s, a, g) in enumerate(zip(subjects, pred, gold))]
+            (d / "predictions" / f"{key}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            logits = np.eye(4)[pred]
+            acc[key] = mmlu.score(logits, list(gold), subjects)["accuracy"]
+        kept[m] = (d, acc)
+        rec = make_record(experiment="qlora_table4", task="alpaca", model="smollm2_135m", method=m,
+                          targets="all_linear", seed=1, value=8.0, table="qlora_table4", aggregate="mean",
+                          extra={"mmlu_before": {"accuracy": acc["mmlu_before"]},
+                                 "mmlu_after": {"accuracy": acc["mmlu_after"]}, "_dir": str(d)})
+        recs.append(rec)
+    # the bootstrap's metric on every question is the run's own MMLU score (the mean over subjects)
+    d, acc = kept["qlora_fp4"]
+    p = load({"_dir": str(d)}, "mmlu_after")
+    assert scorer("mmlu_accuracy", p)(np.arange(285)) == pytest.approx(acc["mmlu_after"])
+    agg = frame.aggregate(frame.runs_frame(recs), "mean")
+    md = paper_tables.qlora_table4.mirror(agg, paper_values()["qlora_table4"])
+    row = next(line for line in md.splitlines() if line.startswith("| Float4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    after = runs_bootstrap([({"_dir": str(d)}, "mmlu_after")], [], "mmlu_accuracy")
+    change = runs_bootstrap([({"_dir": str(d)}, "mmlu_after")], [({"_dir": str(d)}, "mmlu_before")], "mmlu_accuracy")
+    lo, hi = after.interval()
+    assert cells[3] == f"{100 * acc['mmlu_after']:.1f} [{lo:.1f}, {hi:.1f}]"
+    assert 8 < hi - lo < 16  # 285 questions: about +-5.5 points either side at 30%
+    clo, chi = change.interval()
+    assert change.mean == pytest.approx(100 * (acc["mmlu_after"] - acc["mmlu_before"]))
+    assert cells[4] == f"{change.mean:+.1f} [{clo:+.1f}, {chi:+.1f}]"
+    got = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table4", agg)}
+    fp4 = got["FP4 trails BF16"]
+    assert "bootstrap over 285 examples" in fp4.evidence and fp4.verdict == "holds"  # 45% against 30%
+    nf4 = got["MMLU after tuning on an NF4+DQ base matches a BF16 base"]
+    assert "bootstrap over 285 examples" in nf4.evidence and nf4.verdict != "holds"  # +-1 point: 285 are too few
 
 
 def test_the_reproduce_line_names_configs_that_exist():

@@ -39,6 +39,8 @@ def load(rec: dict, split: str) -> dict | None:
     for field in MATCH_FIELDS.values():
         if field in rows[0]:
             out["match"] = np.asarray([bool(r.get(field)) for r in rows], dtype=float)
+    if "subject" in rows[0]:  # MMLU: its accuracy is the mean over subjects
+        out["subject"] = np.asarray([str(r.get("subject")) for r in rows], dtype=object)
     if "nll" in rows[0]:
         out["nll"] = np.asarray([float(r["nll"]) for r in rows], dtype=float)
         out["tokens"] = np.asarray([int(r["tokens"]) for r in rows], dtype=float)
@@ -57,6 +59,17 @@ def scorer(metric: str, p: dict) -> Callable[[np.ndarray], float] | None:
     if metric in MATCH_FIELDS:
         m = p["match"]
         return None if m is None else (lambda idx: float(m[idx].mean()))
+    if metric == "mmlu_accuracy":  # the mean over subjects of each subject's accuracy (harness.metrics.mmlu)
+        if "subject" not in p:
+            return None
+        hit = np.asarray([str(a).strip() == str(b).strip() for a, b in zip(p["pred"], p["gold"])], dtype=float)
+        _, code = np.unique(p["subject"].astype(str), return_inverse=True)
+
+        def macro(idx):
+            n = np.bincount(code[idx])
+            k = np.bincount(code[idx], weights=hit[idx], minlength=len(n))
+            return float((k[n > 0] / n[n > 0]).mean())
+        return macro
     if metric in ("accuracy", "exact_match", "label_accuracy"):
         hit = np.asarray([str(a).strip() == str(b).strip() for a, b in zip(p["pred"], p["gold"])], dtype=float)
         return lambda idx: float(hit[idx].mean())
@@ -78,29 +91,39 @@ def scorer(metric: str, p: dict) -> Callable[[np.ndarray], float] | None:
     return None
 
 
+def runs_bootstrap(a: list[tuple[dict, str]], b: list[tuple[dict, str]], metric: str, scale: float = 100.0,
+                   n_boot: int = 2000, seed: int = 0) -> stats.Diff | None:
+    """The mean of `metric` (x `scale`) over runs A minus its mean over runs B (none: A's mean alone), each run given
+    as (record, split), by a bootstrap over the evaluation examples: every run scored the same examples in the same
+    order, so one resample of examples is scored by all of them (the interval is the eval set's sampling error;
+    the runs' seeds are averaged, not resampled). None when a run's predictions are missing, the metric is not
+    supported, or the runs did not score the same examples."""
+    loaded = [load(rec, split) for rec, split in [*a, *b]]
+    if not a or any(p is None for p in loaded):
+        return None
+    gold = [str(x) for x in loaded[0]["gold"]]
+    if any(len(p["gold"]) != len(gold) or [str(x) for x in p["gold"]] != gold for p in loaded[1:]):
+        return None  # not the same examples in the same order
+    fns = [scorer(metric, p) for p in loaded]
+    if any(f is None for f in fns):
+        return None
+    fa, fb = fns[:len(a)], fns[len(a):]
+
+    def diff(idx):
+        return scale * (sum(f(idx) for f in fa) / len(fa) - (sum(f(idx) for f in fb) / len(fb) if fb else 0.0))
+    d = stats.bootstrap(diff, len(gold), n_boot=n_boot, seed=seed)
+    return d if not math.isnan(d.mean) else None
+
+
 def paired_bootstrap(rec_a: dict, rec_b: dict, split: str, metric: str, scale: float = 100.0,
                      n_boot: int = 2000, seed: int = 0) -> stats.Diff | None:
     """A - B (x `scale`) by a paired bootstrap over the evaluation examples both runs scored, or None when either
     run's predictions are missing, the metric is not supported, or the two did not score the same examples."""
-    pa, pb = load(rec_a, split), load(rec_b, split)
-    if pa is None or pb is None or len(pa["gold"]) != len(pb["gold"]):
-        return None
-    if any(str(x) != str(y) for x, y in zip(pa["gold"], pb["gold"])):
-        return None  # not the same examples in the same order
-    fa, fb = scorer(metric, pa), scorer(metric, pb)
-    if fa is None or fb is None:
-        return None
-    d = stats.bootstrap(lambda idx: scale * (fa(idx) - fb(idx)), len(pa["gold"]), n_boot=n_boot, seed=seed)
-    return d if not math.isnan(d.mean) else None
+    return runs_bootstrap([(rec_a, split)], [(rec_b, split)], metric, scale, n_boot, seed)
 
 
 def interval(rec: dict, split: str, metric: str, scale: float = 100.0, n_boot: int = 2000,
              seed: int = 0) -> stats.Diff | None:
     """One run's metric (x `scale`) with a bootstrap interval over its evaluation examples (the sampling error of
     the eval set), or None when its predictions are missing or the metric is not supported."""
-    p = load(rec, split)
-    f = scorer(metric, p) if p is not None else None
-    if f is None:
-        return None
-    d = stats.bootstrap(lambda idx: scale * f(idx), len(p["gold"]), n_boot=n_boot, seed=seed)
-    return d if not math.isnan(d.mean) else None
+    return runs_bootstrap([(rec, split)], [], metric, scale, n_boot, seed)

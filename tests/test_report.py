@@ -510,3 +510,24 @@ def test_a_store_without_sanity_runs_gates_claims_on_the_committed_sanity_verdic
     readme = render_experiment("t6w", recs, tmp_path / "out", plots=False, usable=usable).read_text()
     assert "read from the committed reports/sanity/summary.json" in readme
     assert "Not evidence: wikisql/smollm2_135m is not usable for claims" in readme
+
+
+def test_a_perplexity_is_compared_with_its_baseline_the_lower_the_better(tmp_path):
+    """Lower is better: the best baseline is the lowest perplexity, a lower perplexity is above it (clearly, when
+    the paired seed interval of baseline minus ours lies above 0), a higher one is below it and not evidence."""
+    from harness.report.render import baselined
+
+    recs = [make_record(experiment="e", task="alpaca", model="smollm2_135m", method="zero_shot", seed=s, value=5.57)
+            for s in (1, 2, 3)]
+    for r in recs:  # the zero-shot baseline (method.baseline)
+        r["config"]["method"]["baseline"] = "zero_shot"
+    recs += [make_record(experiment="e", task="alpaca", model="smollm2_135m", method="lora", seed=s, value=v)
+             for s, v in ((1, 4.70), (2, 4.68), (3, 4.73))]
+    recs += [make_record(experiment="e", task="alpaca", model="smollm2_135m", method="lora", targets="q", seed=s,
+                         value=v) for s, v in ((1, 5.60), (2, 5.70), (3, 5.65))]
+    agg, _ = baselined(recs, frame.runs_frame(recs), "mean")
+    by = {t: r for t, r in zip(agg["targets"], agg.to_dict("records")) if r["method"] == "lora"}
+    assert by["qv"]["baseline_value"] == pytest.approx(5.57) and by["qv"]["vs_baseline"] == frame.CLEAR
+    assert by["qv"]["vs_baseline_diff"].startswith("-0.9")  # ours minus the baseline, as shown
+    assert by["q"]["vs_baseline"] == frame.BELOW and by["q"]["seeds_below"] == 3
+    assert set(frame.evidence(agg)["targets"]) >= {"qv"} and "q" not in set(frame.evidence(agg)["targets"])

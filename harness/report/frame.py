@@ -271,7 +271,8 @@ def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     - "above, within noise": otherwise; "above (one seed)": one seed cannot tell noise from a gain.
     Failures are counted per configuration, never hidden by an aggregate: `seeds_below` (seeds under the best
     baseline's value) and `collapsed` (seeds within COLLAPSE_MARGIN points of the majority class / mean
-    predictor, i.e. a constant predictor). Metrics where lower is better (loss, perplexity) get no comparison."""
+    predictor, i.e. a constant predictor). Where lower is better (loss, perplexity) the best baseline is the
+    lowest, "below" means worse (higher) and "above" better (lower); the difference shown is ours minus the baseline."""
     from harness.report import stats
 
     if agg.empty:
@@ -284,29 +285,32 @@ def attach_baselines(agg: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         return out
     base = base[base["baseline"].isin(BASELINES)].dropna(subset=["value"])
     for i, row in out.iterrows():
-        if row.get("baseline") in BASELINES or not bool(row["higher_better"]) or pd.isna(row["value"]):
+        if row.get("baseline") in BASELINES or pd.isna(row["value"]):
             continue
+        up = bool(row["higher_better"])
         m = ((base["task"] == row["task"]) & (base["split"] == row["split"])
              & (base["eval_examples"].astype(float) == float(row["eval_examples"] or -1))
              & ((base["model"] == row["model"]) | (base["baseline"] == "majority")))
-        cand = base[m]
+        cand = base[m & (base["metric"] == row["metric"])]
         if cand.empty:
             continue
-        b = cand.loc[cand["value"].astype(float).idxmax()]
+        b = cand.loc[cand["value"].astype(float).idxmax() if up else cand["value"].astype(float).idxmin()]
         vals = row.get("values") or {}
         maj = cand[cand["baseline"] == "majority"]
-        if len(maj):
+        if len(maj) and up:
             floor = float(maj["value"].astype(float).max()) + COLLAPSE_MARGIN
             out.at[i, "majority_value"] = float(maj["value"].astype(float).max())
             out.at[i, "collapsed"] = sum(1 for v in vals.values() if v <= floor)
-        out.at[i, "seeds_below"] = sum(1 for v in vals.values() if v < float(b["value"]))
-        d = stats.compare(vals, b.get("values") or {})
-        diff = float(row["value"]) - float(b["value"])
+        out.at[i, "seeds_below"] = sum(1 for v in vals.values() if (v < float(b["value"]) if up else
+                                                                    v > float(b["value"])))
+        d = stats.compare(vals, b.get("values") or {})  # ours - baseline, shown as is
+        better = d if up else stats.compare(b.get("values") or {}, vals)  # > 0: ours is the better
+        diff = (float(row["value"]) - float(b["value"])) * (1 if up else -1)
         if diff < 0:
             verdict = BELOW
         elif int(row["seeds"]) < 2:
             verdict = ONE_SEED
-        elif stats.beats(d) == stats.HOLDS:
+        elif stats.beats(better) == stats.HOLDS:
             verdict = CLEAR
         else:
             verdict = WITHIN

@@ -275,7 +275,8 @@ def render_experiment(name: str, records: list[dict], out_root: Path, plots: boo
                       "and a frozen backbone with a trained head (head only). A configuration below it is marked "
                       f"{tables.BELOW_MARK} and is not evidence for any claim; \"clearly above\" = the 95% "
                       "t-interval of the difference, paired by seed where both have the seed, lies above 0; "
-                      "\"above, within noise\" = above on average but that interval reaches 0.", "",
+                      "\"above, within noise\" = above on average but that interval reaches 0. Where lower is better (a loss, a "
+                      "perplexity), \"above\" means lower and \"below\" higher.", "",
                       tables.baselines_table(used), "",
                       f"{n_below} of {int((~agg['baseline'].isin(frame.BASELINES)).sum())} fine-tuned "
                       "configurations are below their best baseline." if agg["vs_baseline"].notna().any() else

@@ -61,14 +61,23 @@ def failures(row) -> str:
     return ", ".join(parts)
 
 
+# decimals a metric is printed with: x100 scores to 0.1 point; a perplexity or a loss near 1-5 needs more
+DIGITS = {"perplexity": 2, "loss": 3}
+
+
+def digits(row) -> int:
+    return DIGITS.get(str((row or {}).get("metric")), 1)
+
+
 def ours(row) -> str:
     """The seed aggregate with the range over seeds, e.g. '76.3 [75.9–76.8]' ('76.3' for one seed), † below the
     best baseline, and any failed / collapsed seeds."""
     if row is None:
         return DASH
-    s = num(row["value"])
+    k = digits(row)
+    s = num(row["value"], k)
     if s != DASH and row.get("seeds", 1) > 1:
-        s += f" [{num(row['min'])}–{num(row['max'])}]"
+        s += f" [{num(row['min'], k)}–{num(row['max'], k)}]"
     if s != DASH and row.get("vs_baseline") == "below baseline":
         s += BELOW_MARK
     f = failures(row)
@@ -81,9 +90,10 @@ def mean_ci(row) -> str:
     """'76.4 [75.1, 77.7]': the mean over seeds and its 95% t-interval (n-1 degrees of freedom)."""
     if row is None or not _isnum(row.get("mean")):
         return DASH
+    k = digits(row)
     if not _isnum(row.get("ci_lo")):
-        return f"{num(row['mean'])} (n=1)"
-    return f"{num(row['mean'])} [{num(row['ci_lo'])}, {num(row['ci_hi'])}]"
+        return f"{num(row['mean'], k)} (n=1)"
+    return f"{num(row['mean'], k)} [{num(row['ci_lo'], k)}, {num(row['ci_hi'], k)}]"
 
 
 def beside(row, paper) -> str:
@@ -163,16 +173,16 @@ def all_configs(agg: pd.DataFrame) -> str:
         if with_base:
             bv = r.get("baseline_value")
             base = [DASH if bv is None or pd.isna(bv) else
-                    f"{num(bv)} ({METHOD_LABELS.get(r['baseline_method'], r['baseline_method'])})",
+                    f"{num(bv, digits(r))} ({METHOD_LABELS.get(r['baseline_method'], r['baseline_method'])})",
                     r.get("vs_baseline") or DASH, (r.get("vs_baseline_diff") or DASH).split(" (")[0]]
         rows.append([TASK_LABELS.get(r["task"], r["task"]), r["model"], METHOD_LABELS.get(r["method"], r["method"]),
                      *([DASH if pd.isna(r.get("compute_dtype")) else r["compute_dtype"]] if with_dtype else []),
                      targets_label(r["targets"]), num(r["r"], 0) if r["r"] is not pd.NA else DASH,
                      num(r["alpha"], 0) if r["alpha"] is not pd.NA else DASH, f"{lr:.0e}" if lr else DASH,
                      r["seeds"], METRIC_LABELS.get(r["metric"], r["metric"]), ours(r), mean_ci(r),
-                     num(r.get("sd")) if _isnum(r.get("sd")) else DASH,
-                     *([num(r.get("best"))] if with_best else []), *base,
-                     *([", ".join(f"{s}: {num(v)}" for s, v in (r.get("curve") or {}).items()) or DASH]
+                     num(r.get("sd"), digits(r)) if _isnum(r.get("sd")) else DASH,
+                     *([num(r.get("best"), digits(r))] if with_best else []), *base,
+                     *([", ".join(f"{s}: {num(v, digits(r))}" for s, v in (r.get("curve") or {}).items()) or DASH]
                        if with_curve else []), *cost_cells(r)])
     if "trained" in agg and len(agg) and not agg["trained"].fillna(True).astype(bool).any():
         # evaluation only: no seeds, no training: columns that would mean nothing are left out

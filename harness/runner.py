@@ -296,10 +296,10 @@ def _run(cfg: Config, out_dir: Path, rec: dict, on_evaluate=None) -> None:
             bd["activations_and_other_mb"] = rec["memory"]["peak_mb"] - (
                 bd["weights_mb"] + bd["gradients_mb"] + bd["optimizer_state_mb"])
         rec["memory"]["breakdown"] = bd
-    if train_steps:
-        rec["memory"]["plan"] = _plan_for(cfg, rec)
     rec["metrics"] = out["metrics"]
     rec["throughput"] = out["throughput"]
+    if train_steps:  # planned at the run's longest batch (its throughput holds it)
+        rec["memory"]["plan"] = _plan_for(cfg, rec)
     rec["times"].update(out["times"])
     rec["steps"] = out["steps"]
     if out["checkpoints"]:

@@ -128,6 +128,10 @@ def test_smollm2_wikisql_sft_generates_and_scores(tmp_path):
     # logits only at the answers' positions (train.scored_logits_only): the most one batch scored is recorded
     longest = rec["throughput"]["longest_batch"]
     assert 0 < longest["scored_tokens"] < longest["batch_size"] * longest["seq_len"] / 2
+    # the record's memory plan is made at that batch, with the output layer at the scored positions
+    plan = rec["memory"]["plan"]
+    assert plan["setting"]["max_seq_len"] == longest["seq_len"] < rec["config"]["train"]["max_seq_len"]
+    assert plan["parts_mb"]["loss buffers"] == pytest.approx(longest["scored_tokens"] * 49152 * 4 / 2**20)
 
 
 def test_evaluation_only_run_of_a_4bit_base(tmp_path):

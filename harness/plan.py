@@ -256,11 +256,28 @@ def trace_activations(model, batch: int, seq: int, head: str, compute=None, quan
 
     import transformers.masking_utils as mu
 
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """Attention without dropout runs as a fused kernel in a run (flash attention on CPU, flash or memory-
+        efficient on CUDA), which saves its output and one log-sum-exp per row for the backward pass, not the
+        [batch, heads, seq, seq] probabilities that the math path a meta tensor would take saves (SmolLM2 at 16 x
+        224 tokens: 0.9 GB); with dropout (MiniLM's attention in training) a run takes the math path too."""
+        if dropout_p:
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                        enable_gqa=enable_gqa)
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            rep = query.shape[-3] // key.shape[-3]
+            key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
     try:
         # a mask of ones lets attention skip the mask (as a batch without padding does); transformers checks that
         # with .item(), which a meta tensor cannot answer
         with mock.patch.object(mu, "fast_all", lambda t: True), \
                 mock.patch.object(mu, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: True), \
+                mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", fused_sdpa), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 (_autocast_mode(compute, quantized, excluded, params, weight_casts) if compute is not None
                  else contextlib.nullcontext()):

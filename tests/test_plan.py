@@ -216,3 +216,25 @@ def test_an_lm_that_scored_only_its_answers_is_planned_with_logits_at_those_posi
     ahead = make_plan(["model=smollm2_135m", "task=wikisql", "method=lora", "method.compute_dtype=fp32",
                        "train.batch_size=4", "train.max_seq_len=64"], device="cpu")
     assert ahead.parts["loss buffers"] == every.parts["loss buffers"] and "at most" in ahead.notes["loss buffers"]
+
+
+def test_attention_without_dropout_is_traced_as_the_fused_kernel_a_run_takes():
+    """A run's attention without dropout is a fused kernel (flash attention: no [batch, heads, seq, seq]
+    probabilities kept for the backward pass); with attention dropout it takes the math path, which keeps them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.plan import trace_activations
+
+    got = {}
+    for p in (0.0, 0.1):
+        cfg = LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=128, attention_dropout=p)
+        with torch.device("meta"):
+            model = LlamaForCausalLM(cfg)
+        model.train()
+        got[p] = trace_activations(model, 2, 32, "lm")["layers"]
+    # per element of the layers x batch x heads x seq x seq probabilities, the math path keeps ~12 bytes (fp32
+    # probabilities before and after dropout, the mask); without the fused trace, the dropout-free model would keep
+    # at least the 4 bytes of its softmax output, and the difference would be under 8
+    elems = 2 * 2 * 4 * 32 * 32
+    assert got[0.1] - got[0.0] >= 10 * elems

@@ -343,7 +343,10 @@ def test_a_collapsed_seed_is_counted_apart_and_keeps_a_task_from_claims(tmp_path
     recs = [rec("majority", s, 0.684, "majority") for s in (1, 2, 3)]
     recs += [rec("zero_shot", s, 0.70 + s / 1000, "zero_shot") for s in (1, 2, 3)]
     recs += [rec("lora", 1, 0.80), rec("lora", 2, 0.81), rec("lora", 3, 0.684)]  # seed 3 predicts the majority class
+    for r in recs:  # the grid's note (why fewer than 200 steps) reaches the page once
+        r["config"]["report"]["note"] = "100 optimizer steps, not 200: measured flat."
     render(recs, tmp_path)
+    assert (tmp_path / "sanity" / "README.md").read_text().count("Note: 100 optimizer steps, not 200") == 1
     task = json.loads((tmp_path / "sanity" / "summary.json").read_text())["tasks"]["mrpc/minilm_l6"]
     lora = next(r for r in task["rows"] if r["method"] == "lora")
     assert lora["collapsed"] == 1 and lora["seeds_below_baseline"] == 1

@@ -116,6 +116,19 @@ def own_usable(records: list[dict], known: dict[str, bool] | None) -> dict[str, 
     return out
 
 
+def task_notes(records: list[dict], task: str, model: str) -> list[str]:
+    """The distinct `report.note`s of a task's runs (its grid's: e.g. why it trains fewer than 200 steps), in the
+    order the runs finished."""
+    out: list[str] = []
+    for r in sorted(records, key=lambda r: str(r.get("finished_at") or "")):
+        c = r.get("config") or {}
+        note = (c.get("report") or {}).get("note")
+        if note and (c.get("task") or {}).get("name") == task and (c.get("model") or {}).get("name") == model \
+                and note not in out:
+            out.append(str(note))
+    return out
+
+
 def render(records: list[dict], out_root: Path) -> Path:
     summary, runs, agg = summarize(records)
     out = out_root / "sanity"
@@ -144,6 +157,8 @@ def render(records: list[dict], out_root: Path) -> Path:
         if t["pair_encoding"]:
             head += f" ({t['pair_encoding']}-encoder)"
         lines += [head, "", f"{verdict}: {t['why']}.", ""]
+        for n in task_notes(records, t["task"], t["model"]):
+            lines += [f"Note: {n}", ""]
         rows = []
         for x in t["rows"]:
             bb = x["best_baseline"]

@@ -220,7 +220,7 @@ def _trainer_class():
             self.meter = meter
             # causal LMs: logits only where the loss reads them (train.scored_logits_only, `scored_only`)
             self.scored_logits_only = scored_logits_only
-            self._scored = torch.zeros((), dtype=torch.long)  # most positions one training batch scored
+            self._scored = 0  # most positions one training batch scored
             self._tokens = torch.zeros((), dtype=torch.long)
             self._samples = 0
             self.eval_seconds = 0.0
@@ -269,9 +269,8 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.scored_logits_only and inputs.get("labels") is not None:
                 inputs = scored_only(inputs)
-                if model.training:
-                    n = inputs["shift_labels"].numel()
-                    self._scored = torch.clamp(self._scored, min=n)  # no host sync per step
+                if model.training:  # the count is known on the host: the boolean index has sized shift_labels
+                    self._scored = max(self._scored, inputs["shift_labels"].numel())
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -299,7 +298,7 @@ def _trainer_class():
             s, b = getattr(self, "max_batch_shape", (0, 0))
             self.meter.longest_batch = {"batch_size": b, "seq_len": s}
             if self.scored_logits_only:  # the planner's loss buffers: logits at this many positions at most
-                self.meter.longest_batch["scored_tokens"] = int(self._scored.item())
+                self.meter.longest_batch["scored_tokens"] = self._scored
 
     return HarnessTrainer, TimingCallback
 

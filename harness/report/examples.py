@@ -47,6 +47,11 @@ def load(rec: dict, split: str) -> dict | None:
     return out
 
 
+def _hits(p: dict) -> np.ndarray:
+    """1.0 where a prediction equals its gold answer (both as stripped text), else 0.0."""
+    return np.asarray([str(a).strip() == str(b).strip() for a, b in zip(p["pred"], p["gold"])], dtype=float)
+
+
 def scorer(metric: str, p: dict) -> Callable[[np.ndarray], float] | None:
     """idx -> the metric on those examples (fraction), for the metrics a bootstrap supports here."""
     if metric in ("loss", "perplexity"):
@@ -62,7 +67,7 @@ def scorer(metric: str, p: dict) -> Callable[[np.ndarray], float] | None:
     if metric == "mmlu_accuracy":  # the mean over subjects of each subject's accuracy (harness.metrics.mmlu)
         if "subject" not in p:
             return None
-        hit = np.asarray([str(a).strip() == str(b).strip() for a, b in zip(p["pred"], p["gold"])], dtype=float)
+        hit = _hits(p)
         _, code = np.unique(p["subject"].astype(str), return_inverse=True)
 
         def macro(idx):
@@ -71,7 +76,7 @@ def scorer(metric: str, p: dict) -> Callable[[np.ndarray], float] | None:
             return float((k[n > 0] / n[n > 0]).mean())
         return macro
     if metric in ("accuracy", "exact_match", "label_accuracy"):
-        hit = np.asarray([str(a).strip() == str(b).strip() for a, b in zip(p["pred"], p["gold"])], dtype=float)
+        hit = _hits(p)
         return lambda idx: float(hit[idx].mean())
     if metric == "pearson":
         x, y = p["pred"].astype(float), p["gold"].astype(float)

@@ -23,6 +23,16 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label value the loss skips (prompt and padding tokens)
 
 
+def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a causal LM's loss reads its logits: position t predicts token t+1, so t is scored where label t+1 is
+    not IGNORE (the answer's tokens; the prompt's and padding's are not; the last position never is). Returns the
+    boolean [batch, seq] mask and the targets of the kept positions, row-major as a boolean index takes them: the one
+    place the shift is written, for training (`train.scored_only`) and evaluation (`answer_nll`) alike."""
+    nxt = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    keep = nxt != IGNORE
+    return keep, nxt[keep]
+
+
 # ------------------------------------------------------------------------------------------ training data
 def encode_example(tokenizer, prompt: str, answer: str, max_len: int, add_eos: bool = True) -> dict:
     """prompt + answer (+ EOS) -> input_ids and labels, labels = IGNORE on the prompt.
@@ -166,10 +176,9 @@ def answer_nll(model, dataset, *, pad_id: int, batch_size: int, dtype: torch.dty
         ids, mask, labels = (b[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         with _autocast(dtype, device):
             h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        target = labels[:, 1:]
-        keep = target != IGNORE
-        logits = head(h[:, :-1][keep].to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float()
-        per_token = torch.nn.functional.cross_entropy(logits, target[keep], reduction="none")
+        keep, target = scored_positions(labels)
+        logits = head(h[keep].to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float()
+        per_token = torch.nn.functional.cross_entropy(logits, target, reduction="none")
         rows = keep.nonzero()[:, 0]  # the batch row of each kept token (row-major, as the boolean index took them)
         per_row = torch.zeros(len(idx), dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, per_token)
         for j, i in enumerate(idx):

@@ -16,7 +16,7 @@ import torch
 
 from harness import metrics as metric_fns
 from harness.config import effective_lr, is_bi_encoder, is_causal, is_regression, trains
-from harness.lm import IGNORE, padded_length
+from harness.lm import padded_length, scored_positions
 from harness.profile import Throughput
 from harness.tracking import TRACKERS
 from harness.tracking import names as tracker_names
@@ -136,10 +136,8 @@ def scored_only(inputs: dict) -> dict:
     [n, hidden] before the output layer, and `shift_labels` gives the loss the n targets in the same order: the
     same loss as over every position (the sum over scored tokens, divided by their number or by the Trainer's
     num_items_in_batch), without the [batch, seq, vocab] logits."""
-    labels = inputs["labels"]
-    nxt = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
-    keep = nxt != IGNORE
-    return {**inputs, "logits_to_keep": keep, "shift_labels": nxt[keep]}
+    keep, targets = scored_positions(inputs["labels"])
+    return {**inputs, "logits_to_keep": keep, "shift_labels": targets}
 
 
 def accepts_logits_to_keep(model) -> bool:

@@ -531,3 +531,21 @@ def test_a_perplexity_is_compared_with_its_baseline_the_lower_the_better(tmp_pat
     assert by["qv"]["vs_baseline_diff"].startswith("-0.9")  # ours minus the baseline, as shown
     assert by["q"]["vs_baseline"] == frame.BELOW and by["q"]["seeds_below"] == 3
     assert set(frame.evidence(agg)["targets"]) >= {"qv"} and "q" not in set(frame.evidence(agg)["targets"])
+
+
+def test_the_scale_table_counts_what_fine_tunes_not_its_zero_shot_baseline():
+    """The Data row gives the fine-tuned runs' training set size (a zero-shot baseline records 0 training
+    examples); a trainable count that is the same in every run prints once, not as a range."""
+    from harness.report.render import scale_table
+
+    recs = [make_record(experiment="e", task="alpaca", model="smollm2_135m", method="lora", targets="all_linear",
+                        r=16, seed=s, value=4.7, train_examples=899) for s in (1, 2)]
+    base = make_record(experiment="e", task="alpaca", model="smollm2_135m", method="zero_shot", seed=1, value=5.57,
+                       train_examples=0)
+    base["config"]["method"]["baseline"] = "zero_shot"
+    recs.append(base)
+    md = scale_table(recs, frame.runs_frame(recs), None)
+    data = next(line for line in md.splitlines() if line.startswith("| Data"))
+    assert "Alpaca: 899 train / 1500 eval examples" in data and "0," not in data
+    trainable = next(line for line in md.splitlines() if line.startswith("| Trainable parameters"))
+    assert "–" not in trainable and "% of the model" in trainable

@@ -49,7 +49,9 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         models.append(f"{m} ({tables.human(g['total'].dropna().min())} parameters with the smallest adapter)")
     task_rows = []
     for t, g in ok.groupby("task"):
-        ex = sorted(set(int(x) for x in g["train_examples"].dropna()))
+        # the training set of what fine-tunes (a zero-shot baseline records 0 training examples)
+        gt = g[~base.loc[g.index]] if (~base.loc[g.index]).any() else g
+        ex = sorted(set(int(x) for x in gt["train_examples"].dropna()))
         ev = sorted(set(int(x) for x in g["eval_examples"].dropna()))
         task_rows.append(f"{tables.TASK_LABELS.get(t, t)}: {', '.join(map(str, ex))} train / "
                          f"{', '.join(map(str, ev))} eval examples")
@@ -73,8 +75,9 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         *[["Weights", w] for w in [weights_note(records)] if w],
         ["Data", "; ".join(task_rows) or tables.DASH],
         *([] if eval_only else [
-            ["Trainable parameters", f"{tables.human(trn.min())}–{tables.human(trn.max())} "
-                                     f"({pct.min():.3f}–{pct.max():.2f}% of the model)" if len(trn) else tables.DASH],
+            ["Trainable parameters", f"{_span(tables.human(trn.min()), tables.human(trn.max()))} "
+                                     f"({_span(f'{pct.min():.3f}', f'{pct.max():.3f}')}% of the model)"
+                                     if len(trn) else tables.DASH],
             ["Optimizer steps per run", (", ".join(map(str, steps)) or tables.DASH) + (
                 "; baselines: " + ", ".join(f"{k} {', '.join(map(str, v)) or tables.DASH}"
                                             for k, v in sorted(base_steps.items())) if base_steps else "")],
@@ -88,6 +91,11 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         ["Runs", ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))],
     ]
     return tables.md_table(["", ""], rows, ["l", "l"])
+
+
+def _span(lo: str, hi: str) -> str:
+    """"lo–hi", or one value where both ends print alike."""
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def evaluation_only(runs: pd.DataFrame) -> bool:

@@ -370,17 +370,17 @@ def test_qlora_table4_intervals_over_the_questions_a_run_answered(tmp_path):
         return np.where(right, gold, (gold + 1) % 4)
 
     recs, kept = [], {}
-    for m, before, after in (("lora_bf16", 0.25, 0.45), ("qlora_nf4_dq", 0.25, 0.44), ("qlora_fp4", 0.25, 0.30)):
+    def write(d, key, p_right):
+        pred = answers(p_right)
+        rows = [{"i": i, "subject": s, "pred": letters[int(a)], "gold": letters[int(g)]}
+                for i, (s, a, g) in enumerate(zip(subjects, pred, gold))]
+        (d / "predictions" / f"{key}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return mmlu.score(np.eye(4)[pred], list(gold), subjects)["accuracy"]
+
+    for m, before, after in (("lora_bf16", 0.25, 0.55), ("qlora_nf4_dq", 0.25, 0.54), ("qlora_fp4", 0.25, 0.40)):
         d = tmp_path / m
         (d / "predictions").mkdir(parents=True)
-        acc = {}
-        for key, p_right in (("mmlu_before", before), ("mmlu_after", after)):
-            pred = answers(p_right)
-            rows = [{"i": i, "subject": s, "pred": letters[int(a)], "gold": letters[int(g)]}
-                    for i, (s, a, g) in enumerate(zip(subjects, pred, gold))]
-            (d / "predictions" / f"{key}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            logits = np.eye(4)[pred]
-            acc[key] = mmlu.score(logits, list(gold), subjects)["accuracy"]
+        acc = {key: write(d, key, p_right) for key, p_right in (("mmlu_before", before), ("mmlu_after", after))}
         kept[m] = (d, acc)
         rec = make_record(experiment="qlora_table4", task="alpaca", model="smollm2_135m", method=m,
                           targets="all_linear", seed=1, value=8.0, table="qlora_table4", aggregate="mean",
@@ -399,15 +399,28 @@ def test_qlora_table4_intervals_over_the_questions_a_run_answered(tmp_path):
     change = runs_bootstrap([({"_dir": str(d)}, "mmlu_after")], [({"_dir": str(d)}, "mmlu_before")], "mmlu_accuracy")
     lo, hi = after.interval()
     assert cells[3] == f"{100 * acc['mmlu_after']:.1f} [{lo:.1f}, {hi:.1f}]"
-    assert 8 < hi - lo < 16  # 285 questions: about +-5.5 points either side at 30%
+    assert 8 < hi - lo < 16  # 285 questions: about +-5.5 points either side at 40%
     clo, chi = change.interval()
     assert change.mean == pytest.approx(100 * (acc["mmlu_after"] - acc["mmlu_before"]))
     assert cells[4] == f"{change.mean:+.1f} [{clo:+.1f}, {chi:+.1f}]"
     got = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table4", agg)}
     fp4 = got["FP4 trails BF16"]
-    assert "bootstrap over 285 examples" in fp4.evidence and fp4.verdict == "holds"  # 45% against 30%
+    assert "bootstrap over 285 examples" in fp4.evidence and fp4.verdict == "holds"  # 55% against 40%
     nf4 = got["MMLU after tuning on an NF4+DQ base matches a BF16 base"]
     assert "bootstrap over 285 examples" in nf4.evidence and nf4.verdict != "holds"  # +-1 point: 285 are too few
+    # chance on the same questions, scored as the runs are: uniform guessing, and always the most frequent gold letter
+    counts = {c: 0.0 for c in letters}
+    for c in letters:
+        hits = (np.asarray([letters[int(g)] for g in gold]) == c).astype(float)
+        counts[c] = 100 * np.mean([hits[[i for i, s in enumerate(subjects) if s == x]].mean() for x in set(subjects)])
+    top = max(counts, key=counts.get)
+    assert f'uniform guessing 25.0; always answering "{top}", the most frequent correct letter, {counts[top]:.1f}.' in md
+    # a data type whose MMLU after reaches chance is not evidence: its claim is not resolved, whatever the difference
+    recs[2]["mmlu_after"] = {"accuracy": write(kept["qlora_fp4"][0], "mmlu_after", 0.25)}
+    agg = frame.aggregate(frame.runs_frame(recs), "mean")
+    fp4 = {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table4", agg)}["FP4 trails BF16"]
+    assert fp4.verdict == "not resolved" and "Not evidence: MMLU after of FP4" in fp4.evidence
+    assert f"reaches chance ({counts[top]:.1f}" in fp4.evidence
 
 
 def test_the_reproduce_line_names_configs_that_exist():

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from harness.report import stats
-from harness.report.examples import runs_bootstrap
+from harness.report.examples import load, runs_bootstrap, scorer
 from harness.report.claims import Claim, DELTA, _dtext, _fmt, REASONS, SCALE_REASON
 from harness.report.tables import cost_cells, COST_HEADER, DASH, find, md_table, num, TASK_LABELS
 
@@ -59,7 +60,36 @@ def mirror(agg: pd.DataFrame, paper: dict) -> str:
             rows.append([prow["label"], f"{TASK_LABELS.get(task, task)}, {model}", num(before), after, change,
                          num(r["value"], 2) if r.get("metric") == "perplexity" else DASH,
                          num(v.get("llama7b_alpaca")), num(v.get("mean")), *cost_cells(r)])
-    return md_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))
+    table = md_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))
+    line = chance_line(agg)
+    return f"{table}\n\n{line}" if line else table
+
+
+def chance(agg: pd.DataFrame) -> dict | None:
+    """What answering at chance scores on the questions the runs answered (their saved gold letters), scored as the
+    runs are (the mean over subjects, x100): {"n", "letters", "uniform", "letter", "best"}: uniform guessing, and
+    always giving the most frequent correct letter (`letter`, scoring `best`). None without saved answers."""
+    p = next((x for r in agg.to_dict("records") for d in (r.get("dirs") or {}).values()
+              for x in [load({"_dir": d}, "mmlu_after") or load({"_dir": d}, "mmlu")] if x and "subject" in x), None)
+    if p is None:
+        return None
+    gold = p["gold"].astype(str)
+    letters = sorted(set(gold))
+    every = np.arange(len(gold))
+    acc = {c: 100 * scorer("mmlu_accuracy", {**p, "pred": np.full(len(gold), c, dtype=object)})(every)
+           for c in letters}
+    best = max(letters, key=lambda c: acc[c])
+    return {"n": len(gold), "letters": len(letters), "uniform": 100 / len(letters), "letter": best, "best": acc[best]}
+
+
+def chance_line(agg: pd.DataFrame) -> str:
+    c = chance(agg)
+    if c is None:
+        return ""
+    return (f"Chance on these {c['n']} questions ({c['letters']} answer letters, scored as the runs are: the mean "
+            f"over subjects): uniform guessing {c['uniform']:.1f}; always answering \"{c['letter']}\", the most "
+            f"frequent correct letter, {c['best']:.1f}. An MMLU value whose interval reaches these is not evidence "
+            "that the model knows the answers, and a claim on it is not resolved.")
 
 
 def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
@@ -75,17 +105,36 @@ def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
         def by_question(a, b):  # one seed each: a paired bootstrap over the questions both runs answered
             return lambda: runs_bootstrap(a["runs"], b["runs"], "mmlu_accuracy")
 
+        def at_chance(*rows_) -> str:
+            """Why these rows are not evidence: an MMLU after whose interval over the questions reaches chance."""
+            if c is None:
+                return ""
+            low = []
+            for label, x in rows_:
+                d = runs_bootstrap(x["runs"], [], "mmlu_accuracy")
+                if d is None or d.interval()[0] <= c["best"]:
+                    low.append(f"{label} {_fmt(x['value'])}" + (f" [{d.interval()[0]:.1f}, {d.interval()[1]:.1f}]"
+                                                                  if d is not None else ""))
+            return (f" Not evidence: MMLU after of {', '.join(low)} reaches chance ({c['best']:.1f}, always "
+                    f"\"{c['letter']}\"; uniform {c['uniform']:.1f}).") if low else ""
+
+        def verdict(v: str, why: str) -> str:
+            return stats.UNRESOLVED if why else v
+
+        c = chance(g)
         bf, nf, fp = row("lora_bf16"), row("qlora_nf4_dq"), row("qlora_fp4")
         if bf and nf:
             d = stats.compare(nf["values"], bf["values"], by_question(nf, bf))
+            why = at_chance(("BF16", bf), ("NF4+DQ", nf))
             out.append(Claim("qlora_table4", f"{task}/{model}: MMLU after tuning on an NF4+DQ base matches a BF16 base "
-                             f"(equivalence within {DELTA:g} point)", stats.equivalent(d, DELTA),
-                             f"BF16 {_fmt(bf['value'])}, NF4+DQ {_fmt(nf['value'])}; NF4+DQ − BF16 {_dtext(d)}.",
+                             f"(equivalence within {DELTA:g} point)", verdict(stats.equivalent(d, DELTA), why),
+                             f"BF16 {_fmt(bf['value'])}, NF4+DQ {_fmt(nf['value'])}; NF4+DQ − BF16 {_dtext(d)}.{why}",
                              src, DELTA, d, REASONS["qlora_table3"]))
         if bf and fp:
             d = stats.compare(bf["values"], fp["values"], by_question(bf, fp))
-            out.append(Claim("qlora_table4", f"{task}/{model}: FP4 trails BF16", stats.beats(d),
-                             f"BF16 {_fmt(bf['value'])}, FP4 {_fmt(fp['value'])}; BF16 − FP4 {_dtext(d)}.",
+            why = at_chance(("BF16", bf), ("FP4", fp))
+            out.append(Claim("qlora_table4", f"{task}/{model}: FP4 trails BF16", verdict(stats.beats(d), why),
+                             f"BF16 {_fmt(bf['value'])}, FP4 {_fmt(fp['value'])}; BF16 − FP4 {_dtext(d)}.{why}",
                              src, None, d, SCALE_REASON))
     return out
 

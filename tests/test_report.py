@@ -349,6 +349,25 @@ def test_qlora_table4_mirror_and_claims_from_mmlu_before_and_after():
     assert got["FP4 trails BF16"].verdict == "not resolved" and "paired over seeds 1,2" in got["FP4 trails BF16"].evidence
 
 
+def test_qlora_table4_orders_the_data_types_by_held_out_perplexity_after_tuning():
+    """Lower perplexity is better: FP4 trails BF16 when its perplexity is higher beyond the seed noise (paired over
+    seeds); NF4+DQ beats FP4 when lower; a reversed ordering fails."""
+    def check(ppl: dict) -> dict:
+        recs = [make_record(experiment="qlora_table4", task="alpaca", model="smollm2_135m", method=m,
+                            targets="all_linear", seed=seed, value=v, table="qlora_table4", aggregate="mean")
+                for m, vals in ppl.items() for seed, v in zip((1, 2), vals)]
+        agg = frame.aggregate(frame.runs_frame(recs), "mean")
+        return {c.claim.split(": ", 1)[1].split(" (")[0]: c for c in claims.check("qlora_table4", agg)}
+
+    got = check({"lora_bf16": (4.63, 4.64), "qlora_nf4_dq": (4.80, 4.82), "qlora_fp4": (5.00, 5.03)})
+    fp4 = got["after tuning, FP4 trails BF16"]
+    # FP4 - BF16 per seed +0.37, +0.39: mean +0.38, SE 0.01, t(1) 12.71 -> [+0.253, +0.507]
+    assert fp4.verdict == "holds" and "FP4 − BF16 +0.380 [+0.253, +0.507]" in fp4.evidence
+    assert got["after tuning, NF4+DQ beats FP4"].verdict == "holds"
+    got = check({"lora_bf16": (4.63, 4.64), "qlora_nf4_dq": (5.20, 5.22), "qlora_fp4": (5.00, 5.03)})
+    assert got["after tuning, NF4+DQ beats FP4"].verdict == "fails"
+
+
 def test_qlora_table4_intervals_over_the_questions_a_run_answered(tmp_path):
     """One seed per data type: MMLU after tuning gets the sampling error of its questions (a bootstrap over the
     per-question answers each run saved), the change from before is paired by question, and the claims compare

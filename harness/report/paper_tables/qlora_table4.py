@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.report import stats
 from harness.report.examples import load, runs_bootstrap, scorer
-from harness.report.claims import Claim, DELTA, _dtext, _fmt, REASONS, SCALE_REASON
+from harness.report.claims import Claim, DELTA, diff, _dtext, _fmt, REASONS, SCALE_REASON
 from harness.report.tables import cost_cells, COST_HEADER, DASH, find, md_table, num, TASK_LABELS
 
 TABLE = "qlora_table4"
@@ -139,7 +139,39 @@ def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
     return out
 
 
+def table4_perplexity(agg: pd.DataFrame) -> list[Claim]:
+    """The data-type orderings of Table 4 on the held-out answers' perplexity after tuning (the metric that moves
+    where MMLU sits at chance): FP4 trails BF16, and NF4+DQ beats FP4 (QLoRA's NF4-over-FP4 result). Lower is
+    better; each difference is paired over seeds (or bootstrapped over the answers with one seed)."""
+    out = []
+    src = "QLoRA Table 4, section 4"
+    for (task, model), g in agg.groupby(["task", "model"]):
+        rows = {m: find(g, method=m) for m in ("lora_bf16", "qlora_fp4", "qlora_nf4_dq")}
+        rows = {m: r for m, r in rows.items() if r is not None and r.get("metric") == "perplexity"}
+        labels = {"lora_bf16": "BF16", "qlora_fp4": "FP4", "qlora_nf4_dq": "NF4+DQ"}
+
+        def lower(a: str, b: str, claim: str) -> None:
+            """Claim: a has the lower perplexity (d = b - a > 0)."""
+            if a not in rows or b not in rows:
+                return
+            d = diff(rows[b], rows[a])
+            va, vb = float(rows[a]["value"]), float(rows[b]["value"])
+            nums = f"{labels[a]} {va:.3f}, {labels[b]} {vb:.3f}"
+            if d is None:
+                ev, verdict = f"{nums}; noise unknown (one seed, no per-answer losses).", stats.UNRESOLVED
+            else:
+                lo, hi = d.interval()
+                ev = f"{nums}; {labels[b]} − {labels[a]} {d.mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (95% interval, {d.how})."
+                verdict = stats.beats(d)
+            out.append(Claim("qlora_table4", f"{task}/{model}: after tuning, {claim} (held-out perplexity)", verdict,
+                             ev, src, None, d, SCALE_REASON))
+
+        lower("lora_bf16", "qlora_fp4", "FP4 trails BF16")
+        lower("qlora_nf4_dq", "qlora_fp4", "NF4+DQ beats FP4")
+    return out
+
+
 # the claims this table's report checks, in order; GATED: those about what fine-tuning reaches (they rest only on
 # a task that make sanity shows learnable)
-CHECKS = [table4_mmlu]
-GATED = (table4_mmlu,)
+CHECKS = [table4_mmlu, table4_perplexity]
+GATED = (table4_mmlu, table4_perplexity)

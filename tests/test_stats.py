@@ -93,3 +93,16 @@ def test_paired_bootstrap_is_reproducible_and_agrees_with_scipy():
                        n_resamples=4000, method="percentile", random_state=7).confidence_interval
     lo, hi = d.interval()
     assert lo == pytest.approx(ref.low, abs=0.6) and hi == pytest.approx(ref.high, abs=0.6)
+
+
+def test_wider_takes_the_more_cautious_of_two_intervals_for_one_difference():
+    """Two seeds that agree exactly give a zero-width paired interval; a bootstrap over the evaluation examples of
+    the same difference is wider, and decides."""
+    seeds = stats.paired_t({1: 0.30, 2: 0.31}, {1: 0.26, 2: 0.27})  # the same +0.04 on both seeds
+    assert seeds.interval() == pytest.approx((0.04, 0.04))
+    rng = np.random.default_rng(0)
+    hits_a, hits_b = rng.random(285) < 0.30, rng.random(285) < 0.26
+    boot = stats.bootstrap(lambda idx: float(hits_a[idx].mean() - hits_b[idx].mean()), 285)
+    assert stats.wider(seeds, boot) is boot and stats.wider(boot, seeds) is boot
+    assert stats.wider(None, seeds) is seeds and stats.wider(None, None) is None
+    assert stats.beats(seeds) == "holds" and stats.beats(stats.wider(seeds, boot)) == "not resolved"

@@ -132,6 +132,16 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], examples: Callable[[
             or (examples() if examples is not None else None))
 
 
+def wider(*diffs: Diff | None, level: float = LEVEL) -> Diff | None:
+    """Of several intervals for the same difference (e.g. paired over seeds, and bootstrapped over the evaluation
+    examples with the seeds averaged), the widest: each leaves out the other's source of noise, so a verdict rests
+    on the more cautious one (two seeds that happen to agree give a zero-width seed interval)."""
+    found = [d for d in diffs if d is not None]
+    if not found:
+        return None
+    return max(found, key=lambda d: (lambda lo_hi: lo_hi[1] - lo_hi[0])(d.interval(level)))
+
+
 # ----------------------------------------------------------------------------------------------- verdicts
 def beats(d: Diff | None, level: float = LEVEL) -> str:
     if d is None:

@@ -21,7 +21,8 @@ TABLE = "qlora_table4"
 
 
 def _runs(r, key: str) -> list[tuple[dict, str]]:
-    """A row's runs (one per seed) with the MMLU answers they saved under `key` (mmlu_before / mmlu_after)."""
+    """A row's runs (one per seed), each with the predictions file it saved under `key`: its MMLU answers
+    (mmlu_before / mmlu_after) or an evaluation split's (validation: each answer's loss)."""
     return [({"_dir": d}, key) for d in (r.get("dirs") or {}).values()]
 
 
@@ -102,8 +103,11 @@ def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
                 return None
             return {"values": r["mmlu_values"], "value": float(r["mmlu_after"]), "runs": _runs(r, "mmlu_after")}
 
-        def by_question(a, b):  # one seed each: a paired bootstrap over the questions both runs answered
-            return lambda: runs_bootstrap(a["runs"], b["runs"], "mmlu_accuracy")
+        def compare(a, b):
+            """A - B: paired over seeds, and by a paired bootstrap over the questions (the seeds' answers averaged
+            on each resample); the wider interval decides (stats.wider)."""
+            return stats.wider(stats.compare(a["values"], b["values"]),
+                               runs_bootstrap(a["runs"], b["runs"], "mmlu_accuracy"))
 
         def at_chance(*rows_) -> str:
             """Why these rows are not evidence: an MMLU after whose interval over the questions reaches chance."""
@@ -124,14 +128,14 @@ def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
         c = chance(g)
         bf, nf, fp = row("lora_bf16"), row("qlora_nf4_dq"), row("qlora_fp4")
         if bf and nf:
-            d = stats.compare(nf["values"], bf["values"], by_question(nf, bf))
+            d = compare(nf, bf)
             why = at_chance(("BF16", bf), ("NF4+DQ", nf))
             out.append(Claim("qlora_table4", f"{task}/{model}: MMLU after tuning on an NF4+DQ base matches a BF16 base "
                              f"(equivalence within {DELTA:g} point)", verdict(stats.equivalent(d, DELTA), why),
                              f"BF16 {_fmt(bf['value'])}, NF4+DQ {_fmt(nf['value'])}; NF4+DQ − BF16 {_dtext(d)}.{why}",
                              src, DELTA, d, REASONS["qlora_table3"]))
         if bf and fp:
-            d = stats.compare(bf["values"], fp["values"], by_question(bf, fp))
+            d = compare(bf, fp)
             why = at_chance(("BF16", bf), ("FP4", fp))
             out.append(Claim("qlora_table4", f"{task}/{model}: FP4 trails BF16", verdict(stats.beats(d), why),
                              f"BF16 {_fmt(bf['value'])}, FP4 {_fmt(fp['value'])}; BF16 − FP4 {_dtext(d)}.{why}",
@@ -142,7 +146,7 @@ def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
 def table4_perplexity(agg: pd.DataFrame) -> list[Claim]:
     """The data-type orderings of Table 4 on the held-out answers' perplexity after tuning (the metric that moves
     where MMLU sits at chance): FP4 trails BF16, and NF4+DQ beats FP4 (QLoRA's NF4-over-FP4 result). Lower is
-    better; each difference is paired over seeds (or bootstrapped over the answers with one seed)."""
+    better; each difference is paired over seeds and bootstrapped over the answers, the wider interval deciding."""
     out = []
     src = "QLoRA Table 4, section 4"
     for (task, model), g in agg.groupby(["task", "model"]):
@@ -154,7 +158,10 @@ def table4_perplexity(agg: pd.DataFrame) -> list[Claim]:
             """Claim: a has the lower perplexity (d = b - a > 0)."""
             if a not in rows or b not in rows:
                 return
-            d = diff(rows[b], rows[a])
+            # paired over seeds, and bootstrapped over the held-out answers (seeds averaged): the wider decides
+            d = stats.wider(diff(rows[b], rows[a]),
+                            runs_bootstrap(_runs(rows[b], rows[b].get("split")), _runs(rows[a], rows[a].get("split")),
+                                           "perplexity", scale=1.0))
             va, vb = float(rows[a]["value"]), float(rows[b]["value"])
             nums = f"{labels[a]} {va:.3f}, {labels[b]} {vb:.3f}"
             if d is None:

@@ -116,9 +116,9 @@ def table4_mmlu(agg: pd.DataFrame) -> list[Claim]:
             low = []
             for label, x in rows_:
                 d = runs_bootstrap(x["runs"], [], "mmlu_accuracy")
-                if d is None or d.interval()[0] <= c["best"]:
-                    low.append(f"{label} {_fmt(x['value'])}" + (f" [{d.interval()[0]:.1f}, {d.interval()[1]:.1f}]"
-                                                                  if d is not None else ""))
+                lo, hi = d.interval() if d is not None else (None, None)
+                if d is None or lo <= c["best"]:
+                    low.append(f"{label} {_fmt(x['value'])}" + (f" [{lo:.1f}, {hi:.1f}]" if d is not None else ""))
             return (f" Not evidence: MMLU after of {', '.join(low)} reaches chance ({c['best']:.1f}, always "
                     f"\"{c['letter']}\"; uniform {c['uniform']:.1f}).") if low else ""
 

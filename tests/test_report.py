@@ -581,3 +581,5 @@ def test_the_scale_table_counts_what_fine_tunes_not_its_zero_shot_baseline():
     assert "Alpaca: 899 train / 1500 eval examples" in data and "0," not in data
     trainable = next(line for line in md.splitlines() if line.startswith("| Trainable parameters"))
     assert "–" not in trainable and "% of the model" in trainable
+    wall = next(line for line in md.splitlines() if line.startswith("| Wall time"))
+    assert "2.2 min over 3 runs" in wall and "longest run 0.8 min" in wall  # make_record: 45 s a run

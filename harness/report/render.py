@@ -85,12 +85,23 @@ def scale_table(records: list[dict], runs: pd.DataFrame, agg: pd.DataFrame) -> s
         *([["Training", "none: every run evaluates a base model as stored (no seeds, no trainable parameters)"]]
           if eval_only else []),
         ["Device", "; ".join(dev) or tables.DASH],
+        ["Wall time", _wall(ok)],
         ["Software", ", ".join(f"{k} {v}" for k, v in (records[-1].get("versions") or {}).items()
                                if k in ("torch", "transformers", "peft", "bitsandbytes"))],
         ["Code", ", ".join(sorted(set(str(g) for g in ok["git"].dropna()))) or tables.DASH],
         ["Runs", ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))],
     ]
     return tables.md_table(["", ""], rows, ["l", "l"])
+
+
+def _wall(ok: pd.DataFrame) -> str:
+    """The ok runs' own wall times (each process from its start to its record: load, training, evaluation), summed,
+    and the longest; a launcher's start-up and what ran beside the runs are not in it."""
+    t = ok["total_s"].dropna().astype(float) if "total_s" in ok else pd.Series(dtype=float)
+    if t.empty:
+        return tables.DASH
+    return (f"{t.sum() / 60:.1f} min over {len(t)} runs (the runs' own times, summed; longest run "
+            f"{t.max() / 60:.1f} min)")
 
 
 def _span(lo: str, hi: str) -> str:

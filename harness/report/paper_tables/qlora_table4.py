@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.report import stats
 from harness.report.examples import load, runs_bootstrap, scorer
-from harness.report.claims import Claim, DELTA, diff, _dtext, _fmt, REASONS, SCALE_REASON
+from harness.report.claims import Claim, DELTA, _dtext, _fmt, REASONS, SCALE_REASON
 from harness.report.tables import cost_cells, COST_HEADER, DASH, find, md_table, num, TASK_LABELS
 
 TABLE = "qlora_table4"
@@ -159,7 +159,7 @@ def table4_perplexity(agg: pd.DataFrame) -> list[Claim]:
             if a not in rows or b not in rows:
                 return
             # paired over seeds, and bootstrapped over the held-out answers (seeds averaged): the wider decides
-            d = stats.wider(diff(rows[b], rows[a]),
+            d = stats.wider(stats.compare(rows[b].get("values") or {}, rows[a].get("values") or {}),
                             runs_bootstrap(_runs(rows[b], rows[b].get("split")), _runs(rows[a], rows[a].get("split")),
                                            "perplexity", scale=1.0))
             va, vb = float(rows[a]["value"]), float(rows[b]["value"])

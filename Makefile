@@ -40,7 +40,7 @@ sweep: setup  ## a grid of runs, each in a fresh process, resumable; then its re
 	$(PY) -m harness.run -m +experiment=$(EXPERIMENT) scale=$(SCALE) $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
 	$(PY) -m harness.report experiment=$(EXPERIMENT) out=$(REPORTS)
 
-sanity: setup  ## does fine-tuning beat its baselines on every local task? 3 seeds each, fp32 -> reports/sanity/
+sanity: setup  ## does fine-tuning beat its baselines on MRPC? 5 seeds, fp32, ~20 min -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
 	$(PY) -m harness.report experiment=sanity out=$(REPORTS)
 

@@ -332,3 +332,31 @@ def test_lora_table3_e2e_grid():
     paper = compose(grid("lora_table3_e2e", "scale=paper")[0])
     assert paper.model.name == "gpt2_medium" and paper.task.num_beams == 10 and paper.task.train_split == "train"
     assert paper.task.length_penalty == 0.9 and paper.task.no_repeat_ngram_size == 4 and paper.train.epochs == 5
+
+
+LOCAL_GRIDS = sorted(e for e in EXPERIMENTS if (CONF / "at_scale" / e / "local.yaml").is_file())
+
+
+@pytest.mark.parametrize("experiment", LOCAL_GRIDS)
+def test_a_local_grid_under_200_optimizer_steps_says_why_in_its_report_note(experiment):
+    """Issue 15: every local grid trains at least 200 optimizer steps, or its report says why not (report.note,
+    shown on the report's page). Steps are counted as training counts them (harness/train.py)."""
+    import math
+
+    from harness.config import trains
+
+    short = {}
+    for job in distinct(grid(experiment, "scale=local")):
+        cfg = compose(job)
+        if not trains(cfg):
+            continue
+        t = cfg.train
+        if t.max_steps > 0:
+            steps = int(t.max_steps)
+        else:
+            assert cfg.task.train_size, (experiment, job, "a grid on a whole train split: count its rows here")
+            steps = math.ceil(math.ceil(cfg.task.train_size / (t.batch_size * t.grad_accum)) * t.epochs)
+        if steps < 200:
+            short[steps] = cfg.report.note or ""
+    for steps, note in short.items():
+        assert f"{steps} optimizer steps" in note and "not 200" in note, (experiment, steps, note)

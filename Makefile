@@ -44,7 +44,7 @@ sanity: setup  ## does fine-tuning beat its baselines on MRPC? 5 seeds, fp32, ~2
 	$(PY) -m harness.run -m +experiment=sanity $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
 	$(PY) -m harness.report experiment=sanity out=$(REPORTS)
 
-sanity-wikisql: setup  ## the same check for WikiSQL (SmolLM2 base model vs LoRA, 3 seeds, ~40 min) -> reports/sanity/
+sanity-wikisql: setup  ## the same check for WikiSQL (SmolLM2 base model vs LoRA, 3 seeds, ~15 min) -> reports/sanity/
 	$(PY) -m harness.run -m +experiment=sanity_wikisql hydra.launcher.n_jobs=1 $(ARGS)
 	$(PY) -m harness.report experiment=sanity out=$(REPORTS)
 

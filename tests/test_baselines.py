@@ -328,6 +328,41 @@ def test_claims_on_a_task_sanity_does_not_show_usable_are_not_resolved_and_memor
     assert memory(gated) == memory(free) and len(memory(free)) == 3
 
 
+def test_a_task_judged_on_its_own_experiments_baselines_is_listed_on_the_sanity_page(tmp_path):
+    """A local task make sanity does not run (E2E, Alpaca) is judged by the same rule on the baseline runs of the
+    experiment that tests claims on it: that report's summary.json keeps the verdict (own_usable) and the sanity
+    page lists it, while a task the sanity runs check is not listed twice."""
+    import json
+
+    from harness.report.render import render_experiment
+    from harness.report.sanity import render
+
+    def rec(experiment, task, method, seed, value, baseline="none"):
+        r = make_record(experiment=experiment, task=task, method=method, seed=seed, value=value)
+        r["config"]["method"]["baseline"] = baseline
+        r["config_hash"] = f"{experiment}{task}{method}{seed}"
+        return r
+
+    sanity = [rec("sanity", "mrpc", m, s, v + s / 100, b) for s in (1, 2, 3)
+              for m, v, b in (("zero_shot", 0.70, "zero_shot"), ("lora", 0.78, "none"))]
+    grid = [rec("t3", "rte", m, s, v + s / 100, b) for s in (1, 2, 3)
+            for m, v, b in (("zero_shot", 0.50, "zero_shot"), ("lora", 0.60, "none"))]
+    grid += [rec("t3", "cola", m, s, v, b) for s in (1, 2, 3)
+             for m, v, b in (("zero_shot", 0.30, "zero_shot"), ("lora", 0.30 - s / 100, "none"))]
+    grid += [rec("t3", "mrpc", "full", s, 0.79, "none") for s in (1, 2, 3)]
+    render_experiment("t3", grid, tmp_path, plots=False, usable={"mrpc/minilm_l6/-": True})
+    own = json.loads((tmp_path / "t3" / "summary.json").read_text())["own_usable"]
+    assert own == {"rte/minilm_l6/-": True, "cola/minilm_l6/-": False}  # mrpc: make sanity's verdict, not its own
+    render(sanity, tmp_path)
+    text = (tmp_path / "sanity" / "README.md").read_text()
+    assert "## Tasks judged in their own experiments" in text
+    assert "| rte/minilm_l6 | [t3](../t3/README.md) | **usable for claims** |" in text
+    assert "| cola/minilm_l6 | [t3](../t3/README.md) | **not usable for claims** |" in text
+    listed = json.loads((tmp_path / "sanity" / "summary.json").read_text())["judged_elsewhere"]
+    assert [(x["task"], x["usable_for_claims"]) for x in listed] == [("cola/minilm_l6/-", False),
+                                                                   ("rte/minilm_l6/-", True)]
+
+
 def test_a_collapsed_seed_is_counted_apart_and_keeps_a_task_from_claims(tmp_path):
     import json
 

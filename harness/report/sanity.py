@@ -129,6 +129,23 @@ def task_notes(records: list[dict], task: str, model: str) -> list[str]:
     return out
 
 
+def judged_elsewhere(out_root: Path, checked: set[str]) -> list[tuple[str, str, bool]]:
+    """(task key, experiment, usable) for the tasks other reports under `out_root` judged on their own baseline
+    runs (their summary.json's `own_usable`), leaving out the tasks this sanity run checks itself."""
+    out = []
+    for js in sorted(out_root.glob("*/summary.json")):
+        if js.parent.name == "sanity":
+            continue
+        try:
+            doc = json.loads(js.read_text())
+        except (OSError, ValueError):
+            continue
+        for key, ok_ in sorted((doc.get("own_usable") or {}).items()):
+            if key not in checked:
+                out.append((key, str(doc.get("experiment") or js.parent.name), bool(ok_)))
+    return out
+
+
 def render(records: list[dict], out_root: Path) -> Path:
     summary, runs, agg = summarize(records)
     out = out_root / "sanity"
@@ -175,6 +192,21 @@ def render(records: list[dict], out_root: Path) -> Path:
         lines += [tables.md_table(["Method", "Recipe", "Metric", "Mean", "95% t-CI", "Min–max", "Seeds", "Train ex.",
                                    "Steps", "Best baseline", "− baseline, paired [95% CI]", "vs baseline"], rows,
                                   ["l", "l", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l"]), ""]
+    from harness.report.claims import task_key
+
+    elsewhere = judged_elsewhere(out_root, {task_key(t["task"], t["model"], t["pair_encoding"])
+                                            for t in summary["tasks"].values()})
+    if elsewhere:
+        lines += ["## Tasks judged in their own experiments", "",
+                  "Local tasks that make sanity does not run, each judged by the same rule on the baseline runs of "
+                  "the experiment that tests claims on it (read from that report's summary.json: its "
+                  "\"Claims checked\" section says so, and gates its claims on it).", "",
+                  tables.md_table(["Task", "Experiment", "Verdict"],
+                                  [[key.removesuffix("/-"), f"[{exp}](../{exp}/README.md)",
+                                    "**usable for claims**" if ok_ else "**not usable for claims**"]
+                                   for key, exp, ok_ in elsewhere], ["l", "l", "l"]), ""]
+    summary["judged_elsewhere"] = [{"task": key, "experiment": exp, "usable_for_claims": ok_}
+                                   for key, exp, ok_ in elsewhere]
     path = out / "README.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report import frame, tables
+from harness.report.claims import task_key
 
 ORDER = ["majority", "zero_shot", "head_only"]
 
@@ -93,8 +94,6 @@ def summarize(records: list[dict]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 
 def usable_tasks(records: list[dict]) -> dict[str, bool] | None:
     """{claims.task_key: usable for claims} from the sanity experiment's records; None when there are none."""
-    from harness.report.claims import task_key
-
     if not records:
         return None
     return {task_key(t["task"], t["model"], t["pair_encoding"]): bool(t["usable_for_claims"])
@@ -104,8 +103,6 @@ def usable_tasks(records: list[dict]) -> dict[str, bool] | None:
 def own_usable(records: list[dict], known: dict[str, bool] | None) -> dict[str, bool]:
     """{task_key: usable} judged on an experiment's own records, by make sanity's rule, for the tasks the sanity
     experiment has not checked (absent from `known`) on which the experiment ran a baseline itself."""
-    from harness.report.claims import task_key
-
     if not records or not any(frame.baseline_name(r) in frame.BASELINES for r in records):
         return {}
     out = {}
@@ -192,8 +189,6 @@ def render(records: list[dict], out_root: Path) -> Path:
         lines += [tables.md_table(["Method", "Recipe", "Metric", "Mean", "95% t-CI", "Min–max", "Seeds", "Train ex.",
                                    "Steps", "Best baseline", "− baseline, paired [95% CI]", "vs baseline"], rows,
                                   ["l", "l", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l"]), ""]
-    from harness.report.claims import task_key
-
     elsewhere = judged_elsewhere(out_root, {task_key(t["task"], t["model"], t["pair_encoding"])
                                             for t in summary["tasks"].values()})
     if elsewhere:

@@ -250,20 +250,24 @@ def _level(d: stats.Diff | None) -> str:
     return f"{d.mean:.3f} [{lo:.3f}, {hi:.3f}] (95% interval, {d.how})"
 
 
-def _above(d: stats.Diff | None, threshold: float) -> str:
-    """The mean is above `threshold`: holds if its 95% interval lies above, fails if below, else not resolved."""
+def _above(d: stats.Diff | None, threshold: float, parts: int = 1) -> str:
+    """The mean is above `threshold`: holds if its 95% interval lies above, fails if the interval at the fail
+    level (Bonferroni over the claim's `parts`, stats.fail_level) lies below, else not resolved."""
     if d is None:
         return stats.UNRESOLVED
-    lo, hi = d.interval()
-    return stats.HOLDS if lo > threshold else stats.FAILS if hi < threshold else stats.UNRESOLVED
+    if d.interval()[0] > threshold:
+        return stats.HOLDS
+    return stats.FAILS if d.interval(stats.fail_level(parts))[1] < threshold else stats.UNRESOLVED
 
 
-def _below(d: stats.Diff | None, threshold: float) -> str:
-    """The mean is below `threshold`: holds if its 95% interval lies below, fails if above, else not resolved."""
+def _below(d: stats.Diff | None, threshold: float, parts: int = 1) -> str:
+    """The mean is below `threshold`: holds if its 95% interval lies below, fails if the interval at the fail
+    level (Bonferroni over `parts`) lies above, else not resolved."""
     if d is None:
         return stats.UNRESOLVED
-    lo, hi = d.interval()
-    return stats.HOLDS if hi < threshold else stats.FAILS if lo > threshold else stats.UNRESOLVED
+    if d.interval()[1] < threshold:
+        return stats.HOLDS
+    return stats.FAILS if d.interval(stats.fail_level(parts))[0] > threshold else stats.UNRESOLVED
 
 
 # ------------------------------------------------------------------------------------------------ the analysis
@@ -379,7 +383,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         for kind, v in f3.items():
             d = _over_seeds(v["top"])
             d0 = _over_seeds(v["top_init"])
-            parts[kind] = _above(d, 0.5)
+            parts[kind] = _above(d, 0.5, parts=len(f3))
             nums.append(f"{KIND_LABELS.get(kind, kind)}: phi(1, {hi}) {_level(d)}; the same on the initial A's "
                         f"{_level(d0)}; random {v['top_random']:.3f}")
         out.append(Claim("LoRA Figure 3, section 7.2",
@@ -389,7 +393,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         parts, nums = {}, []
         for kind, v in f3.items():
             d = stats.mean_t(v["first_minus_rest"])
-            parts[kind] = stats.beats(d)
+            parts[kind] = stats.beats(d, parts=len(f3))
             nums.append(f"{KIND_LABELS.get(kind, kind)}: top direction's overlap minus directions 2-{lo}'s mean "
                         f"{_iv(d)}")
         out.append(Claim("LoRA Figure 3, section 7.2",
@@ -428,7 +432,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         parts, nums = {}, []
         for r in amp_ranks:
             d = stats.mean_t({s: v["W_on_dW"] - v["W_on_random"] for s, v in amp[r].items()})
-            parts[f"r={r} correlated"] = stats.beats(d)
+            parts[f"r={r} correlated"] = stats.beats(d, parts=len(amp_ranks))
             nums.append(f"r={r}: ‖U^T W V‖ on Delta W's directions - on random ones {_iv(d)}")
         out.append(Claim("LoRA Table 7, section 7.3",
                          f"{tag}: Delta {lbl} is correlated with {lbl} more than a random matrix is",
@@ -436,7 +440,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         parts, nums = {}, []
         for r in amp_ranks:
             d = _over_seeds({s: _share(v) for s, v in amp[r].items()})
-            parts[f"r={r} not W's top"] = _below(d, SHARE)
+            parts[f"r={r} not W's top"] = _below(d, SHARE, parts=len(amp_ranks))
             nums.append(f"r={r}: share {_level(d)}")
         pv = ("; the paper's (GPT-3, Wq): " + ", ".join(f"r={r} {_share(v):.3f}" for r, v in paper.items())
               if paper and kind == "q" else "")

@@ -188,7 +188,7 @@ def test_a_difference_inside_seed_noise_is_not_resolved():
             for s in (1, 2)]
     (c,) = claims.check("lora_table6", agg_of(recs, "mean"))
     assert c.verdict == "not resolved" and "**not resolved**" in c.markdown()
-    assert "r=1 − r=8: -2.0 [" in c.evidence and "paired over seeds 1,2" in c.evidence
+    assert "r=1 − r=8 (70.0): -2.0 [" in c.evidence and "paired over seeds 1,2" in c.evidence
     # with one seed and no saved predictions the same gap is not resolved either: the noise is unknown
     (c1,) = claims.check("lora_table6", agg_of([r for r in recs if r["seed"] == 1], "mean"))
     assert c1.verdict == "not resolved" and "noise unknown" in c1.evidence
@@ -216,8 +216,12 @@ def test_one_seed_is_compared_by_a_paired_bootstrap_over_saved_predictions(tmp_p
     # r=1 3 of 100 questions behind: the bootstrap interval reaches both below and above the 1-point margin
     assert c.verdict == "not resolved" and "bootstrap over 100 examples" in c.evidence
     (c,) = claims.check("lora_table6", agg_of([recs[0], recs[2]], "mean"))
-    assert c.verdict == "fails" and "r=1 − r=64: -30.0 [" in c.evidence
+    assert c.verdict == "fails" and "r=1 − r=64 (90.0): -30.0 [" in c.evidence
 
+    # three ranks: r=1 against each other rank, each part's fail side at the Bonferroni level
+    (c,) = claims.check("lora_table6", agg_of(recs, "mean"))
+    assert "r=1 − r=8 (63.0)" in c.evidence and "r=1 − r=64 (90.0)" in c.evidence and "5%/2" in c.evidence
+    assert c.verdict == "fails"
 
 def _storage(bits: float, blocks: float) -> dict:
     return {"model": {"linear_storage": {"bits_per_param": bits, "bits_per_param_blocks": blocks,

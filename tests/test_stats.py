@@ -78,6 +78,36 @@ def test_noninferiority_and_superiority_are_one_sided_tests():
     assert stats.all_of([stats.HOLDS, stats.FAILS, stats.UNRESOLVED]) == stats.FAILS
 
 
+def test_a_claim_of_k_parts_fails_only_at_the_bonferroni_level():
+    # mean -1, se 0.32 with 4 df: the 95% interval lies below 0, the 97.5% (0.05 / 2 parts) one does not
+    d = stats.Diff(-1.0, 5, "test", se=0.32, df=4)
+    assert d.interval(0.95)[1] < 0 < d.interval(stats.fail_level(2))[1]
+    assert stats.fail_level(1) == 0.95 and abs(stats.fail_level(5) - 0.99) < 1e-12
+    assert stats.beats(d) == stats.FAILS and stats.beats(d, parts=2) == stats.UNRESOLVED
+    assert stats.noninferior(stats.Diff(-2.0, 5, "t", se=0.32, df=4), 1.0) == stats.FAILS
+    assert stats.noninferior(stats.Diff(-2.0, 5, "t", se=0.32, df=4), 1.0, parts=2) == stats.UNRESOLVED
+    assert stats.equivalent(stats.Diff(2.0, 5, "t", se=0.32, df=4), 1.0) == stats.FAILS
+    assert stats.equivalent(stats.Diff(2.0, 5, "t", se=0.32, df=4), 1.0, parts=2) == stats.UNRESOLVED
+    # the hold side is an intersection-union test: every part at 95%, no correction
+    up = stats.Diff(1.0, 5, "test", se=0.3, df=4)
+    assert stats.beats(up) == stats.beats(up, parts=3) == stats.HOLDS
+    with pytest.raises(ValueError, match="parts=0"):
+        stats.fail_level(0)
+
+
+def test_falls_short_mirrors_noninferiority():
+    short = stats.Diff(-3.0, 4, "t", se=0.3, df=3)
+    assert stats.noninferior(short, 1.0) == stats.FAILS and stats.falls_short(short, 1.0) == stats.HOLDS
+    close = stats.Diff(0.0, 4, "t", se=0.2, df=3)
+    assert stats.noninferior(close, 1.0) == stats.HOLDS and stats.falls_short(close, 1.0) == stats.FAILS
+    # non-inferior at 5% (the 90% interval's lower end above -1), not at 5%/2: no "fails" for a claim of 2 parts
+    wide = stats.Diff(-0.5, 4, "t", se=0.2, df=3)
+    lo90, lo95 = wide.interval(0.90)[0], wide.interval(0.95)[0]
+    assert lo90 > -1.0 > lo95
+    assert stats.falls_short(wide, 1.0) == stats.FAILS and stats.falls_short(wide, 1.0, parts=2) == stats.UNRESOLVED
+    assert stats.falls_short(None, 1.0) == stats.UNRESOLVED
+
+
 def test_paired_bootstrap_is_reproducible_and_agrees_with_scipy():
     rng = np.random.default_rng(1)
     a = (rng.random(400) < 0.76).astype(float)

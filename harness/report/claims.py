@@ -135,12 +135,13 @@ def lora_reference(g: pd.DataFrame):
 MEMORY_MARGIN = 0.02  # one seed each: a peak within 2% of the other's is allocator noise, not a difference
 
 
-def needs_more_memory(big: dict, small: dict) -> tuple[str, stats.Diff | None]:
+def needs_more_memory(big: dict, small: dict, parts: int = 1) -> tuple[str, stats.Diff | None]:
     """(verdict, difference) of "`big` needs more training memory than `small`": peaks paired over seeds where
-    both ran several, else the two single peaks with the MEMORY_MARGIN band left unresolved."""
+    both ran several (`parts`: of a claim made of several such comparisons), else the two single peaks with the
+    MEMORY_MARGIN band left unresolved."""
     d = stats.compare(big.get("peaks") or {}, small.get("peaks") or {})
     if d is not None:
-        return stats.beats(d), d
+        return stats.beats(d, parts=parts), d
     b, s = float(big["peak_mb"]), float(small["peak_mb"])
     return (stats.HOLDS if b > s * (1 + MEMORY_MARGIN) else stats.FAILS if b < s * (1 - MEMORY_MARGIN)
             else stats.UNRESOLVED), None

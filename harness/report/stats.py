@@ -14,6 +14,12 @@ numbers (`delta`, in the metric's points):
   holds; the 95% interval entirely outside it fails.
 - `noninferior` (A matches or exceeds B, within delta): the 90% interval's lower end above -delta (a one-sided
   test at 5%) holds; the 95% interval's upper end below -delta fails.
+
+A claim made of k comparisons ("at every rank", "on every task", "every QLoRA data type") holds only when every
+part holds at the levels above: an intersection-union test, which needs no correction. It fails when any part
+fails, and k parts give k chances to fail by noise, so each part's fail side is tested at the Bonferroni level:
+the (1 - 0.05/k) interval instead of the 95% one (`parts=k` in each test). Otherwise "fails" for a claim of 5
+parts would carry up to 5 x 2.5% of false alarms.
 """
 
 from __future__ import annotations
@@ -143,37 +149,66 @@ def wider(*diffs: Diff | None, level: float = LEVEL) -> Diff | None:
 
 
 # ----------------------------------------------------------------------------------------------- verdicts
-def beats(d: Diff | None, level: float = LEVEL) -> str:
+def fail_level(parts: int = 1) -> float:
+    """The interval level for a "fails" verdict on one of `parts` comparisons that make up one claim: Bonferroni,
+    1 - 0.05/parts (0.95 for a claim of one comparison)."""
+    if parts < 1:
+        raise ValueError(f"a claim has at least one part, got parts={parts}")
+    return 1 - (1 - LEVEL) / parts
+
+
+def beats(d: Diff | None, parts: int = 1) -> str:
+    """A - B above 0: holds when the 95% interval lies above 0; fails when the interval at the fail level
+    (Bonferroni over `parts`) lies below 0."""
     if d is None:
         return UNRESOLVED
-    lo, hi = d.interval(level)
-    return HOLDS if lo > 0 else FAILS if hi < 0 else UNRESOLVED
+    lo, _ = d.interval(LEVEL)
+    if lo > 0:
+        return HOLDS
+    _, hi = d.interval(fail_level(parts))
+    return FAILS if hi < 0 else UNRESOLVED
 
 
-def equivalent(d: Diff | None, delta: float) -> str:
-    """TOST at 5%: the 90% interval inside (-delta, delta); fails when the 95% interval lies outside it."""
+def equivalent(d: Diff | None, delta: float, parts: int = 1) -> str:
+    """TOST at 5%: the 90% interval inside (-delta, delta); fails when the 95% interval (Bonferroni over `parts`:
+    the 1 - 0.05/parts one) lies outside it."""
     if d is None:
         return UNRESOLVED
     lo, hi = d.interval(0.90)
     if -delta < lo and hi < delta:
         return HOLDS
-    lo, hi = d.interval(LEVEL)
+    lo, hi = d.interval(fail_level(parts))
     return FAILS if lo > delta or hi < -delta else UNRESOLVED
 
 
-def noninferior(d: Diff | None, delta: float) -> str:
-    """A - B at least -delta (A matches B within delta, or beats it): one-sided test at 5%."""
+def noninferior(d: Diff | None, delta: float, parts: int = 1) -> str:
+    """A - B at least -delta (A matches B within delta, or beats it): one-sided test at 5%. Fails when the 95%
+    interval's upper end (Bonferroni over `parts`) lies below -delta."""
     if d is None:
         return UNRESOLVED
     lo, _ = d.interval(0.90)
     if lo > -delta:
         return HOLDS
-    _, hi = d.interval(LEVEL)
+    _, hi = d.interval(fail_level(parts))
     return FAILS if hi < -delta else UNRESOLVED
 
 
+def falls_short(d: Diff | None, delta: float, parts: int = 1) -> str:
+    """A - B below -delta (A falls short of B by more than the margin): the mirror of `noninferior`. Holds when
+    the 95% interval's upper end lies below -delta; fails when A's non-inferiority holds at the fail level (the
+    one-sided 5%/parts test: the 1 - 0.10/parts interval's lower end above -delta)."""
+    if d is None:
+        return UNRESOLVED
+    _, hi = d.interval(LEVEL)
+    if hi < -delta:
+        return HOLDS
+    lo, _ = d.interval(1 - 2 * (1 - fail_level(parts)))
+    return FAILS if lo > -delta else UNRESOLVED
+
+
 def all_of(verdicts: Sequence[str]) -> str:
-    """A claim made of parts: fails if any part fails, holds if all hold, else not resolved."""
+    """A claim made of parts: fails if any part fails, holds if all hold, else not resolved. Each part's verdict
+    should come from its test with `parts=len(verdicts)`, so that the fail side is Bonferroni-corrected."""
     if not verdicts:
         return UNRESOLVED
     return FAILS if FAILS in verdicts else HOLDS if all(v == HOLDS for v in verdicts) else UNRESOLVED

@@ -53,16 +53,17 @@ def table2_lora_matches_full(agg: pd.DataFrame) -> list[Claim]:
     out = []
     src = "LoRA Table 2, section 5.3"
     for model, g in agg.groupby("model"):
-        parts, text, trainable = [], [], None
+        ds, text, trainable = [], [], None
         for task, gt in g.groupby("task"):
             full = find(gt, method="full")
             lora = lora_reference(gt)
             if full is None or lora is None:
                 continue
             d = diff(lora, full)
-            parts.append(stats.noninferior(d, DELTA))
+            ds.append(d)
             text.append(f"{task}: LoRA {_fmt(lora['value'])} vs full {_fmt(full['value'])}, LoRA − full {_dtext(d)}")
             trainable = lora["trainable_pct"]
+        parts = [stats.noninferior(d, DELTA, parts=len(ds)) for d in ds]
         if parts:
             label, where = (f"{text[0].split(':')[0]}/{model}", "") if len(parts) == 1 else (model, " on every task")
             out.append(Claim("lora_table2", f"{label}: LoRA matches or exceeds full fine-tuning{where} (within "

@@ -55,7 +55,7 @@ def table5_more_types_lower_rank(agg: pd.DataFrame) -> list[Claim]:
         if "qv" in v and ("q" in v or "k" in v):
             parts = {t: diff(v["qv"], v[t]) for t in "qk" if t in v}
             out.append(Claim("lora_table5", f"{task}/{model}: Wq alone and Wk alone are significantly lower than "
-                             "Wq,Wv", stats.all_of([stats.beats(d) for d in parts.values()]),
+                             "Wq,Wv", stats.all_of([stats.beats(d, parts=len(parts)) for d in parts.values()]),
                              "; ".join(f"Wq,Wv − W{t}: {_dtext(d)}" for t, d in parts.items()) + ".",
                              src, None, None, SCALE_REASON))
     return out

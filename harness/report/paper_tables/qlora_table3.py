@@ -52,15 +52,14 @@ def table3_quantized_match(agg: pd.DataFrame) -> list[Claim]:
         if not (g["method"] == ref_m).any() or not quant:
             continue
         ref_label = "LoRA on a bf16 base" if ref_m == "lora_bf16" else "LoRA on an fp32-stored base"
-        per, parts = [], []
+        per = []
         for m in quant:
             for (t, r), _ in g[g["method"] == m].groupby(["targets", "r"]):
                 lv, qv = find(g, method=ref_m, targets=t, r=r), find(g, method=m, targets=t, r=r)
                 if lv is None or qv is None:
                     continue
-                d = diff(qv, lv)
-                parts.append(stats.equivalent(d, DELTA))
-                per.append((m, t, r, d))
+                per.append((m, t, r, diff(qv, lv)))
+        parts = [stats.equivalent(d, DELTA, parts=len(per)) for *_, d in per]
         nf = next(((t, r, d) for m, t, r, d in per if m == "qlora_nf4_dq"), None)
         if nf is not None:
             out.append(Claim("qlora_table3", f"{task}/{model}: NF4 with double quantization matches 16-bit LoRA "
@@ -87,16 +86,17 @@ def table3_quantized_match(agg: pd.DataFrame) -> list[Claim]:
             lref = find(g, method=rm)
             if lref is None or pd.isna(lref.get("peak_mb")):
                 continue
-            mem, parts, dtypes = [], [], set()
+            mem, qs, dtypes = [], [], set()
             for m in quant:  # the same adapter placement and rank as the LoRA reference
                 q = find(g, method=m, targets=lref["targets"], r=lref["r"]) if lref["targets"] != "-" else None
                 if q is None or pd.isna(q.get("peak_mb")):
                     continue
-                parts.append(needs_more_memory(lref, q)[0])
+                qs.append(q)
                 mem.append(f"{m} {q['peak_mb']:.0f} MiB")
                 dtypes.add(str(q.get("compute_dtype")))
             if not mem:
                 continue
+            parts = [needs_more_memory(lref, q, parts=len(qs))[0] for q in qs]
             reason = REASONS["memory"]
             if dtypes - {str(lref.get("compute_dtype"))}:  # e.g. a bf16-autocast reference against fp32 4-bit runs
                 reason += (f"; and here the reference computes in {lref.get('compute_dtype')} while the quantized runs "

@@ -63,7 +63,7 @@ analyze: setup  ## what the adapters learned (LoRA section 7: Figures 3-4, Table
 results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
 	$(PY) -m harness.store $(ARGS)
 
-bench: setup  ## throughput: our path vs the seed recipe, levers, MFU, sharing -> reports/bench/results_<CPU class>.json (~40 min; ARGS="compute=bf16" for the bf16 section); then bench-inference
+bench: setup  ## throughput: our path vs the seed recipe, levers, MFU and its ceiling at the shapes, sharing -> reports/bench/results_<CPU class>.json (~40 min; ARGS="compute=bf16" for the bf16 section; ARGS="ceiling_only=true tag=bf16" adds only the ceiling); then bench-inference
 	$(PY) -m bench.throughput $(ARGS)
 	$(PY) -m bench.inference
 

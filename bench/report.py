@@ -75,8 +75,34 @@ def summary(res: dict) -> list[dict]:
                 "within_noise": None if noise is None else diff <= max(noise, 1e-9) * 2,
                 "seed_mfu": seed["mfu"], "ours_mfu": ours["mfu"],
                 "seed_dtype": seed["compute_dtype"], "ours_dtype": ours["compute_dtype"],
+                # the matmul ceiling at this workload's shapes (bench/throughput.py shape_ceiling), where measured
+                "ceiling_mfu": ceiling(res, wname, ours["compute_dtype"]),
             })
     return out
+
+
+def ceiling(res: dict, workload: str, dtype: str) -> float | None:
+    """The MFU ceiling at `workload`'s shapes in `dtype` (a share of the peak measured beside it), or None."""
+    c = (res.get("ceiling") or {}).get(workload)
+    return c["mfu"] if c and c["dtype"] == dtype else None
+
+
+def ceiling_line(rows: list[dict]) -> str | None:
+    """The Result section's line on the matmul ceiling at the workloads' shapes, where it was measured."""
+    lora = [r for r in rows if r["method"] == "lora" and r.get("ceiling_mfu")]
+    if not lora:
+        return None
+    line = ("- The matmul ceiling at these shapes (`shape_ceiling`: every linear layer's products timed alone at the "
+            "mean real tokens per step, operands already in the dtype, no attention, norms, optimizer or framework; "
+            "FLOPs counted as for MFU): " + ", ".join(
+                f"{r['model']} {100 * r['ceiling_mfu']:.1f}% of the {r['ours_dtype']} peak (ours reaches "
+                f"{r['ours_mfu'] / r['ceiling_mfu']:.0%} of it)" for r in lora) + ".")
+    low = [r["model"] for r in lora if r["ceiling_mfu"] < MFU_GOAL]
+    if low:
+        line += (f" For {' and '.join(low)} the {MFU_GOAL:.0%} goal lies above what torch's matmul kernels reach at "
+                 "these shapes on this machine: no training path can meet it here, and ours against the ceiling is "
+                 "the measure that remains.")
+    return line
 
 
 def _lora_goal(rows: list[dict], passes, describe) -> tuple[str, str]:
@@ -147,7 +173,7 @@ def render(res: dict, level: int = 1) -> str:
           f"{h}# Result", "",
           f"- Goal: ours / seed recipe >= {GOAL} in real tokens/s for LoRA on both models: **{verdict}** ({detail}).",
           f"- Goal: ours at >= {MFU_GOAL:.0%} of the matmul peak of its dtype (MFU) for LoRA on both models: "
-          f"**{mverdict}** ({mdetail}).", "",
+          f"**{mverdict}** ({mdetail}).", *([cl] if (cl := ceiling_line(rows)) else []), "",
          "| model | task | method | seed recipe tok/s | ours tok/s | ours / seed | held-out loss: before | seed "
          "(2nd seed) | ours (2nd seed) | MFU seed | MFU ours |",
          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -247,6 +273,23 @@ def render(res: dict, level: int = 1) -> str:
           "Full fine-tuning would count 6N. Attention-score products, norms and elementwise work are not counted, "
           "and pad tokens count as waste, so MFU is useful work only. Every row, the 1-thread one too, is measured "
           "against the all-thread peak: the share of this machine it uses.", ""]
+    ceil = res.get("ceiling") or {}
+    if ceil:
+        L += [f"{h}# The matmul ceiling at these shapes", "",
+              "bench/throughput.py `shape_ceiling` (`make bench ARGS=\"ceiling_only=true ...\"` measures it alone): "
+              "each distinct linear layer's products as a training step runs them (forward X W^T, input gradient "
+              "G W, and G^T X for a trained weight), timed alone with the mean real tokens per step as rows (packed, "
+              "no padding), operands already in the compute dtype (no autocast casts), best of 3 rounds; the FLOPs "
+              "MFU counts over their summed time. No training path can beat it with these kernels: what separates "
+              "ours from it is attention, norms, activations, casts, the optimizer and the framework.", "",
+              "| workload | rows (tokens per step) | dtype | ceiling GFLOP/s | peak beside it | ceiling MFU "
+              "| per shape (in x out: GFLOP/s) | measured |", "|---|---:|---|---:|---:|---:|---|---|"]
+        for wname, c in ceil.items():
+            shapes = ", ".join(f"{x['in']}x{x['out']}{' (trained)' if x['trained'] else ''}: "
+                               f"{x['flops_per_s'] / 1e9:.0f}" for x in c["shapes"])
+            L.append(f"| {wname} | {c['tokens']} | {c['dtype']} | {c['flops_per_s'] / 1e9:.0f} "
+                     f"| {c['peak'] / 1e9:.0f} | **{100 * c['mfu']:.1f}%** | {shapes} | {c.get('measured', '–')} |")
+        L.append("")
     fc = res.get("fixed_cost") or {}
     if fc:
         L += [f"{h}# Per-run fixed cost", "",
@@ -357,12 +400,14 @@ def sections(folder: Path) -> list[dict]:
 
 
 def overview(secs: list[dict]) -> list[str]:
-    L = ["| CPU class | model | method | seed recipe tok/s | ours tok/s | ours / seed | MFU ours |",
-         "|---|---|---|---:|---:|---:|---:|"]
+    L = ["| CPU class | model | method | seed recipe tok/s | ours tok/s | ours / seed | MFU ours "
+         "| matmul ceiling at these shapes |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for res in secs:
         for r in summary(res):
+            c = r.get("ceiling_mfu")
             L.append(f"| {cpu_class(res)[0]} | {r['model']} | {r['method']} | {r['seed_tps']:.0f} "
-                     f"| {r['ours_tps']:.0f} | {r['ratio']:.2f}x | {100 * r['ours_mfu']:.1f}% ({r['ours_dtype']}) |")
+                     f"| {r['ours_tps']:.0f} | {r['ratio']:.2f}x | {100 * r['ours_mfu']:.1f}% ({r['ours_dtype']}) "
+                     f"| {'–' if c is None else f'{100 * c:.1f}%'} |")
     return L
 
 

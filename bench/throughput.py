@@ -144,6 +144,75 @@ def train_flops(model) -> dict:
             "formula": "4 x frozen linear weights + 6 x trained linear weights, per real token"}
 
 
+def linear_shapes(model) -> dict[tuple[int, int, bool], int]:
+    """{(in_features, out_features, trained): how many} over the linear layers `train_flops` counts."""
+    from collections import Counter
+
+    shapes = Counter()
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and "pooler" not in name and "original_module" not in name:
+            shapes[(m.in_features, m.out_features, bool(m.weight.requires_grad))] += 1
+    return dict(shapes)
+
+
+def _seconds_per_call(fn, round_s: float) -> float:
+    """The best of 3 rounds of mean seconds per call (each round `round_s` long, at least 3 calls)."""
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t, reps = time.perf_counter(), 0
+        while reps < 3 or time.perf_counter() - t < round_s:
+            fn()
+            reps += 1
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
+def shape_ceiling(model, tokens: int, dtype: torch.dtype, round_s: float = 0.2) -> dict:
+    """What torch's matmul kernels reach on this machine at the workload's own shapes: every linear layer that runs
+    per token, its products timed alone as a training step runs them (forward X W^T; input gradient G W; for a
+    trained weight also its gradient G^T X), with `tokens` rows (the mean real tokens per step, packed: no
+    padding), operands already in `dtype` (no casts), nothing else (no attention, norms, optimizer, framework).
+    The FLOPs `train_flops` counts for a step over that time is the best FLOP/s any training path could reach with
+    these kernels: the MFU ceiling at these shapes."""
+    total_s = flops = 0.0
+    rows = []
+    with torch.no_grad():
+        for (i, o, trained), n in sorted(linear_shapes(model).items()):
+            x, w, g = (torch.randn(tokens, i, dtype=dtype), torch.randn(o, i, dtype=dtype),
+                       torch.randn(tokens, o, dtype=dtype))
+            ops = [lambda: x @ w.t(), lambda: g @ w] + ([lambda: g.t() @ x] if trained else [])
+            sec = sum(_seconds_per_call(op, round_s) for op in ops)
+            f = 2.0 * tokens * i * o * len(ops)
+            total_s += n * sec
+            flops += n * f
+            rows.append({"in": i, "out": o, "trained": trained, "count": n, "products": len(ops),
+                         "seconds": sec, "flops_per_s": f / sec})
+    return {"tokens": tokens, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "flops": flops,
+            "seconds": total_s, "flops_per_s": flops / total_s, "shapes": rows}
+
+
+def measure_ceilings(res: dict, chosen_models) -> None:
+    """res["ceiling"][workload]: `shape_ceiling` at the mean real tokens per step of ours (LoRA, seed 0) in the dtype
+    ours computes in, as a share of the dense matmul peak measured beside it (in the same process, just before)."""
+    peaks: dict = {}
+    for mk in chosen_models:
+        w = WORKLOADS[mk]
+        ours = next((r for r in res["runs"] if r["workload"] == w.name and r["method"] == "lora"
+                     and r["path"] == "ours" and r["seed"] == 0), None)
+        if ours is None:
+            continue
+        p = prepare(w, "lora", "ours", 0, res.get("compute", "auto"))
+        dtype = DTYPES[ours["compute_dtype"]]
+        c = shape_ceiling(p["model"], round(ours["real_tokens"] / ours["steps"]), dtype)
+        c["peak"] = _peak(peaks, ours["compute_dtype"])
+        c["mfu"] = c["flops_per_s"] / c["peak"]
+        c["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        res.setdefault("ceiling", {})[w.name] = c
+        log.info("%s: matmul ceiling at %d tokens per step, %s: %.0f GFLOP/s = %.1f%% of the peak", w.name,
+                 c["tokens"], c["dtype"], c["flops_per_s"] / 1e9, 100 * c["mfu"])
+
+
 # ------------------------------------------------------------------------------------------- data
 def _texts(cfg, data) -> list[list[str]]:
     """Per example, the text fields a tokenizer gets: the task's fields (classification) or prompt + answer."""
@@ -486,6 +555,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-sharing", action="store_true", help="skip the two-processes-at-once measurement")
     ap.add_argument("--compute", default="auto", choices=("auto", "fp32", "bf16"),
                     help="method.compute_dtype of ours and the levers (auto: bf16 with AMX or AVX512-BF16)")
+    ap.add_argument("--ceiling-only", action="store_true", help="only (re)measure the matmul ceiling at each "
+                    "workload's shapes into the existing results_<tag>.json (its ours runs give the tokens per step)")
     ap.add_argument("--tag", default="", help="the results file's name: results_<tag>.json (default: from the "
                     "CPU class: avx2 when ATEN_CPU_CAPABILITY=avx2, else the compute dtype)")
     a = ap.parse_args(key_value_args(sys.argv[1:] if argv is None else list(argv), ap))
@@ -507,6 +578,16 @@ def main(argv=None) -> None:
            "env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "GOMP_SPINCOUNT",
                                                   "OMP_WAIT_POLICY")}}
     name = f"results_{tag}.json"
+    if a.ceiling_only:
+        if not (out / name).is_file():
+            raise SystemExit(f"--ceiling-only: {out / name} does not exist (run the bench with tag={tag} first)")
+        res = json.loads((out / name).read_text())
+        measure_ceilings(res, chosen["models"])
+        _save(out, res, name)
+        from bench.report import main as render_page
+
+        render_page([str(out)])
+        return
     res["peak_flops"] = {}  # per dtype, measured before the first path that computes in it
     for mk in chosen["models"]:
         w = WORKLOADS[mk]
@@ -535,6 +616,8 @@ def main(argv=None) -> None:
         if not a.no_fixed_cost:
             res["fixed_cost"][w.name] = fixed_cost(w)
             _save(out, res, name)
+    measure_ceilings(res, chosen["models"])
+    _save(out, res, name)
     if not a.no_sharing:
         res["sharing"] = sharing()
         log.info("sharing: solo %.0f tokens/s, side by side %s", res["sharing"]["solo_tokens_per_s"],

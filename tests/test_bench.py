@@ -119,6 +119,11 @@ def test_bad_choice_names_the_valid_ones():
         throughput.main(["--models", "bert"])
 
 
+def test_the_ceiling_alone_needs_the_results_file_it_adds_to(tmp_path):
+    with pytest.raises(SystemExit, match=r"results_zz.json does not exist \(run the bench with tag=zz first\)"):
+        throughput.main(["ceiling_only=true", f"out={tmp_path}", "tag=zz"])
+
+
 def test_inference_bench_variants_compute_what_they_claim_and_render():
     """bench/inference.py on MiniLM (two rounds: no timing is asserted): merged LoRA computes what the unmerged
     adapter does, the adapter changes the outputs, the 4-bit base's merged copy matches its unmerged form."""
@@ -220,3 +225,28 @@ def test_the_everyday_commands_wall_times_render_with_their_goals_on_the_avx2_cl
     assert "93 s (1 min 33 s) **holds**; accuracy 77.7, float32" in text
     assert "960 s (16 min 00 s) **fails**; 15 of 15 runs ok" in text and "AVX512-BF16 or AMX" in text
     assert report.machine_summary(tmp_path)["commands"]["avx2"]["goals"]["sweep"] == "fails"
+
+
+def test_the_shape_ceiling_times_the_flops_mfu_counts_and_renders_beside_ours(tmp_path):
+    """shape_ceiling counts exactly the FLOPs train_flops counts for a step of `tokens` rows (4n frozen, 6n trained);
+    the page states the ceiling and says when the MFU goal lies above it. No timing is asserted."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 16), torch.nn.Linear(32, 16))
+    model[0].weight.requires_grad_(False)
+    assert throughput.linear_shapes(model) == {(16, 32, False): 1, (32, 16, True): 2}
+    c = throughput.shape_ceiling(model, tokens=10, dtype=torch.float32, round_s=0.001)
+    assert c["flops"] == 10 * throughput.train_flops(model)["per_token"]
+    assert c["flops_per_s"] > 0 and c["dtype"] == "fp32" and [x["products"] for x in c["shapes"]] == [2, 3]
+    base = {"machine": {"cpu": "x", "logical_cpus": 2, "torch_threads": 2, "bf16_native": True, "torch": "t",
+                        "transformers": "t", "peft": "p", "bitsandbytes": "b", "python": "3"},
+            "started": "s", "finished": "f", "warmup_steps": 2, "peak_flops": {"bf16": 1e12}, "workloads": {},
+            "fixed_cost": {}, "compute": "bf16",
+            "runs": [_run("a", "lora", "seed", 100, 0.5), _run("a", "lora", "ours", 300, 0.51, mfu=0.2)],
+            "ceiling": {"a_w": c | {"dtype": "bf16", "mfu": 0.3, "peak": 1e12}}}
+    text = report.render(base)
+    assert "a 30.0% of the bf16 peak (ours reaches 67% of it)" in text
+    assert "the 40% goal lies above what torch's matmul kernels reach" in text
+    assert "The matmul ceiling at these shapes" in text and "32x16 (trained)" in text
+    (tmp_path / "results_bf16.json").write_text(json.dumps(base))
+    (tmp_path / "results_avx2.json").write_text(json.dumps(base | {"ceiling": {}, "env": {"ATEN_CPU_CAPABILITY": "avx2"}}))
+    assert "| 20.0% (bf16) | 30.0% |" in report.page(tmp_path)
+    assert report.summary(base | {"ceiling": {}})[0]["ceiling_mfu"] is None

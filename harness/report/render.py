@@ -359,7 +359,9 @@ STATS_NOTE = ("How verdicts are decided (harness/report/stats.py): differences a
               "a paired bootstrap over evaluation examples where both runs saved predictions, else not resolved. "
               "\"Beats\" holds when the interval lies above 0; \"matches within delta\" is an equivalence test (the "
               "90% interval inside ±delta: two one-sided tests at 5%); \"matches or exceeds\" a one-sided "
-              "non-inferiority test at 5%. Configurations below their best baseline are not evidence.")
+              "non-inferiority test at 5%. A claim made of k comparisons (\"at every rank\", \"every data type\") "
+              "holds when every part holds at those levels, and fails only when a part fails at the Bonferroni "
+              "level (the 1 - 0.05/k interval). Configurations below their best baseline are not evidence.")
 
 SUMMARY_COLUMNS = ["task", "model", "method", "baseline", "targets", "r", "alpha", "lr", "metric", "split",
                    "train_examples", "eval_examples", "steps", "n", "value", "mean", "median", "sd", "ci_lo", "ci_hi",

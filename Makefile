@@ -17,7 +17,7 @@ export GOMP_SPINCOUNT ?= 1000
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lock lint run sweep sanity sanity-wikisql search plan report analyze results bench bench-inference bench-commands test test-fast clean-outputs
+.PHONY: setup lock lint run sweep sanity sanity-wikisql search plan report analyze results bench bench-ceiling bench-inference bench-commands test test-fast clean-outputs
 
 setup: .venv/.installed  ## create .venv and install everything (CPU torch, pinned)
 
@@ -63,9 +63,15 @@ analyze: setup  ## what the adapters learned (LoRA section 7: Figures 3-4, Table
 results: setup  ## list every recorded run (status, config hash, metric); ARGS=--failed for failures only
 	$(PY) -m harness.store $(ARGS)
 
-bench: setup  ## throughput: our path vs the seed recipe, levers, MFU and its ceiling at the shapes, sharing -> reports/bench/results_<CPU class>.json (~40 min; ARGS="compute=bf16" for the bf16 section; ARGS="ceiling_only=true tag=bf16" adds only the ceiling); then bench-inference
+bench: setup  ## throughput: our path vs the seed recipe, levers, MFU and its ceiling at the shapes, sharing -> reports/bench/results_<CPU class>.json (~40 min; ARGS="compute=bf16" for the bf16 section); then bench-inference
 	$(PY) -m bench.throughput $(ARGS)
 	$(PY) -m bench.inference
+
+bench-ceiling: setup  ## only the matmul ceiling at the bench workloads' shapes, into the existing results files (~1 min each): the AVX2-emulated fp32 one and, on a CPU with native bf16, the bf16 one
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m bench.throughput ceiling_only=true tag=avx2 $(ARGS)
+	if $(PY) -c "import sys; from harness.methods import host_has_bf16; sys.exit(not host_has_bf16())"; then \
+	  $(PY) -m bench.throughput ceiling_only=true tag=bf16 compute=bf16 $(ARGS); \
+	else echo "no native bf16 on this CPU: the bf16 ceiling is not measured"; fi
 
 bench-commands: setup  ## wall time of make run, make sweep and make test here (~25 min), outputs into a temp folder -> reports/bench/commands_<CPU class>.json
 	$(PY) -m bench.commands $(ARGS)

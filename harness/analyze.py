@@ -635,7 +635,8 @@ def render(name: str, result: dict, records: list[dict], out_root: Path, paper: 
     lines += ["## Claims checked", "",
               "Verdicts as in every report (harness/report/stats.py): a threshold or a difference holds when its 95% "
               "t-interval over seeds lies on the claimed side, fails when it lies on the other, else not resolved. "
-              "The between-seed claim is a test against random Gaussian matrices (every seed pair's p below "
+              "A claim of several parts (Wq and Wv, r=4 and r=64) holds when every part holds and fails when a part "
+              "fails at the Bonferroni level (the 1 - 0.05/parts interval). The between-seed claim is a test against random Gaussian matrices (every seed pair's p below "
               "0.05 / pairs).", "",
               "| Source | Claim | Verdict | Deciding numbers |", "| :--- | :--- | :--- | :--- |"]
     for c in claims_all:

@@ -32,6 +32,7 @@ LEVER_NAMES = {
     "batch_x2": "ours with 2x batch, half the steps (same examples)",
     "compile": "ours + torch.compile (inductor, dynamic shapes)",
     "bf16_base": "ours + frozen base stored in bf16 (method.base_dtype=bf16)",
+    "eager_attention": "ours + eager attention (model.attn_implementation=eager)",
 }
 SECTION_ORDER = ("avx2", "fp32", "bf16", "auto", "amx")
 

@@ -16,7 +16,8 @@ Paths (`PATHS`), each one change to the path above it:
 Levers (`LEVERS`), each one change to ours, kept in the harness only if it helps and changes no maths beyond a
 stated tolerance: LoRA dropout 0.1 (the recipes' value; the rows above use 0 so that losses can be compared) with
 torch's and with our dropout, torch's fused AdamW, twice the batch at half the steps (same examples), and
-torch.compile of the model (inductor; the compile time counts in the path's wall time).
+torch.compile of the model (inductor; the compile time counts in the path's wall time), the frozen base stored in bf16
+(bf16 sections) and transformers' eager attention instead of scaled_dot_product_attention.
 Every path trains the same model (harness.runner.build_model with the same seed: same weights, same LoRA init),
 on the same examples and token ids, with the same objective (classification: cross entropy of the head;
 causal LM: next-token loss on every real token, which is what DataCollatorForLanguageModeling trains), learning
@@ -103,6 +104,8 @@ LEVERS = {
     # frozen base weights stored in bf16: autocast then casts no weight per matmul (bf16 sections only: without
     # native bf16 a bf16 base is emulated, ~10x slower)
     "bf16_base": {"method.base_dtype": "bf16"},
+    # transformers' eager attention (matmul, softmax, matmul) instead of scaled_dot_product_attention's kernels
+    "eager_attention": {"model.attn_implementation": "eager"},
 }
 PATHS = ("seed", "dynamic", "grouped", "fast_dropout", "ours", "ours_1thread", *LEVERS)
 LEVERS_FOR = ("lora",)  # the in-between paths and levers run by default for these methods only (QLoRA: seed, ours)

@@ -279,6 +279,9 @@ def _from_pretrained(auto_cls, path: str, model_cfg, **kw):
     """from_pretrained that loads safetensors only unless model.use_safetensors=false: pickle-based checkpoints
     (.bin/.pt) can run code when they are loaded."""
     safe = bool(model_cfg.use_safetensors)
+    attn = getattr(model_cfg, "attn_implementation", None)
+    if attn:
+        kw["attn_implementation"] = str(attn)
     try:
         return auto_cls.from_pretrained(path, use_safetensors=safe if safe else None, **kw)
     except OSError as e:

@@ -135,6 +135,9 @@ def meta_model(cfg: Config, head: str, dtype, config=None):
 
         raise ConfigError(f"model {cfg.model.name!r} has no `shape` (its Hugging Face config values) in "
                           "conf/model/; the planner needs one")
+    attn = getattr(cfg.model, "attn_implementation", None)
+    if attn:  # the kernel the run takes (eager keeps every [batch, heads, seq, seq] probability for the backward)
+        config._attn_implementation = str(attn)
     with torch.device("meta"):
         if head == "lm":
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)

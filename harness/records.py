@@ -30,7 +30,7 @@ HASH_EXCLUDE_KEYS = {"model": ("shape", "use_safetensors"), "method": ("title",)
 # before them computed (their default, except train.fast_dropout, on by default: false is torch's dropout, as before),
 # so such a run's hash, resume and grouping with older seeds stay the same
 HASH_OMIT_DEFAULTS = {"method": {"bias_only": False}, "train": {"lr_bitfit": None, "fast_dropout": False},
-                      "model": {"kind": None, "targets": {}},
+                      "model": {"kind": None, "targets": {}, "attn_implementation": None},
                       "lora": {"use_rslora": False, "use_dora": False, "init": "default"}}
 
 

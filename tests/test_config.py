@@ -64,6 +64,7 @@ def test_schema_rejects_unknown_key_in_a_group_file(tmp_path):
     ("train.batch_size=0", "train.batch_size=0 is out of range"),
     ("train.max_seq_len=100000", "exceeds model 'minilm_l6'"),
     ("lora.rank_budget=9 lora.targets=qv", "not divisible"),
+    ("model.attn_implementation=eagr", "model.attn_implementation='eagr' is not valid; valid: null"),
 ])
 def test_bad_values_fail_before_any_model_loads(tmp_path, override, message):
     cfg = compose(override.split())
@@ -226,3 +227,29 @@ def test_a_missing_lora_target_fails_before_data_or_weights_load(tmp_path):
         execute(compose(["model=minilm_l6", "model.arch=llama", "lora.targets=qv", f"paths.output_root={tmp_path}",
                          f"paths.data_dir={tmp_path / 'empty'}"]), tmp_path / "run")
     assert time.perf_counter() - t < 10
+
+
+def test_the_attention_kernel_reaches_the_model_the_plan_and_not_the_hash_when_unset(tiny_bert):
+    """model.attn_implementation: loaded as asked; the planner keeps eager attention's probabilities (more activation
+    memory than the fused kernel); left unset it changes no config hash (records made before it resume)."""
+    from harness import models
+    from harness.config import plain
+    from harness.plan import plan_at
+    from harness.records import config_hash
+    from tests.conftest import tiny_overrides
+
+    base = tiny_overrides(tiny_bert, "bert", "mean")
+    for attn in ("eager", "sdpa"):
+        cfg = compose(base + [f"model.attn_implementation={attn}"])
+        clf = models.load_classifier(tiny_bert, cfg.model, 2)
+        backbone = getattr(clf, "backbone", clf)
+        assert backbone.config._attn_implementation == attn
+    plans = {a: plan_at(compose(["model=smollm2_135m", "task=wikisql", "method=lora"]
+                                + ([f"model.attn_implementation={a}"] if a else [])), None, "cpu").parts["activations"]
+             for a in (None, "eager")}
+    assert plans["eager"] > plans[None]
+    plain_cfg = plain(compose([]))
+    assert "attn_implementation" in plain_cfg["model"]
+    assert config_hash(plain_cfg) == config_hash({**plain_cfg, "model": {
+        k: v for k, v in plain_cfg["model"].items() if k != "attn_implementation"}})  # a record from before the key
+    assert config_hash(plain(compose(["model.attn_implementation=eager"]))) != config_hash(plain_cfg)

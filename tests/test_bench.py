@@ -243,7 +243,11 @@ def test_the_shape_ceiling_times_the_flops_mfu_counts_and_renders_beside_ours(tm
             "runs": [_run("a", "lora", "seed", 100, 0.5), _run("a", "lora", "ours", 300, 0.51, mfu=0.2)],
             "ceiling": {"a_w": c | {"dtype": "bf16", "mfu": 0.3, "peak": 1e12}}}
     text = report.render(base)
-    assert "a 30.0% of the bf16 peak (ours reaches 67% of it)" in text
+    assert "a 30.0% of the bf16 peak measured beside it (ours reaches 67% of the ceiling's FLOP/s)" in text
+    # with the FLOP/s at hand, ours over the ceiling is a ratio of FLOP/s, not of MFUs against two peaks
+    runs = [dict(r, achieved_flops=1e11) for r in base["runs"]]
+    c2 = base["ceiling"]["a_w"] | {"flops_per_s": 4e11}
+    assert report.summary(base | {"runs": runs, "ceiling": {"a_w": c2}})[0]["ours_of_ceiling"] == pytest.approx(0.25)
     assert "the 40% goal lies above what torch's matmul kernels reach" in text
     assert "The matmul ceiling at these shapes" in text and "32x16 (trained)" in text
     (tmp_path / "results_bf16.json").write_text(json.dumps(base))

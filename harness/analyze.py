@@ -250,26 +250,6 @@ def _level(d: stats.Diff | None) -> str:
     return f"{d.mean:.3f} [{lo:.3f}, {hi:.3f}] (95% interval, {d.how})"
 
 
-def _above(d: stats.Diff | None, threshold: float, parts: int = 1) -> str:
-    """The mean is above `threshold`: holds if its 95% interval lies above, fails if the interval at the fail
-    level (Bonferroni over the claim's `parts`, stats.fail_level) lies below, else not resolved."""
-    if d is None:
-        return stats.UNRESOLVED
-    if d.interval()[0] > threshold:
-        return stats.HOLDS
-    return stats.FAILS if d.interval(stats.fail_level(parts))[1] < threshold else stats.UNRESOLVED
-
-
-def _below(d: stats.Diff | None, threshold: float, parts: int = 1) -> str:
-    """The mean is below `threshold`: holds if its 95% interval lies below, fails if the interval at the fail
-    level (Bonferroni over `parts`) lies above, else not resolved."""
-    if d is None:
-        return stats.UNRESOLVED
-    if d.interval()[1] < threshold:
-        return stats.HOLDS
-    return stats.FAILS if d.interval(stats.fail_level(parts))[0] > threshold else stats.UNRESOLVED
-
-
 # ------------------------------------------------------------------------------------------------ the analysis
 def analyze(records: list[dict], lo_rank: int = 8, hi_rank: int = 64, amp_ranks: tuple[int, int] = (4, 64),
             fig_targets: str = "qv", kinds: tuple[str, ...] = ("q", "v"), paper: dict | None = None) -> dict:
@@ -383,7 +363,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         for kind, v in f3.items():
             d = _over_seeds(v["top"])
             d0 = _over_seeds(v["top_init"])
-            parts[kind] = _above(d, 0.5, parts=len(f3))
+            parts[kind] = stats.above(d, 0.5, parts=len(f3))
             nums.append(f"{KIND_LABELS.get(kind, kind)}: phi(1, {hi}) {_level(d)}; the same on the initial A's "
                         f"{_level(d0)}; random {v['top_random']:.3f}")
         out.append(Claim("LoRA Figure 3, section 7.2",
@@ -440,7 +420,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         parts, nums = {}, []
         for r in amp_ranks:
             d = _over_seeds({s: _share(v) for s, v in amp[r].items()})
-            parts[f"r={r} not W's top"] = _below(d, SHARE, parts=len(amp_ranks))
+            parts[f"r={r} not W's top"] = stats.below(d, SHARE, parts=len(amp_ranks))
             nums.append(f"r={r}: share {_level(d)}")
         pv = ("; the paper's (GPT-3, Wq): " + ", ".join(f"r={r} {_share(v):.3f}" for r, v in paper.items())
               if paper and kind == "q" else "")
@@ -452,7 +432,7 @@ def _claims(res: dict, lo: int, hi: int, amp_ranks: tuple[int, int], paper: dict
         out.append(Claim("LoRA Table 7, section 7.3",
                          f"{tag}: at r={amp_ranks[0]} the amplification factor of Delta {lbl} is large (above 1: the "
                          f"update is larger than {lbl}'s own component in its directions; the paper: 21.5)",
-                         _above(d, 1.0), f"factor at r={amp_ranks[0]} {_level(d)}"))
+                         stats.above(d, 1.0), f"factor at r={amp_ranks[0]} {_level(d)}"))
         a, b = amp_ranks
         d = stats.paired_t({s: v["amplification"] for s, v in amp[a].items()},
                            {s: v["amplification"] for s, v in amp[b].items()})
@@ -636,8 +616,8 @@ def render(name: str, result: dict, records: list[dict], out_root: Path, paper: 
               "Verdicts as in every report (harness/report/stats.py): a threshold or a difference holds when its 95% "
               "t-interval over seeds lies on the claimed side, fails when it lies on the other, else not resolved. "
               "A claim of several parts (Wq and Wv, r=4 and r=64) holds when every part holds and fails when a part "
-              "fails at the Bonferroni level (the 1 - 0.05/parts interval). The between-seed claim is a test against random Gaussian matrices (every seed pair's p below "
-              "0.05 / pairs).", "",
+              "fails at the Bonferroni level (the 1 - 0.05/parts interval). The between-seed claim is a test "
+              "against random Gaussian matrices (every seed pair's p below 0.05 / pairs).", "",
               "| Source | Claim | Verdict | Deciding numbers |", "| :--- | :--- | :--- | :--- |"]
     for c in claims_all:
         lines.append(f"| {c['source']} | {c['claim']} | **{c['verdict']}** | {c['numbers']} |")

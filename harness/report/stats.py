@@ -10,6 +10,8 @@ examples** (per-example predictions saved beside each run) when both runs have t
 Verdicts are "holds", "fails" or "not resolved", each decided by an interval against a margin stated before the
 numbers (`delta`, in the metric's points):
 - `beats` (A better than B): the 95% interval of A - B above 0 holds; below 0 fails.
+- `above` / `below` (a level against a threshold, e.g. the adapter analysis' phi above 0.5): as `beats`, with the
+  threshold in place of 0.
 - `equivalent` (A matches B within delta): two one-sided tests at 5%, i.e. the 90% interval inside (-delta, delta)
   holds; the 95% interval entirely outside it fails.
 - `noninferior` (A matches or exceeds B, within delta): the 90% interval's lower end above -delta (a one-sided
@@ -157,16 +159,28 @@ def fail_level(parts: int = 1) -> float:
     return 1 - (1 - LEVEL) / parts
 
 
-def beats(d: Diff | None, parts: int = 1) -> str:
-    """A - B above 0: holds when the 95% interval lies above 0; fails when the interval at the fail level
-    (Bonferroni over `parts`) lies below 0."""
+def above(d: Diff | None, threshold: float = 0.0, parts: int = 1) -> str:
+    """The mean is above `threshold`: holds when the 95% interval lies above it; fails when the interval at the
+    fail level (Bonferroni over `parts`) lies below it."""
     if d is None:
         return UNRESOLVED
-    lo, _ = d.interval(LEVEL)
-    if lo > 0:
+    if d.interval(LEVEL)[0] > threshold:
         return HOLDS
-    _, hi = d.interval(fail_level(parts))
-    return FAILS if hi < 0 else UNRESOLVED
+    return FAILS if d.interval(fail_level(parts))[1] < threshold else UNRESOLVED
+
+
+def below(d: Diff | None, threshold: float, parts: int = 1) -> str:
+    """The mean is below `threshold`: `above`'s mirror."""
+    if d is None:
+        return UNRESOLVED
+    if d.interval(LEVEL)[1] < threshold:
+        return HOLDS
+    return FAILS if d.interval(fail_level(parts))[0] > threshold else UNRESOLVED
+
+
+def beats(d: Diff | None, parts: int = 1) -> str:
+    """A - B above 0 (`above` at 0)."""
+    return above(d, 0.0, parts)
 
 
 def equivalent(d: Diff | None, delta: float, parts: int = 1) -> str:

@@ -117,14 +117,20 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, round_s: float = 1.0) -> floa
     `round_s` seconds each (at least 2 products a round). Timed by wall budget, not a fixed count: a dtype the CPU
     lacks (bf16 with AVX2 only) is emulated at ~1 GFLOP/s, and 30 products of 17 GFLOP would take minutes."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = 0.0
+    return 2 * n**3 / _seconds_per_call(lambda: a @ b, round_s, min_calls=2)
+
+
+def _seconds_per_call(fn, round_s: float, min_calls: int = 3) -> float:
+    """After one warm-up call, the best of 3 rounds of mean seconds per call (each round `round_s` long, at least
+    `min_calls` calls)."""
+    fn()
+    best = float("inf")
     for _ in range(3):
         t, reps = time.perf_counter(), 0
-        while reps < 2 or time.perf_counter() - t < round_s:
-            a @ b
+        while reps < min_calls or time.perf_counter() - t < round_s:
+            fn()
             reps += 1
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+        best = min(best, (time.perf_counter() - t) / reps)
     return best
 
 
@@ -135,14 +141,11 @@ def train_flops(model) -> dict:
     fine-tuning is 6N and LoRA 4N_frozen + 6N_adapter. Attention-score products (O(seq) per token, <3% here),
     norms and activations are left out. The BERT pooler and peft's frozen copy of a trained head do not run."""
     frozen = trained = 0
-    for name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Linear) or "pooler" in name or "original_module" in name:
-            continue
-        n = m.in_features * m.out_features
-        if m.weight.requires_grad:
-            trained += n
+    for (i, o, is_trained), count in linear_shapes(model).items():
+        if is_trained:
+            trained += count * i * o
         else:
-            frozen += n
+            frozen += count * i * o
     return {"per_token": 4 * frozen + 6 * trained, "frozen_linear": frozen, "trained_linear": trained,
             "formula": "4 x frozen linear weights + 6 x trained linear weights, per real token"}
 
@@ -156,19 +159,6 @@ def linear_shapes(model) -> dict[tuple[int, int, bool], int]:
         if isinstance(m, torch.nn.Linear) and "pooler" not in name and "original_module" not in name:
             shapes[(m.in_features, m.out_features, bool(m.weight.requires_grad))] += 1
     return dict(shapes)
-
-
-def _seconds_per_call(fn, round_s: float) -> float:
-    """The best of 3 rounds of mean seconds per call (each round `round_s` long, at least 3 calls)."""
-    fn()
-    best = float("inf")
-    for _ in range(3):
-        t, reps = time.perf_counter(), 0
-        while reps < 3 or time.perf_counter() - t < round_s:
-            fn()
-            reps += 1
-        best = min(best, (time.perf_counter() - t) / reps)
-    return best
 
 
 def shape_ceiling(model, tokens: int, dtype: torch.dtype, round_s: float = 0.2) -> dict:

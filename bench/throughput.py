@@ -11,13 +11,15 @@ Paths (`PATHS`), each one change to the path above it:
   grouped   + length grouping.
   fast_dropout  + harness.dropout's masks (train.fast_dropout, the default) for the model's own dropout.
   ours      harness.train.make_trainer exactly as `python -m harness.run` trains: + autocast in `compute` (auto:
-            bf16 where the CPU has AMX; elsewhere fp32, and ours repeats fast_dropout: the run-to-run noise).
+            bf16 where the CPU has AVX512-BF16 or AMX; elsewhere fp32) and our attention (model.attn_implementation
+            =sdpa_cpu, the default; the paths above run transformers' sdpa, as the seed recipe does).
   ours_1thread  ours on one thread instead of all cores (the thread-count lever).
 Levers (`LEVERS`), each one change to ours, kept in the harness only if it helps and changes no maths beyond a
 stated tolerance: LoRA dropout 0.1 (the recipes' value; the rows above use 0 so that losses can be compared) with
 torch's and with our dropout, torch's fused AdamW, twice the batch at half the steps (same examples), and
 torch.compile of the model (inductor; the compile time counts in the path's wall time), the frozen base stored in bf16
-(bf16 sections) and transformers' eager attention instead of scaled_dot_product_attention.
+(bf16 sections), transformers' eager attention instead of scaled_dot_product_attention, and transformers' sdpa
+attention as it is instead of ours (sdpa_cpu).
 Every path trains the same model (harness.runner.build_model with the same seed: same weights, same LoRA init),
 on the same examples and token ids, with the same objective (classification: cross entropy of the head;
 causal LM: next-token loss on every real token, which is what DataCollatorForLanguageModeling trains), learning
@@ -79,6 +81,8 @@ class Workload:
             ov["method.compute_dtype"] = "auto" if (path == "seed" and method != "lora") else "fp32"
         if path in ("seed", "dynamic", "grouped"):
             ov["train.fast_dropout"] = False
+        if path in ("seed", "dynamic", "grouped", "fast_dropout", "sdpa_attention"):
+            ov["model.attn_implementation"] = "null"  # transformers' default attention (sdpa)
         if path in ("dynamic", "seed"):
             ov["train.group_by_length"] = False
         ov.update(LEVERS.get(path, {}))
@@ -106,6 +110,9 @@ LEVERS = {
     "bf16_base": {"method.base_dtype": "bf16"},
     # transformers' eager attention (matmul, softmax, matmul) instead of scaled_dot_product_attention's kernels
     "eager_attention": {"model.attn_implementation": "eager"},
+    # transformers' sdpa as it is (model.attn_implementation=null, set in Workload.overrides) instead of ours,
+    # sdpa_cpu (harness/attention.py: fp32 attention on the CPU, explicit attention dropout with our masks)
+    "sdpa_attention": {},
 }
 PATHS = ("seed", "dynamic", "grouped", "fast_dropout", "ours", "ours_1thread", *LEVERS)
 LEVERS_FOR = ("lora",)  # the in-between paths and levers run by default for these methods only (QLoRA: seed, ours)
@@ -451,6 +458,7 @@ def _run_path(w: Workload, method: str, path: str, seed: int = 0, compute: str =
         "steps": steps, "batch_size": int(cfg.train.batch_size), "max_seq_len": w.max_seq_len,
         "fast_dropout": bool(cfg.train.fast_dropout), "lora_dropout": float(cfg.lora.dropout),
         "optimizer": str(cfg.train.optimizer), "compiled": path == "compile",
+        "attn_implementation": cfg.model.attn_implementation,
         "real_tokens": sum(toks), "timed_real_tokens": timed_tokens, "timed_s": timed_s, "train_wall_s": wall,
         "tokens_per_s": tps, "step_s_median": statistics.median(b - a for a, b in zip(ends[WARMUP - 1:], ends[WARMUP:])),
         # tokens computed per step, pad included: fixed for the seed recipe, per batch otherwise (see real_tokens)

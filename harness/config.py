@@ -131,10 +131,12 @@ class ModelConfig:
     # the Hugging Face config values (model_type, hidden_size, num_hidden_layers, ...): the memory planner
     # (harness/plan.py) builds the model from them on the meta device, with no weights or download
     shape: Optional[dict[str, Any]] = None
-    # the attention kernel transformers runs (from_pretrained's attn_implementation): null = its default (sdpa
-    # where the model supports it), eager, sdpa, flash_attention_2/3, flex_attention, or a Hub kernel ("org/repo").
-    # On a CPU in bf16, eager measured 5-12% faster than sdpa for these models' short sequences (reports/bench/)
-    attn_implementation: Optional[str] = None
+    # the attention kernel transformers runs (from_pretrained's attn_implementation): sdpa_cpu (the default,
+    # harness/attention.py): transformers' sdpa, and on the CPU in fp32 (torch's bf16 flash-attention backward is
+    # twice as slow there) with attention dropout from harness.dropout's masks; null = transformers' default (sdpa
+    # where the model supports it; what runs before sdpa_cpu computed), eager, sdpa, flash_attention_2/3,
+    # flex_attention, or a Hub kernel ("org/repo"). Measured in reports/bench/
+    attn_implementation: Optional[str] = "sdpa_cpu"
 
 
 @dataclass
@@ -536,7 +538,7 @@ def unescape(s) -> str:
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], str(s))
 
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTN_IMPLEMENTATIONS = ("sdpa_cpu", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def validate(cfg: Config) -> None:

@@ -23,12 +23,17 @@ import torch
 from torch import nn
 
 
+def keep_bits(shape: torch.Size, p: float, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """A bool mask: True where an element is kept (probability 1 - round(p * 65536) / 65536)."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
+    return bits.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, generator: torch.Generator | None = None) -> torch.Tensor:
     """1 / (1 - p) where an element is kept (probability 1 - round(p * 65536) / 65536), 0 where dropped."""
-    n = math.prod(shape)
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=generator)
-    keep = bits.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
-    return keep.to(dtype).mul_(1.0 / (1.0 - p))
+    return keep_bits(shape, p, generator).to(dtype).mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):

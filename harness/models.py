@@ -281,6 +281,10 @@ def _from_pretrained(auto_cls, path: str, model_cfg, **kw):
     safe = bool(model_cfg.use_safetensors)
     attn = getattr(model_cfg, "attn_implementation", None)
     if attn:
+        if str(attn) == "sdpa_cpu":
+            from harness.attention import register
+
+            register()
         kw["attn_implementation"] = str(attn)
     try:
         return auto_cls.from_pretrained(path, use_safetensors=safe if safe else None, **kw)

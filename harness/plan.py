@@ -136,6 +136,10 @@ def meta_model(cfg: Config, head: str, dtype, config=None):
         raise ConfigError(f"model {cfg.model.name!r} has no `shape` (its Hugging Face config values) in "
                           "conf/model/; the planner needs one")
     attn = getattr(cfg.model, "attn_implementation", None)
+    if attn == "sdpa_cpu":  # transformers' sdpa off the CPU; on it, fp32 attention and explicit dropout
+        from harness.attention import register
+
+        attn = register() if _setting(cfg, "device", "cuda") == "cpu" else "sdpa"
     if attn:  # the kernel the run takes (eager keeps every [batch, heads, seq, seq] probability for the backward)
         config._attn_implementation = str(attn)
     with torch.device("meta"):
@@ -197,7 +201,9 @@ def _autocast_mode(dtype, quantized: set[int], excluded: set[int], params: set[i
     class Autocast(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func in lowp:
+            # torch.autocast("cpu") is entered around the trace (meta tensors ignore it) so that a region the model
+            # runs with autocast off (harness/attention.py's fp32 attention) is traced without casts, as it runs
+            if func in lowp and torch.is_autocast_enabled("cpu"):
                 def cast(t):
                     if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
                         out = t.to(dtype)
@@ -283,7 +289,8 @@ def trace_activations(model, batch: int, seq: int, head: str, compute=None, quan
                 mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", fused_sdpa), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 (_autocast_mode(compute, quantized, excluded, params, weight_casts) if compute is not None
-                 else contextlib.nullcontext()):
+                 else contextlib.nullcontext()), \
+                (torch.autocast("cpu", dtype=compute) if compute is not None else contextlib.nullcontext()):
             model(**kw)
     finally:
         for h in hooks:

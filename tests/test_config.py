@@ -229,9 +229,11 @@ def test_a_missing_lora_target_fails_before_data_or_weights_load(tmp_path):
     assert time.perf_counter() - t < 10
 
 
-def test_the_attention_kernel_reaches_the_model_the_plan_and_not_the_hash_when_unset(tiny_bert):
-    """model.attn_implementation: loaded as asked; the planner keeps eager attention's probabilities (more activation
-    memory than the fused kernel); left unset it changes no config hash (records made before it resume)."""
+def test_the_attention_kernel_reaches_the_model_the_plan_and_the_hash(tiny_bert):
+    """model.attn_implementation: loaded as asked (sdpa_cpu, the default, registered with transformers); the planner
+    keeps eager attention's probabilities and sdpa_cpu's fp32 attention inputs under bf16 autocast (more activation
+    memory than transformers' sdpa); null hashes as a record from before the key (those runs resume), the default
+    sdpa_cpu does not (it computes differently on the CPU)."""
     from harness import models
     from harness.config import plain
     from harness.plan import plan_at
@@ -239,17 +241,20 @@ def test_the_attention_kernel_reaches_the_model_the_plan_and_not_the_hash_when_u
     from tests.conftest import tiny_overrides
 
     base = tiny_overrides(tiny_bert, "bert", "mean")
-    for attn in ("eager", "sdpa"):
+    assert compose(base).model.attn_implementation == "sdpa_cpu"
+    for attn in ("eager", "sdpa", "sdpa_cpu"):
         cfg = compose(base + [f"model.attn_implementation={attn}"])
         clf = models.load_classifier(tiny_bert, cfg.model, 2)
         backbone = getattr(clf, "backbone", clf)
         assert backbone.config._attn_implementation == attn
-    plans = {a: plan_at(compose(["model=smollm2_135m", "task=wikisql", "method=lora"]
-                                + ([f"model.attn_implementation={a}"] if a else [])), None, "cpu").parts["activations"]
-             for a in (None, "eager")}
-    assert plans["eager"] > plans[None]
+    smol = ["model=smollm2_135m", "task=wikisql", "method=lora", "method.compute_dtype=bf16"]
+    plans = {
+        (a, d): plan_at(compose(smol + [f"model.attn_implementation={a}"]), None, d).parts["activations"]
+        for a, d in (("null", "cpu"), ("eager", "cpu"), ("sdpa_cpu", "cpu"), ("sdpa_cpu", "cuda"), ("null", "cuda"))}
+    assert plans["eager", "cpu"] > plans["sdpa_cpu", "cpu"] > plans["null", "cpu"]
+    assert plans["sdpa_cpu", "cuda"] == plans["null", "cuda"]  # off the CPU it is transformers' sdpa
     plain_cfg = plain(compose([]))
-    assert "attn_implementation" in plain_cfg["model"]
-    assert config_hash(plain_cfg) == config_hash({**plain_cfg, "model": {
-        k: v for k, v in plain_cfg["model"].items() if k != "attn_implementation"}})  # a record from before the key
+    before = {**plain_cfg, "model": {k: v for k, v in plain_cfg["model"].items() if k != "attn_implementation"}}
+    assert config_hash(plain(compose(["model.attn_implementation=null"]))) == config_hash(before)
+    assert config_hash(plain_cfg) != config_hash(before)
     assert config_hash(plain(compose(["model.attn_implementation=eager"]))) != config_hash(plain_cfg)

@@ -85,7 +85,7 @@ TEST_WORKERS ?= 2
 lint: setup  ## ruff: pyflakes and pycodestyle's errors (pyproject.toml [tool.ruff]); make test runs it first
 	$(PY) -m ruff check harness tests bench hydra_plugins
 
-test: setup lint  ## the linter, then the test suite (about 7 minutes on 2 CPU cores)
+test: setup lint  ## the linter, then the test suite (about 6 minutes on 2 CPU cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: setup  ## unit tests only (no end-to-end training of shipped models)

@@ -5,13 +5,14 @@ On the CPU (and on the meta device, where the memory planner traces a CPU run):
 - Without dropout, scaled_dot_product_attention runs in fp32: under bf16 autocast (or in a bf16 model) query, key
   and value are cast up and the output back. torch's CPU flash-attention backward is slow in bf16: for one SmolLM2
   layer (8 x 95 tokens, 9 heads of 64, 3 key/value heads) 7.8 ms against 3.6 ms in fp32, on a 2-core AMD EPYC with
-  AVX512-BF16; a SmolLM2 LoRA step in bf16 went from 503 to 572 real tokens/s. fp32 attention is also the more
-  precise; it saves its inputs and output for the backward in fp32 (4 bytes, not 2, per element of q, k, v, out).
+  AVX512-BF16; SmolLM2 LoRA trained 1.15x faster in bf16 (fresh processes in pairs; README "Throughput",
+  reports/bench/). fp32 attention is also the more precise; it saves its inputs and output for the backward in fp32
+  (4 bytes, not 2, per element of q, k, v and out).
 - With dropout (BERT's attention_probs_dropout_prob, GPT-2's attn_pdrop: MiniLM's 0.1 in training), torch's SDPA
   takes its math path and drops with `bernoulli_`, a serial loop on non-Intel CPUs (harness/dropout.py). Here the
   attention is written out (scores, the mask, an fp32 softmax, dropout, the product with the values) in the
-  compute dtype, with harness.dropout's masks: a MiniLM LoRA step in bf16 went from 5134 to 6297 real tokens/s.
-  Same distribution, other random samples (as train.fast_dropout's).
+  compute dtype, with harness.dropout's masks: MiniLM LoRA 1.07x in bf16, 1.03x in fp32. Same distribution, other
+  random samples (as train.fast_dropout's).
 Off the CPU, and for what this does not cover (softcap, a position bias, attention sinks, dropout with queries
 shorter than keys), it is transformers' sdpa itself.
 """

@@ -20,6 +20,9 @@ shorter than keys), it is transformers' sdpa itself.
 from __future__ import annotations
 
 import torch
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+from harness.dropout import keep_bits
 
 NAME = "sdpa_cpu"
 _HOST = ("cpu", "meta")
@@ -30,8 +33,6 @@ def sdpa_cpu(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, va
              is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query [batch, heads, q, dim], key and value [batch, kv_heads,
     k, dim]; returns the output as [batch, q, heads, dim] and no attention weights."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (query.device.type not in _HOST or any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux"))
             or (dropout > 0 and query.shape[2] != key.shape[2])):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -51,10 +52,6 @@ def sdpa_cpu(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, va
 
 def _explicit(module, query, key, value, mask, p: float, scaling, is_causal) -> torch.Tensor:
     """softmax(q k^T * scale + mask) with dropout p (harness.dropout's masks), times v, as [batch, q, heads, dim]."""
-    from transformers.integrations.sdpa_attention import repeat_kv
-
-    from harness.dropout import keep_bits
-
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(2, 3))
@@ -71,6 +68,14 @@ def _explicit(module, query, key, value, mask, p: float, scaling, is_causal) -> 
     keep = keep_bits(probs.shape, p, device=probs.device)
     probs = torch.where(keep, probs, 0).mul_(1.0 / (1.0 - p))
     return torch.matmul(probs, value).transpose(1, 2).contiguous()
+
+
+def implementation(attn: str | None, device: str = "cpu") -> str | None:
+    """The attn_implementation transformers is given for a config's `attn`: sdpa_cpu registered first (on a device
+    other than the CPU, where it is transformers' sdpa, the planner traces "sdpa"); anything else as it is."""
+    if attn != NAME:
+        return attn
+    return register() if device == "cpu" else "sdpa"
 
 
 def register() -> str:

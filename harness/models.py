@@ -281,11 +281,9 @@ def _from_pretrained(auto_cls, path: str, model_cfg, **kw):
     safe = bool(model_cfg.use_safetensors)
     attn = getattr(model_cfg, "attn_implementation", None)
     if attn:
-        if str(attn) == "sdpa_cpu":
-            from harness.attention import register
+        from harness.attention import implementation
 
-            register()
-        kw["attn_implementation"] = str(attn)
+        kw["attn_implementation"] = implementation(str(attn))
     try:
         return auto_cls.from_pretrained(path, use_safetensors=safe if safe else None, **kw)
     except OSError as e:

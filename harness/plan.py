@@ -135,11 +135,10 @@ def meta_model(cfg: Config, head: str, dtype, config=None):
 
         raise ConfigError(f"model {cfg.model.name!r} has no `shape` (its Hugging Face config values) in "
                           "conf/model/; the planner needs one")
-    attn = getattr(cfg.model, "attn_implementation", None)
-    if attn == "sdpa_cpu":  # transformers' sdpa off the CPU; on it, fp32 attention and explicit dropout
-        from harness.attention import register
+    from harness.attention import implementation
 
-        attn = register() if _setting(cfg, "device", "cuda") == "cpu" else "sdpa"
+    # sdpa_cpu: transformers' sdpa off the CPU; on it, fp32 attention and explicit dropout
+    attn = implementation(getattr(cfg.model, "attn_implementation", None), _setting(cfg, "device", "cuda"))
     if attn:  # the kernel the run takes (eager keeps every [batch, heads, seq, seq] probability for the backward)
         config._attn_implementation = str(attn)
     with torch.device("meta"):

@@ -66,15 +66,13 @@ def test_dropout_is_written_out_with_our_masks_and_gradients_match(monkeypatch, 
         mask = torch.ones(2, 1, 9, 9, dtype=torch.bool)
         mask[1, :, :, 6:] = False
     seen = {}
-    from harness import dropout
-
-    real_bits = dropout.keep_bits
+    real_bits = attention.keep_bits
 
     def bits(shape, p_, generator=None, device="cpu"):
         seen["keep"] = real_bits(shape, p_, generator, device)
         return seen["keep"]
 
-    monkeypatch.setattr(dropout, "keep_bits", bits)
+    monkeypatch.setattr(attention, "keep_bits", bits)
     out, _ = sdpa_cpu(module, q, k, v, mask, dropout=p)
     keep = seen["keep"]
     assert keep.shape == (2, 4, 9, 9) and 0.6 < keep.float().mean() < 0.9

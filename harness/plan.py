@@ -196,6 +196,10 @@ def _autocast_mode(dtype, quantized: set[int], excluded: set[int], params: set[i
 
     lowp = {F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.Tensor.matmul,
             torch.Tensor.__matmul__, F.scaled_dot_product_attention, torch.einsum}
+    # the casts whose storages are recorded, held for the whole trace: a cast autograd does not save (a frozen
+    # weight whose input needs no gradient) is freed at once, and a later saved activation could take its storage's
+    # address and be counted as that cast (the plan then moved by ~0.1 MB from one call to the next in a process)
+    held = []
 
     class Autocast(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -209,8 +213,10 @@ def _autocast_mode(dtype, quantized: set[int], excluded: set[int], params: set[i
                         key = t.untyped_storage()._cdata
                         if key in quantized:
                             excluded.add(out.untyped_storage()._cdata)
+                            held.append(out)
                         elif key in params:  # a 16-bit copy of a weight: fixed, whatever the batch
                             weight_casts.add(out.untyped_storage()._cdata)
+                            held.append(out)
                         return out
                     return t
 
